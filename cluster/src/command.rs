@@ -1,0 +1,74 @@
+//! Commands: every metadata change is one of these, applied by the state machine. They carry
+//! everything apply needs (including the time, chosen by the proposer), so applying the same
+//! command sequence on any replica gives the same state: the Raft log will carry exactly these.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ChunkId, SessionId, TenantId, TokenHash};
+use crate::names::{BucketName, ObjectKey};
+use crate::records::{ManifestEntry, ObjectView, TrashState};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    CreateTenant { name: String, token: TokenHash, now_ms: i64 },
+    CreateAdminToken { token: TokenHash, now_ms: i64 },
+    /// Opens an upload session, or resumes the open one for the same key, size and manifest.
+    OpenSession {
+        session: SessionId,
+        tenant: TenantId,
+        bucket: BucketName,
+        key: ObjectKey,
+        size: u64,
+        manifest: Option<Vec<ManifestEntry>>,
+        content_type: String,
+        now_ms: i64,
+    },
+    /// Records a chunk that is durable on disk as part of a session.
+    AddChunk {
+        session: SessionId,
+        tenant: TenantId,
+        offset: u64,
+        id: ChunkId,
+        len: u32,
+        cv: Option<[u8; 32]>,
+        now_ms: i64,
+    },
+    /// Commits the session as the key's new version. The proposer has checked the whole-file
+    /// hash; apply checks that every byte is covered.
+    CompleteSession { session: SessionId, tenant: TenantId, file_hash: [u8; 32], now_ms: i64 },
+    /// Drops a session and its chunk references. `idle_before_ms` makes expiry safe against a
+    /// session that saw activity after the sweeper looked at it.
+    AbortSession { session: SessionId, tenant: Option<TenantId>, idle_before_ms: Option<i64> },
+    TrashObject { tenant: TenantId, bucket: BucketName, key: ObjectKey, now_ms: i64, purge_at_ms: i64 },
+    UntrashObject { tenant: TenantId, bucket: BucketName, key: ObjectKey },
+    /// Removes a trashed key and all its versions for good, if its purge time has come.
+    PurgeObject { tenant: TenantId, bucket: BucketName, key: ObjectKey, now_ms: i64 },
+    /// The node deleted an unreferenced chunk's file: forget it in the GC queue.
+    ChunkCollected { id: ChunkId },
+}
+
+impl Command {
+    /// Commands a client waits for and that must survive a crash once acknowledged. AddChunk is
+    /// not one: a chunk record lost in a crash is sent again on resume.
+    pub fn needs_flush(&self) -> bool {
+        !matches!(self, Command::AddChunk { .. } | Command::ChunkCollected { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Done,
+    TenantCreated(TenantId),
+    SessionOpened {
+        session: SessionId,
+        resumed: bool,
+        /// Manifest indexes whose chunk the tenant already holds.
+        existing: Vec<u32>,
+        bytes_present: u64,
+    },
+    ChunkAdded { bytes_present: u64, added: bool },
+    Committed(ObjectView),
+    Trashed(TrashState),
+    Untrashed(ObjectView),
+    Purged { versions: u32 },
+}

@@ -1,0 +1,74 @@
+//! Errors of the metadata layer.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::ChunkId;
+
+/// Input that fails validation before any command is built.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Invalid {
+    #[error("{0}")]
+    Bucket(String),
+    #[error("{0}")]
+    Key(String),
+}
+
+/// A missing byte range of an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// A command the state machine refused. Refusals are deterministic: every replica applying the
+/// same command to the same state refuses it the same way, so they are part of the result, not
+/// failures of the log.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    #[error("upload session not found (unknown, expired, completed or aborted)")]
+    SessionNotFound,
+    #[error("object not found")]
+    ObjectNotFound,
+    #[error("version {0} not found")]
+    VersionNotFound(u64),
+    #[error("bucket not found")]
+    BucketNotFound,
+    #[error("the object is not in the trash")]
+    NotInTrash,
+    #[error("chunk at offset {offset} would end at {end}, past the declared size {size}")]
+    ChunkOutOfBounds { offset: u64, end: u64, size: u64 },
+    #[error("chunk at offset {offset} overlaps a chunk already in the session")]
+    ChunkOverlap { offset: u64 },
+    #[error("chunk at offset {offset} is not the chunk the manifest names there ({expected})")]
+    ManifestMismatch { offset: u64, expected: ChunkId },
+    #[error("manifest covers {covered} bytes but the declared size is {size}")]
+    ManifestSize { covered: u64, size: u64 },
+    #[error("upload is missing {} byte range(s), first at offset {}", .0.len(), .0.first().map(|g| g.offset).unwrap_or(0))]
+    Incomplete(Vec<Gap>),
+    #[error("tenant name {0:?} is already taken")]
+    TenantExists(String),
+}
+
+/// Failure of the state machine itself (not a refusal): the node cannot serve metadata.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("metadata store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("metadata record {what} is corrupt: {why}")]
+    Corrupt { what: &'static str, why: String },
+}
+
+/// Either outcome of applying a command.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sled::Error> for ApplyError {
+    fn from(e: sled::Error) -> Self {
+        ApplyError::Store(StoreError::Sled(e))
+    }
+}

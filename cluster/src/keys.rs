@@ -1,0 +1,111 @@
+//! Key layout of the single sled tree that holds the state machine. One tree lets every command
+//! commit as one atomic batch. Each record kind has a one-byte prefix; names end with a NUL
+//! (which validated names never contain) so that prefix scans and ordering follow the names.
+
+use crate::ids::{ChunkId, SessionId, TenantId};
+use crate::names::{BucketName, ObjectKey};
+
+pub const META: u8 = b'm';
+pub const TENANT: u8 = b'n';
+pub const TOKEN: u8 = b't';
+pub const BUCKET: u8 = b'b';
+pub const OBJECT: u8 = b'o';
+pub const VERSION: u8 = b'v';
+pub const CHUNK_TENANT: u8 = b'c';
+pub const CHUNK_GLOBAL: u8 = b'C';
+pub const GC_QUEUE: u8 = b'g';
+pub const SESSION: u8 = b's';
+pub const SESSION_BY_KEY: u8 = b'S';
+pub const SESSION_CHUNK: u8 = b'p';
+pub const SESSION_MANIFEST: u8 = b'M';
+pub const TRASH: u8 = b'x';
+
+pub fn meta(name: &str) -> Vec<u8> {
+    [&[META], name.as_bytes()].concat()
+}
+
+pub fn tenant(t: TenantId) -> Vec<u8> {
+    [&[TENANT][..], &t.0.to_be_bytes()].concat()
+}
+
+pub fn token(hash: &[u8; 32]) -> Vec<u8> {
+    [&[TOKEN][..], hash].concat()
+}
+
+pub fn bucket(t: TenantId, b: &BucketName) -> Vec<u8> {
+    [&[BUCKET][..], &t.0.to_be_bytes(), b.as_str().as_bytes()].concat()
+}
+
+/// Prefix of every object of a bucket: `o tenant bucket NUL`.
+pub fn object_prefix(t: TenantId, b: &BucketName) -> Vec<u8> {
+    [&[OBJECT][..], &t.0.to_be_bytes(), b.as_str().as_bytes(), &[0]].concat()
+}
+
+pub fn object(t: TenantId, b: &BucketName, k: &ObjectKey) -> Vec<u8> {
+    [object_prefix(t, b).as_slice(), k.as_str().as_bytes()].concat()
+}
+
+/// Prefix of every version of one key: `v tenant bucket NUL key NUL`.
+pub fn version_prefix(t: TenantId, b: &BucketName, k: &ObjectKey) -> Vec<u8> {
+    [&[VERSION][..], &t.0.to_be_bytes(), b.as_str().as_bytes(), &[0], k.as_str().as_bytes(), &[0]]
+        .concat()
+}
+
+pub fn version(t: TenantId, b: &BucketName, k: &ObjectKey, v: u64) -> Vec<u8> {
+    [version_prefix(t, b, k).as_slice(), &v.to_be_bytes()].concat()
+}
+
+pub fn chunk_tenant(c: &ChunkId, t: TenantId) -> Vec<u8> {
+    [&[CHUNK_TENANT][..], c.as_bytes(), &t.0.to_be_bytes()].concat()
+}
+
+pub fn chunk_global(c: &ChunkId) -> Vec<u8> {
+    [&[CHUNK_GLOBAL][..], c.as_bytes()].concat()
+}
+
+pub fn gc(c: &ChunkId) -> Vec<u8> {
+    [&[GC_QUEUE][..], c.as_bytes()].concat()
+}
+
+pub fn session(s: &SessionId) -> Vec<u8> {
+    [&[SESSION][..], s.as_bytes()].concat()
+}
+
+pub fn session_manifest(s: &SessionId) -> Vec<u8> {
+    [&[SESSION_MANIFEST][..], s.as_bytes()].concat()
+}
+
+pub fn session_by_key_prefix(t: TenantId, b: &BucketName, k: &ObjectKey) -> Vec<u8> {
+    [&[SESSION_BY_KEY][..], &t.0.to_be_bytes(), b.as_str().as_bytes(), &[0], k.as_str().as_bytes(), &[0]]
+        .concat()
+}
+
+pub fn session_by_key(t: TenantId, b: &BucketName, k: &ObjectKey, s: &SessionId) -> Vec<u8> {
+    [session_by_key_prefix(t, b, k).as_slice(), s.as_bytes()].concat()
+}
+
+pub fn session_chunk_prefix(s: &SessionId) -> Vec<u8> {
+    [&[SESSION_CHUNK][..], s.as_bytes()].concat()
+}
+
+pub fn session_chunk(s: &SessionId, offset: u64) -> Vec<u8> {
+    [session_chunk_prefix(s).as_slice(), &offset.to_be_bytes()].concat()
+}
+
+/// Trash index ordered by purge time: `x purge_at tenant bucket NUL key`.
+pub fn trash(purge_at_ms: i64, t: TenantId, b: &BucketName, k: &ObjectKey) -> Vec<u8> {
+    [
+        &[TRASH][..],
+        &(purge_at_ms.max(0) as u64).to_be_bytes(),
+        &t.0.to_be_bytes(),
+        b.as_str().as_bytes(),
+        &[0],
+        k.as_str().as_bytes(),
+    ]
+    .concat()
+}
+
+/// Reads the big-endian u64 at `at` of a key.
+pub fn be_u64(key: &[u8], at: usize) -> Option<u64> {
+    key.get(at..at + 8).and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes)
+}

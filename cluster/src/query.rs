@@ -1,0 +1,236 @@
+//! Reads of the state machine. Reads never change state; they see every command applied so far.
+
+use crate::error::StoreError;
+use crate::ids::{ChunkId, SessionId, TenantId, TokenHash};
+use crate::keys;
+use crate::names::{BucketName, ObjectKey};
+use crate::records::*;
+use crate::state_machine::{StateMachine, read};
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub objects: Vec<ObjectView>,
+    pub folders: Vec<String>,
+    /// Where the next page starts (the last name returned), if there is more.
+    pub next: Option<ListCursor>,
+}
+
+/// A position in a listing: after a key, or after every key of a folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListCursor {
+    AfterKey(String),
+    AfterFolder(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ListQuery<'a> {
+    pub tenant: TenantId,
+    pub bucket: &'a BucketName,
+    pub prefix: &'a str,
+    pub delimiter: &'a str,
+    pub limit: usize,
+    pub start: Option<ListCursor>,
+    /// List the trash instead of live keys.
+    pub trash: bool,
+}
+
+/// Counts for `strata status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub tenants: u64,
+    pub objects: u64,
+    pub sessions: u64,
+}
+
+impl StateMachine {
+    pub fn principal(&self, token: &TokenHash) -> Result<Option<Principal>, StoreError> {
+        Ok(read::<TokenRecord>(&self.tree, "token", &keys::token(&token.0))?.map(|r| r.principal))
+    }
+
+    pub fn tenant(&self, id: TenantId) -> Result<Option<TenantRecord>, StoreError> {
+        read(&self.tree, "tenant", &keys::tenant(id))
+    }
+
+    pub fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        read(&self.tree, "session", &keys::session(id))
+    }
+
+    pub fn session_manifest(&self, id: &SessionId) -> Result<Option<Vec<ManifestEntry>>, StoreError> {
+        read(&self.tree, "manifest", &keys::session_manifest(id))
+    }
+
+    /// The session's durable chunks in offset order.
+    pub fn session_chunks(&self, id: &SessionId) -> Result<Vec<(u64, SessionChunk)>, StoreError> {
+        let prefix = keys::session_chunk_prefix(id);
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let offset = keys::be_u64(&k, prefix.len()).unwrap_or(0);
+            out.push((offset, decode("session chunk", &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Sessions whose last activity is older than `before_ms`.
+    pub fn idle_sessions(&self, before_ms: i64) -> Result<Vec<SessionId>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix([keys::SESSION]) {
+            let (_, v) = kv?;
+            let rec: SessionRecord = decode("session", &v)?;
+            if rec.last_activity_ms < before_ms {
+                out.push(rec.id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Trashed keys whose purge time is at or before `now_ms`, at most `limit`.
+    pub fn trash_due(&self, now_ms: i64, limit: usize) -> Result<Vec<(TenantId, BucketName, ObjectKey)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix([keys::TRASH]).take(limit) {
+            let (k, _) = kv?;
+            let purge_at = keys::be_u64(&k, 1).unwrap_or(u64::MAX);
+            if purge_at > now_ms.max(0) as u64 {
+                break;
+            }
+            let tenant = TenantId(keys::be_u64(&k, 9).unwrap_or(0));
+            let rest = &k[17..];
+            let Some(nul) = rest.iter().position(|b| *b == 0) else { continue };
+            let (Ok(b), Ok(key)) = (std::str::from_utf8(&rest[..nul]), std::str::from_utf8(&rest[nul + 1..])) else {
+                continue;
+            };
+            if let (Ok(b), Ok(key)) = (BucketName::new(b), ObjectKey::new(key)) {
+                out.push((tenant, b, key));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Chunks no one references any more, waiting for their files to be deleted.
+    pub fn gc_queue(&self, limit: usize) -> Result<Vec<ChunkId>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix([keys::GC_QUEUE]).take(limit) {
+            let (k, _) = kv?;
+            if let Some(id) = ChunkId::from_slice(&k[1..]) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// References to a chunk across all tenants (versions and open sessions).
+    pub fn chunk_refs(&self, id: &ChunkId) -> Result<u64, StoreError> {
+        Ok(self.tree.get(keys::chunk_global(id))?.and_then(|v| keys::be_u64(&v, 0)).unwrap_or(0))
+    }
+
+    pub fn tenant_chunk(&self, id: &ChunkId, tenant: TenantId) -> Result<Option<ChunkMeta>, StoreError> {
+        read(&self.tree, "chunk", &keys::chunk_tenant(id, tenant))
+    }
+
+    pub fn bucket_exists(&self, tenant: TenantId, bucket: &BucketName) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(keys::bucket(tenant, bucket))?)
+    }
+
+    pub fn object(&self, tenant: TenantId, bucket: &BucketName, key: &ObjectKey) -> Result<Option<ObjectHead>, StoreError> {
+        read(&self.tree, "object", &keys::object(tenant, bucket, key))
+    }
+
+    pub fn version(&self, tenant: TenantId, bucket: &BucketName, key: &ObjectKey, version: u64) -> Result<Option<VersionRecord>, StoreError> {
+        read(&self.tree, "version", &keys::version(tenant, bucket, key, version))
+    }
+
+    /// Every version of a key, newest first.
+    pub fn versions(&self, tenant: TenantId, bucket: &BucketName, key: &ObjectKey) -> Result<Vec<VersionInfo>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(keys::version_prefix(tenant, bucket, key)).rev() {
+            let (_, v) = kv?;
+            out.push(decode::<VersionRecord>("version", &v)?.info);
+        }
+        Ok(out)
+    }
+
+    pub fn list(&self, q: &ListQuery) -> Result<ListPage, StoreError> {
+        let base = keys::object_prefix(q.tenant, q.bucket);
+        let scan_prefix = [base.as_slice(), q.prefix.as_bytes()].concat();
+        let mut page = ListPage::default();
+        let mut from: Vec<u8> = match &q.start {
+            None => scan_prefix.clone(),
+            Some(ListCursor::AfterKey(k)) => [base.as_slice(), k.as_bytes(), &[0]].concat(),
+            // 0xFF never occurs in UTF-8: it sorts after every key inside the folder.
+            Some(ListCursor::AfterFolder(f)) => [base.as_slice(), f.as_bytes(), &[0xFF]].concat(),
+        };
+        if from < scan_prefix {
+            from = scan_prefix.clone();
+        }
+        let limit = q.limit.max(1);
+        let mut count = 0usize;
+        let mut last: Option<ListCursor> = None;
+        'outer: loop {
+            let mut iter = self.tree.range(from.clone()..);
+            loop {
+                let Some(kv) = iter.next() else { break 'outer };
+                let (k, v) = kv?;
+                if !k.starts_with(&scan_prefix) {
+                    break 'outer;
+                }
+                let name = String::from_utf8_lossy(&k[base.len()..]).into_owned();
+                let rest = &name[q.prefix.len()..];
+                if !q.delimiter.is_empty() {
+                    if let Some(pos) = rest.find(q.delimiter) {
+                        let folder = format!("{}{}", q.prefix, &rest[..pos + q.delimiter.len()]);
+                        // A folder shows when it holds a key this listing shows (live or trash).
+                        let has_visible = self.folder_has(&base, &folder, q.trash)?;
+                        if has_visible {
+                            if count == limit {
+                                page.next = last.clone();
+                                break 'outer;
+                            }
+                            page.folders.push(folder.clone());
+                            count += 1;
+                            last = Some(ListCursor::AfterFolder(folder.clone()));
+                        }
+                        from = [base.as_slice(), folder.as_bytes(), &[0xFF]].concat();
+                        continue 'outer;
+                    }
+                }
+                let head: ObjectHead = decode("object", &v)?;
+                if head.trash.is_some() != q.trash {
+                    continue;
+                }
+                if count == limit {
+                    page.next = last.clone();
+                    break 'outer;
+                }
+                let Ok(key) = ObjectKey::new(&name) else { continue };
+                page.objects.push(ObjectView {
+                    bucket: q.bucket.clone(),
+                    key,
+                    info: head.current,
+                    version_count: head.version_count,
+                    trash: head.trash,
+                });
+                count += 1;
+                last = Some(ListCursor::AfterKey(name));
+            }
+        }
+        Ok(page)
+    }
+
+    /// Whether a folder holds at least one key that the listing shows (live or trashed).
+    fn folder_has(&self, base: &[u8], folder: &str, trash: bool) -> Result<bool, StoreError> {
+        for kv in self.tree.scan_prefix([base, folder.as_bytes()].concat()) {
+            let (_, v) = kv?;
+            let head: ObjectHead = decode("object", &v)?;
+            if head.trash.is_some() == trash {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    pub fn counts(&self) -> Result<Counts, StoreError> {
+        let count = |p: u8| self.tree.scan_prefix([p]).count() as u64;
+        Ok(Counts { tenants: count(keys::TENANT), objects: count(keys::OBJECT), sessions: count(keys::SESSION) })
+    }
+}

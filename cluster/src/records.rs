@@ -1,0 +1,150 @@
+//! What the state machine stores, and how it is encoded: every value is one format-version byte
+//! followed by bincode (serde), so a later release can migrate old records.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::error::StoreError;
+use crate::ids::{ChunkId, SessionId, TenantId};
+use crate::names::{BucketName, ObjectKey};
+
+/// Format version written in front of every stored value.
+pub const FORMAT_V1: u8 = 1;
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_V1];
+    // Encoding plain data structs into a Vec cannot fail.
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
+        .unwrap_or_default();
+    out
+}
+
+pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&FORMAT_V1, rest)) => {
+            bincode::serde::decode_from_slice(rest, bincode::config::standard())
+                .map(|(v, _)| v)
+                .map_err(|e| StoreError::Corrupt { what, why: e.to_string() })
+        }
+        Some((v, _)) => Err(StoreError::Corrupt { what, why: format!("unknown format version {v}") }),
+        None => Err(StoreError::Corrupt { what, why: "empty record".into() }),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub id: TenantId,
+    pub name: String,
+    pub created_at_ms: i64,
+}
+
+/// Who a bearer token speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Principal {
+    Tenant(TenantId),
+    Admin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub principal: Principal,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketRecord {
+    pub created_at_ms: i64,
+}
+
+/// One chunk of a version, at its place in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkEntry {
+    pub id: ChunkId,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// The summary of a version, also kept in the object's head for listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: u64,
+    pub size: u64,
+    pub file_hash: [u8; 32],
+    pub content_type: String,
+    pub created_at_ms: i64,
+    pub chunk_count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub info: VersionInfo,
+    pub chunks: Vec<ChunkEntry>,
+}
+
+/// A key's head: its current version and trash state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectHead {
+    pub current: VersionInfo,
+    pub version_count: u32,
+    pub trash: Option<TrashState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrashState {
+    pub deleted_at_ms: i64,
+    pub purge_at_ms: i64,
+}
+
+/// What a caller sees of an object version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectView {
+    pub bucket: BucketName,
+    pub key: ObjectKey,
+    pub info: VersionInfo,
+    pub version_count: u32,
+    pub trash: Option<TrashState>,
+}
+
+/// References one tenant holds on one chunk (committed versions plus open sessions). Dedup is
+/// decided on this record, so a tenant learns nothing about another tenant's chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkMeta {
+    pub refs: u64,
+    pub len: u32,
+    /// Chaining values of this chunk at file offsets where it was seen (a few at most), so a
+    /// deduplicated upload can check its whole-file hash without reading the chunk.
+    pub cvs: Vec<(u64, [u8; 32])>,
+}
+
+/// How many offsets' chaining values a chunk remembers.
+pub const MAX_REMEMBERED_CVS: usize = 4;
+
+/// One entry of an upload manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    pub id: ChunkId,
+    pub len: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub tenant: TenantId,
+    pub bucket: BucketName,
+    pub key: ObjectKey,
+    pub size: u64,
+    pub content_type: String,
+    pub has_manifest: bool,
+    /// BLAKE3 of the encoded manifest: a resumed CreateUpload must name the same file.
+    pub manifest_digest: [u8; 32],
+    pub created_at_ms: i64,
+    pub last_activity_ms: i64,
+    pub bytes_present: u64,
+}
+
+/// A durable chunk of an open session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionChunk {
+    pub id: ChunkId,
+    pub len: u32,
+    pub cv: Option<[u8; 32]>,
+}

@@ -1,0 +1,562 @@
+//! The sled-backed state machine. `apply` is deterministic and does no I/O besides sled: the
+//! same commands in the same order give the same state on every replica. Applies are
+//! serialized by a lock (one writer); each command's writes land as one atomic sled batch.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::command::{Command, Response};
+use crate::error::{ApplyError, Gap, Rejection, StoreError};
+use crate::ids::{ChunkId, SessionId, TenantId, TokenHash};
+use crate::keys;
+use crate::names::{BucketName, ObjectKey};
+use crate::records::*;
+
+pub struct StateMachine {
+    pub(crate) db: sled::Db,
+    pub(crate) tree: sled::Tree,
+    write: Mutex<()>,
+}
+
+impl StateMachine {
+    pub fn open(path: &Path) -> Result<StateMachine, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(64 * 1024 * 1024)
+            .flush_every_ms(Some(500))
+            .open()?;
+        let tree = db.open_tree("state")?;
+        Ok(StateMachine { db, tree, write: Mutex::new(()) })
+    }
+
+    /// Makes every applied command durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Number of commands applied so far (the Raft issue replaces this with the log index).
+    pub fn applied(&self) -> Result<u64, StoreError> {
+        Ok(self.tree.get(keys::meta("applied"))?.and_then(|v| keys::be_u64(&v, 0)).unwrap_or(0))
+    }
+
+    pub fn apply(&self, cmd: &Command) -> Result<Response, ApplyError> {
+        let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tx = Txn::new(&self.tree);
+        let applied = self.applied()? + 1;
+        tx.put_raw(keys::meta("applied"), applied.to_be_bytes().to_vec());
+        let out = match cmd {
+            Command::CreateTenant { name, token, now_ms } => create_tenant(&mut tx, name, token, *now_ms),
+            Command::CreateAdminToken { token, now_ms } => {
+                let rec = TokenRecord { principal: Principal::Admin, created_at_ms: *now_ms };
+                tx.put(keys::token(&token.0), &rec);
+                Ok(Response::Done)
+            }
+            Command::OpenSession { session, tenant, bucket, key, size, manifest, content_type, now_ms } => {
+                open_session(&mut tx, session, *tenant, bucket, key, *size, manifest.as_deref(), content_type, *now_ms)
+            }
+            Command::AddChunk { session, tenant, offset, id, len, cv, now_ms } => {
+                add_chunk(&mut tx, session, *tenant, *offset, id, *len, *cv, *now_ms)
+            }
+            Command::CompleteSession { session, tenant, file_hash, now_ms } => {
+                complete_session(&mut tx, session, *tenant, file_hash, *now_ms)
+            }
+            Command::AbortSession { session, tenant, idle_before_ms } => {
+                abort_session(&mut tx, session, *tenant, *idle_before_ms)
+            }
+            Command::TrashObject { tenant, bucket, key, now_ms, purge_at_ms } => {
+                trash_object(&mut tx, *tenant, bucket, key, *now_ms, *purge_at_ms)
+            }
+            Command::UntrashObject { tenant, bucket, key } => untrash_object(&mut tx, *tenant, bucket, key),
+            Command::PurgeObject { tenant, bucket, key, now_ms } => purge_object(&mut tx, *tenant, bucket, key, *now_ms),
+            Command::ChunkCollected { id } => {
+                if tx.get_u64(&keys::chunk_global(id))? == 0 {
+                    tx.del(keys::gc(id));
+                }
+                Ok(Response::Done)
+            }
+        };
+        match out {
+            Ok(resp) => {
+                tx.commit()?;
+                Ok(resp)
+            }
+            Err(ApplyError::Rejected(r)) => {
+                // A refused command changes nothing but still counts as applied.
+                let mut only_index = Txn::new(&self.tree);
+                only_index.put_raw(keys::meta("applied"), applied.to_be_bytes().to_vec());
+                only_index.commit()?;
+                Err(ApplyError::Rejected(r))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Reads through pending writes; commits them as one batch.
+struct Txn<'a> {
+    tree: &'a sled::Tree,
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Txn<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        Txn { tree, pending: BTreeMap::new() }
+    }
+
+    fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.pending.get(key) {
+            return Ok(v.clone());
+        }
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn get<T: DeserializeOwned>(&self, what: &'static str, key: &[u8]) -> Result<Option<T>, StoreError> {
+        self.get_raw(key)?.map(|v| decode(what, &v)).transpose()
+    }
+
+    fn get_u64(&self, key: &[u8]) -> Result<u64, StoreError> {
+        Ok(self.get_raw(key)?.and_then(|v| keys::be_u64(&v, 0)).unwrap_or(0))
+    }
+
+    fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) {
+        self.pending.insert(key, Some(encode(value)));
+    }
+
+    fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.pending.insert(key, Some(value));
+    }
+
+    fn put_u64(&mut self, key: Vec<u8>, value: u64) {
+        self.put_raw(key, value.to_be_bytes().to_vec());
+    }
+
+    fn del(&mut self, key: Vec<u8>) {
+        self.pending.insert(key, None);
+    }
+
+    /// Keys under `prefix`, as committed plus pending, in order.
+    fn scan_keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+        for kv in self.tree.scan_prefix(prefix) {
+            out.insert(kv?.0.to_vec(), true);
+        }
+        for (k, v) in self.pending.range(prefix.to_vec()..) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.insert(k.clone(), v.is_some());
+        }
+        Ok(out.into_iter().filter(|(_, live)| *live).map(|(k, _)| k).collect())
+    }
+
+    fn commit(self) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in self.pending {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn next_id(&mut self, counter: &str) -> Result<u64, StoreError> {
+        let key = keys::meta(counter);
+        let next = self.get_u64(&key)? + 1;
+        self.put_u64(key, next);
+        Ok(next)
+    }
+}
+
+fn create_tenant(tx: &mut Txn, name: &str, token: &TokenHash, now_ms: i64) -> Result<Response, ApplyError> {
+    let name_key = keys::meta(&format!("tenant-name/{name}"));
+    if tx.get_raw(&name_key)?.is_some() {
+        return Err(Rejection::TenantExists(name.to_owned()).into());
+    }
+    let id = TenantId(tx.next_id("next-tenant")?);
+    tx.put_u64(name_key, id.0);
+    tx.put(keys::tenant(id), &TenantRecord { id, name: name.to_owned(), created_at_ms: now_ms });
+    tx.put(keys::token(&token.0), &TokenRecord { principal: Principal::Tenant(id), created_at_ms: now_ms });
+    Ok(Response::TenantCreated(id))
+}
+
+fn manifest_digest(manifest: Option<&[ManifestEntry]>) -> [u8; 32] {
+    *blake3::hash(&encode(&manifest)).as_bytes()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn open_session(
+    tx: &mut Txn,
+    session: &SessionId,
+    tenant: TenantId,
+    bucket: &BucketName,
+    key: &ObjectKey,
+    size: u64,
+    manifest: Option<&[ManifestEntry]>,
+    content_type: &str,
+    now_ms: i64,
+) -> Result<Response, ApplyError> {
+    if let Some(m) = manifest {
+        let covered = m.iter().map(|e| e.len as u64).sum::<u64>();
+        if covered != size {
+            return Err(Rejection::ManifestSize { covered, size }.into());
+        }
+    }
+    let digest = manifest_digest(manifest);
+
+    // Resume: an open session of this tenant for the same key, size and manifest.
+    for index_key in tx.scan_keys(&keys::session_by_key_prefix(tenant, bucket, key))? {
+        let Some(id) = index_key.get(index_key.len() - 16..).and_then(|s| <[u8; 16]>::try_from(s).ok()) else {
+            continue;
+        };
+        let old = SessionId::from_bytes(id);
+        if let Some(mut rec) = tx.get::<SessionRecord>("session", &keys::session(&old))? {
+            if rec.size == size && rec.manifest_digest == digest && rec.content_type == content_type {
+                rec.last_activity_ms = now_ms;
+                let bytes_present = rec.bytes_present;
+                tx.put(keys::session(&old), &rec);
+                let existing = match manifest {
+                    Some(m) => present_indexes(tx, &old, m)?,
+                    None => Vec::new(),
+                };
+                return Ok(Response::SessionOpened { session: old, resumed: true, existing, bytes_present });
+            }
+        }
+    }
+
+    let mut rec = SessionRecord {
+        id: *session,
+        tenant,
+        bucket: bucket.clone(),
+        key: key.clone(),
+        size,
+        content_type: content_type.to_owned(),
+        has_manifest: manifest.is_some(),
+        manifest_digest: digest,
+        created_at_ms: now_ms,
+        last_activity_ms: now_ms,
+        bytes_present: 0,
+    };
+    let mut existing = Vec::new();
+    if let Some(m) = manifest {
+        tx.put(keys::session_manifest(session), &m.to_vec());
+        // Dedup: chunks the tenant already holds join the session at once (and are pinned by
+        // the session's reference until it completes or ends).
+        let mut offset = 0u64;
+        for (i, e) in m.iter().enumerate() {
+            if let Some(meta) = tx.get::<ChunkMeta>("chunk", &keys::chunk_tenant(&e.id, tenant))? {
+                if meta.refs > 0 && meta.len == e.len {
+                    let cv = meta.cvs.iter().find(|(o, _)| *o == offset).map(|(_, cv)| *cv);
+                    tx.put(keys::session_chunk(session, offset), &SessionChunk { id: e.id, len: e.len, cv });
+                    add_ref(tx, &e.id, tenant, e.len, None)?;
+                    rec.bytes_present += e.len as u64;
+                    existing.push(i as u32);
+                }
+            }
+            offset += e.len as u64;
+        }
+    }
+    let bytes_present = rec.bytes_present;
+    tx.put(keys::session(session), &rec);
+    tx.put_raw(keys::session_by_key(tenant, bucket, key, session), Vec::new());
+    Ok(Response::SessionOpened { session: *session, resumed: false, existing, bytes_present })
+}
+
+/// Manifest indexes whose chunk is present in the session.
+fn present_indexes(tx: &Txn, session: &SessionId, m: &[ManifestEntry]) -> Result<Vec<u32>, StoreError> {
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    for (i, e) in m.iter().enumerate() {
+        if let Some(c) = tx.get::<SessionChunk>("session chunk", &keys::session_chunk(session, offset))? {
+            if c.id == e.id {
+                out.push(i as u32);
+            }
+        }
+        offset += e.len as u64;
+    }
+    Ok(out)
+}
+
+fn add_ref(tx: &mut Txn, id: &ChunkId, tenant: TenantId, len: u32, cv_at: Option<(u64, [u8; 32])>) -> Result<(), StoreError> {
+    let key = keys::chunk_tenant(id, tenant);
+    let mut meta = tx.get::<ChunkMeta>("chunk", &key)?.unwrap_or(ChunkMeta { refs: 0, len, cvs: Vec::new() });
+    meta.refs += 1;
+    if let Some((offset, cv)) = cv_at {
+        if !meta.cvs.iter().any(|(o, _)| *o == offset) && meta.cvs.len() < MAX_REMEMBERED_CVS {
+            meta.cvs.push((offset, cv));
+        }
+    }
+    tx.put(key, &meta);
+    let global = keys::chunk_global(id);
+    let refs = tx.get_u64(&global)?;
+    if refs == 0 {
+        tx.del(keys::gc(id));
+    }
+    tx.put_u64(global, refs + 1);
+    Ok(())
+}
+
+fn drop_ref(tx: &mut Txn, id: &ChunkId, tenant: TenantId) -> Result<(), StoreError> {
+    let key = keys::chunk_tenant(id, tenant);
+    if let Some(mut meta) = tx.get::<ChunkMeta>("chunk", &key)? {
+        meta.refs = meta.refs.saturating_sub(1);
+        if meta.refs == 0 {
+            tx.del(key);
+        } else {
+            tx.put(key, &meta);
+        }
+    }
+    let global = keys::chunk_global(id);
+    let refs = tx.get_u64(&global)?.saturating_sub(1);
+    if refs == 0 {
+        tx.del(global);
+        tx.put_raw(keys::gc(id), Vec::new());
+    } else {
+        tx.put_u64(global, refs);
+    }
+    Ok(())
+}
+
+fn load_session(tx: &Txn, session: &SessionId, tenant: Option<TenantId>) -> Result<SessionRecord, ApplyError> {
+    match tx.get::<SessionRecord>("session", &keys::session(session))? {
+        Some(rec) if tenant.is_none_or(|t| t == rec.tenant) => Ok(rec),
+        _ => Err(Rejection::SessionNotFound.into()),
+    }
+}
+
+fn load_manifest(tx: &Txn, session: &SessionId) -> Result<Vec<ManifestEntry>, StoreError> {
+    Ok(tx.get::<Vec<ManifestEntry>>("manifest", &keys::session_manifest(session))?.unwrap_or_default())
+}
+
+/// Decodes the session's chunks in offset order.
+fn session_chunks(tx: &Txn, session: &SessionId) -> Result<Vec<(u64, SessionChunk)>, StoreError> {
+    let prefix = keys::session_chunk_prefix(session);
+    let mut out = Vec::new();
+    for k in tx.scan_keys(&prefix)? {
+        let offset = keys::be_u64(&k, prefix.len()).unwrap_or(0);
+        if let Some(c) = tx.get::<SessionChunk>("session chunk", &k)? {
+            out.push((offset, c));
+        }
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn add_chunk(
+    tx: &mut Txn,
+    session: &SessionId,
+    tenant: TenantId,
+    offset: u64,
+    id: &ChunkId,
+    len: u32,
+    cv: Option<[u8; 32]>,
+    now_ms: i64,
+) -> Result<Response, ApplyError> {
+    let mut rec = load_session(tx, session, Some(tenant))?;
+    let end = offset + len as u64;
+    if end > rec.size {
+        return Err(Rejection::ChunkOutOfBounds { offset, end, size: rec.size }.into());
+    }
+    if rec.has_manifest {
+        let mut at = 0u64;
+        let mut expected = None;
+        for e in load_manifest(tx, session)? {
+            if at == offset {
+                expected = Some(e);
+                break;
+            }
+            at += e.len as u64;
+        }
+        match expected {
+            Some(e) if e.id == *id && e.len == len => {}
+            Some(e) => return Err(Rejection::ManifestMismatch { offset, expected: e.id }.into()),
+            None => return Err(Rejection::ChunkOverlap { offset }.into()),
+        }
+    }
+    let key = keys::session_chunk(session, offset);
+    if let Some(have) = tx.get::<SessionChunk>("session chunk", &key)? {
+        if have.id == *id {
+            rec.last_activity_ms = now_ms;
+            let bytes_present = rec.bytes_present;
+            tx.put(keys::session(session), &rec);
+            return Ok(Response::ChunkAdded { bytes_present, added: false });
+        }
+        return Err(Rejection::ChunkOverlap { offset }.into());
+    }
+    // Without a manifest, chunks may come at any offsets: refuse overlaps with neighbours.
+    let prefix = keys::session_chunk_prefix(session);
+    let before = tx.tree.range(prefix.clone()..key.clone()).next_back().transpose()?;
+    if let Some((k, v)) = before.filter(|(k, _)| k.starts_with(&prefix)) {
+        let prev_off = keys::be_u64(&k, prefix.len()).unwrap_or(0);
+        let prev: SessionChunk = decode("session chunk", &v)?;
+        if prev_off + prev.len as u64 > offset {
+            return Err(Rejection::ChunkOverlap { offset }.into());
+        }
+    }
+    let after = tx.tree.range(key.clone()..).next().transpose()?;
+    if let Some((k, _)) = after.filter(|(k, _)| k.starts_with(&prefix)) {
+        if keys::be_u64(&k, prefix.len()).unwrap_or(u64::MAX) < end {
+            return Err(Rejection::ChunkOverlap { offset }.into());
+        }
+    }
+    tx.put(key, &SessionChunk { id: *id, len, cv });
+    add_ref(tx, id, tenant, len, cv.map(|c| (offset, c)))?;
+    rec.bytes_present += len as u64;
+    rec.last_activity_ms = now_ms;
+    let bytes_present = rec.bytes_present;
+    tx.put(keys::session(session), &rec);
+    Ok(Response::ChunkAdded { bytes_present, added: true })
+}
+
+/// Gaps in the byte range [0, size) not covered by `chunks` (offset order).
+pub fn gaps(chunks: &[(u64, SessionChunk)], size: u64) -> Vec<Gap> {
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    for (offset, c) in chunks {
+        if *offset > at {
+            out.push(Gap { offset: at, len: offset - at });
+        }
+        at = at.max(offset + c.len as u64);
+    }
+    if at < size {
+        out.push(Gap { offset: at, len: size - at });
+    }
+    out
+}
+
+fn forget_session(tx: &mut Txn, rec: &SessionRecord) {
+    tx.del(keys::session(&rec.id));
+    tx.del(keys::session_manifest(&rec.id));
+    tx.del(keys::session_by_key(rec.tenant, &rec.bucket, &rec.key, &rec.id));
+}
+
+fn complete_session(
+    tx: &mut Txn,
+    session: &SessionId,
+    tenant: TenantId,
+    file_hash: &[u8; 32],
+    now_ms: i64,
+) -> Result<Response, ApplyError> {
+    let rec = load_session(tx, session, Some(tenant))?;
+    let chunks = session_chunks(tx, session)?;
+    let missing = gaps(&chunks, rec.size);
+    if !missing.is_empty() {
+        return Err(Rejection::Incomplete(missing).into());
+    }
+    let version = tx.next_id("next-version")?;
+    let info = VersionInfo {
+        version,
+        size: rec.size,
+        file_hash: *file_hash,
+        content_type: rec.content_type.clone(),
+        created_at_ms: now_ms,
+        chunk_count: chunks.len() as u32,
+    };
+    // The session's chunk references become the version's: no refcount changes.
+    let entries = chunks.iter().map(|(offset, c)| ChunkEntry { id: c.id, offset: *offset, len: c.len }).collect();
+    for (offset, _) in &chunks {
+        tx.del(keys::session_chunk(session, *offset));
+    }
+    forget_session(tx, &rec);
+    tx.put(keys::version(tenant, &rec.bucket, &rec.key, version), &VersionRecord { info: info.clone(), chunks: entries });
+    let bucket_key = keys::bucket(tenant, &rec.bucket);
+    if tx.get_raw(&bucket_key)?.is_none() {
+        tx.put(bucket_key, &BucketRecord { created_at_ms: now_ms });
+    }
+    let head_key = keys::object(tenant, &rec.bucket, &rec.key);
+    let old = tx.get::<ObjectHead>("object", &head_key)?;
+    if let Some(TrashState { purge_at_ms, .. }) = old.as_ref().and_then(|h| h.trash) {
+        tx.del(keys::trash(purge_at_ms, tenant, &rec.bucket, &rec.key));
+    }
+    let head = ObjectHead { current: info, version_count: old.map_or(0, |h| h.version_count) + 1, trash: None };
+    tx.put(head_key, &head);
+    Ok(Response::Committed(ObjectView {
+        bucket: rec.bucket,
+        key: rec.key,
+        info: head.current,
+        version_count: head.version_count,
+        trash: None,
+    }))
+}
+
+fn abort_session(tx: &mut Txn, session: &SessionId, tenant: Option<TenantId>, idle_before_ms: Option<i64>) -> Result<Response, ApplyError> {
+    let rec = load_session(tx, session, tenant)?;
+    if idle_before_ms.is_some_and(|t| rec.last_activity_ms >= t) {
+        return Ok(Response::Done); // active again since the sweeper looked: keep it
+    }
+    for (offset, c) in session_chunks(tx, session)? {
+        tx.del(keys::session_chunk(session, offset));
+        drop_ref(tx, &c.id, rec.tenant)?;
+    }
+    forget_session(tx, &rec);
+    Ok(Response::Done)
+}
+
+fn trash_object(tx: &mut Txn, tenant: TenantId, bucket: &BucketName, key: &ObjectKey, now_ms: i64, purge_at_ms: i64) -> Result<Response, ApplyError> {
+    let head_key = keys::object(tenant, bucket, key);
+    let mut head = match tx.get::<ObjectHead>("object", &head_key)? {
+        Some(h) if h.trash.is_none() => h,
+        _ => return Err(Rejection::ObjectNotFound.into()),
+    };
+    let state = TrashState { deleted_at_ms: now_ms, purge_at_ms };
+    head.trash = Some(state);
+    tx.put(head_key, &head);
+    tx.put_raw(keys::trash(purge_at_ms, tenant, bucket, key), Vec::new());
+    Ok(Response::Trashed(state))
+}
+
+fn untrash_object(tx: &mut Txn, tenant: TenantId, bucket: &BucketName, key: &ObjectKey) -> Result<Response, ApplyError> {
+    let head_key = keys::object(tenant, bucket, key);
+    let mut head = match tx.get::<ObjectHead>("object", &head_key)? {
+        Some(h) => h,
+        None => return Err(Rejection::ObjectNotFound.into()),
+    };
+    let Some(state) = head.trash.take() else {
+        return Err(Rejection::NotInTrash.into());
+    };
+    tx.del(keys::trash(state.purge_at_ms, tenant, bucket, key));
+    tx.put(head_key, &head);
+    Ok(Response::Untrashed(ObjectView {
+        bucket: bucket.clone(),
+        key: key.clone(),
+        info: head.current,
+        version_count: head.version_count,
+        trash: None,
+    }))
+}
+
+fn purge_object(tx: &mut Txn, tenant: TenantId, bucket: &BucketName, key: &ObjectKey, now_ms: i64) -> Result<Response, ApplyError> {
+    let head_key = keys::object(tenant, bucket, key);
+    let head = match tx.get::<ObjectHead>("object", &head_key)? {
+        Some(h) => h,
+        None => return Err(Rejection::ObjectNotFound.into()),
+    };
+    let state = match head.trash {
+        Some(s) if s.purge_at_ms <= now_ms => s,
+        Some(_) => return Ok(Response::Purged { versions: 0 }),
+        None => return Err(Rejection::NotInTrash.into()),
+    };
+    let mut versions = 0;
+    for vkey in tx.scan_keys(&keys::version_prefix(tenant, bucket, key))? {
+        if let Some(v) = tx.get::<VersionRecord>("version", &vkey)? {
+            for c in &v.chunks {
+                drop_ref(tx, &c.id, tenant)?;
+            }
+            versions += 1;
+        }
+        tx.del(vkey);
+    }
+    tx.del(keys::trash(state.purge_at_ms, tenant, bucket, key));
+    tx.del(head_key);
+    Ok(Response::Purged { versions })
+}
+
+/// Decodes a value read outside a command.
+pub(crate) fn read<T: DeserializeOwned>(tree: &sled::Tree, what: &'static str, key: &[u8]) -> Result<Option<T>, StoreError> {
+    tree.get(key)?.map(|v| decode(what, &v)).transpose()
+}
