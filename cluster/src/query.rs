@@ -234,3 +234,16 @@ impl StateMachine {
         Ok(Counts { tenants: count(keys::TENANT), objects: count(keys::OBJECT), sessions: count(keys::SESSION) })
     }
 }
+
+impl StateMachine {
+    /// Whether any admin token exists (a fresh node creates one at first start).
+    pub fn has_admin_token(&self) -> Result<bool, StoreError> {
+        for kv in self.tree.scan_prefix([keys::TOKEN]) {
+            let (_, v) = kv?;
+            if decode::<TokenRecord>("token", &v)?.principal == Principal::Admin {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}

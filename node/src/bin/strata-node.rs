@@ -1,1 +1,74 @@
-fn main(){}
+//! `strata-node`: parse flags and configuration, then run the node.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use strata_node::config::{Config, Overrides};
+use strata_node::server::{self, Mode};
+
+#[derive(Parser)]
+#[command(name = "strata-node", version, about = "Strata storage node")]
+struct Cli {
+    /// TOML configuration file (every key has a default; see `strata-node config`).
+    #[arg(long, short, global = true, env = "STRATA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (chunks and metadata).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, global = true)]
+    listen: Option<std::net::SocketAddr>,
+    /// Prometheus metrics listen address.
+    #[arg(long, global = true)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// This node's name.
+    #[arg(long, global = true)]
+    node_id: Option<String>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node with the configured addresses (the default).
+    Run,
+    /// Run a single-node Strata on embedded defaults: data in ./data, gRPC on 127.0.0.1:7400 or
+    /// the first free port after it, a "default" tenant whose token is printed once.
+    Dev,
+    /// Print the default configuration as TOML.
+    Config,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Cmd::Run);
+    if let Cmd::Config = command {
+        print!("{}", Config::default_toml());
+        return Ok(());
+    }
+    let overrides = Overrides { node_id: cli.node_id, data_dir: cli.data_dir, listen: cli.listen, metrics_listen: cli.metrics_listen };
+    let config = Config::load(cli.config.as_deref(), &overrides)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let mode = match command {
+        Cmd::Dev => Mode::Dev,
+        _ => Mode::Run,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(server::run(config, mode, shutdown_signal()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown signal received");
+}

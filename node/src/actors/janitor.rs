@@ -1,0 +1,99 @@
+//! Janitor: the node's periodic sweep. It aborts upload sessions idle past their timeout,
+//! purges trashed keys past retention, and deletes chunks nothing references any more. Each
+//! step is bounded per sweep; what is left waits for the next one.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use strata_cluster::Command;
+
+use super::supervisor::SupervisorMsg;
+use crate::context::{Context, now_ms};
+use crate::metrics as m;
+
+/// Work items handled per sweep and step.
+const BATCH: usize = 1000;
+
+pub struct Janitor;
+
+pub enum JanitorMsg {
+    /// Runs one sweep; the reply (if any) is sent when it is done.
+    Sweep(Option<RpcReplyPort<()>>),
+}
+
+pub struct JanitorState {
+    ctx: Arc<Context>,
+    supervisor: ActorRef<SupervisorMsg>,
+    last_sweep: Option<Instant>,
+}
+
+impl Actor for Janitor {
+    type Msg = JanitorMsg;
+    type State = JanitorState;
+    type Arguments = (Arc<Context>, ActorRef<SupervisorMsg>);
+
+    async fn pre_start(&self, myself: ActorRef<JanitorMsg>, (ctx, supervisor): Self::Arguments) -> Result<JanitorState, ActorProcessingErr> {
+        myself.send_interval(ctx.config.janitor_interval, || JanitorMsg::Sweep(None));
+        Ok(JanitorState { ctx, supervisor, last_sweep: None })
+    }
+
+    async fn handle(&self, _myself: ActorRef<JanitorMsg>, msg: JanitorMsg, st: &mut JanitorState) -> Result<(), ActorProcessingErr> {
+        let JanitorMsg::Sweep(reply) = msg;
+        // Ticks that queued up behind a long sweep are skipped.
+        let recent = st.last_sweep.is_some_and(|t| t.elapsed() < st.ctx.config.janitor_interval / 2);
+        if reply.is_some() || !recent {
+            if let Err(e) = sweep(st).await {
+                tracing::warn!(error = %e, "janitor sweep failed; retrying next interval");
+            }
+            st.last_sweep = Some(Instant::now());
+        }
+        if let Some(r) = reply {
+            let _ = r.send(());
+        }
+        Ok(())
+    }
+}
+
+async fn sweep(st: &JanitorState) -> anyhow::Result<()> {
+    let ctx = &st.ctx;
+    let now = now_ms();
+
+    let idle_before = now - ctx.config.session_idle_timeout.as_millis() as i64;
+    for session in ctx.sm.idle_sessions(idle_before)?.into_iter().take(BATCH) {
+        let _ = st.supervisor.cast(SupervisorMsg::Forget(session));
+        let cmd = Command::AbortSession { session, tenant: None, idle_before_ms: Some(idle_before) };
+        match ctx.propose(cmd).await {
+            Ok(_) => {
+                metrics::counter!(m::SESSIONS_EXPIRED).increment(1);
+                tracing::info!(%session, "expired idle upload session");
+            }
+            Err(e) => tracing::warn!(%session, error = %e, "could not expire session"),
+        }
+    }
+
+    for (tenant, bucket, key) in ctx.sm.trash_due(now, BATCH)? {
+        let cmd = Command::PurgeObject { tenant, bucket: bucket.clone(), key: key.clone(), now_ms: now };
+        match ctx.propose(cmd).await {
+            Ok(_) => metrics::counter!(m::TRASH_PURGED).increment(1),
+            Err(e) => tracing::warn!(%bucket, %key, error = %e, "could not purge trashed key"),
+        }
+    }
+
+    for id in ctx.sm.gc_queue(BATCH)? {
+        let _lock = ctx.lock_chunk(&id).await;
+        if ctx.sm.chunk_refs(&id)? > 0 {
+            continue; // referenced again since it was queued; apply already dequeued it
+        }
+        let c = ctx.clone();
+        tokio::task::spawn_blocking(move || c.store.delete(&id)).await??;
+        ctx.propose(Command::ChunkCollected { id }).await?;
+        metrics::counter!(m::CHUNKS_COLLECTED).increment(1);
+    }
+
+    let (chunks, bytes) = ctx.store.usage();
+    metrics::gauge!(m::CHUNK_STORE_CHUNKS).set(chunks as f64);
+    metrics::gauge!(m::CHUNK_STORE_BYTES).set(bytes as f64);
+    metrics::gauge!(m::UPTIME).set(ctx.started.elapsed().as_secs_f64());
+    Ok(())
+}

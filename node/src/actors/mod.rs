@@ -1,0 +1,11 @@
+//! The node's actors (ractor). Supervision tree:
+//!
+//! ```text
+//! NodeSupervisor
+//! ├── UploadSession   one per open upload, spawned on demand, state recovered from metadata
+//! └── Janitor         session expiry, trash purge, chunk garbage collection
+//! ```
+
+pub mod janitor;
+pub mod supervisor;
+pub mod upload_session;

@@ -1,0 +1,150 @@
+//! NodeSupervisor: the root of the node's actors. It spawns one UploadSession per open upload
+//! on demand (recovering its state from the state machine) and the Janitor; a child that fails
+//! is restarted with its state recovered. The Placement, Verifier and Tiering actors join here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use strata_cluster::SessionId;
+
+use super::janitor::{Janitor, JanitorMsg};
+use super::upload_session::{SessionArgs, SessionMsg, UploadSession};
+use crate::context::Context;
+use crate::error::{NodeError, NodeResult};
+use crate::metrics as m;
+
+pub struct NodeSupervisor;
+
+pub enum SupervisorMsg {
+    /// The actor of an open session, spawned (and recovered) if it is not running.
+    Session(SessionId, RpcReplyPort<NodeResult<ActorRef<SessionMsg>>>),
+    /// Stops a session's actor if it runs (its session was expired by the janitor).
+    Forget(SessionId),
+    /// Runs the janitor's sweep now and replies when it is done (admin and tests).
+    SweepNow(RpcReplyPort<()>),
+}
+
+pub struct SupervisorState {
+    ctx: Arc<Context>,
+    sessions: HashMap<SessionId, ActorRef<SessionMsg>>,
+    by_actor: HashMap<ActorId, SessionId>,
+    janitor: Option<ActorRef<JanitorMsg>>,
+}
+
+impl SupervisorState {
+    async fn spawn_session(&mut self, myself: &ActorRef<SupervisorMsg>, id: SessionId) -> NodeResult<ActorRef<SessionMsg>> {
+        if !self.ctx.sm.session(&id)?.is_some() {
+            return Err(strata_cluster::Rejection::SessionNotFound.into());
+        }
+        let args = SessionArgs { id, ctx: self.ctx.clone() };
+        let (actor, _) = Actor::spawn_linked(None, UploadSession, args, myself.get_cell())
+            .await
+            .map_err(|e| NodeError::Internal(format!("cannot start session actor: {e}")))?;
+        self.by_actor.insert(actor.get_id(), id);
+        self.sessions.insert(id, actor.clone());
+        metrics::gauge!(m::SESSIONS_OPEN).set(self.sessions.len() as f64);
+        Ok(actor)
+    }
+
+    async fn spawn_janitor(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
+        let (janitor, _) = Actor::spawn_linked(None, Janitor, (self.ctx.clone(), myself.clone()), myself.get_cell()).await?;
+        self.janitor = Some(janitor);
+        Ok(())
+    }
+
+    fn forget_actor(&mut self, cell: &ActorCell) -> Option<SessionId> {
+        let id = self.by_actor.remove(&cell.get_id())?;
+        self.sessions.remove(&id);
+        metrics::gauge!(m::SESSIONS_OPEN).set(self.sessions.len() as f64);
+        Some(id)
+    }
+}
+
+impl Actor for NodeSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = Arc<Context>;
+
+    async fn pre_start(&self, myself: ActorRef<SupervisorMsg>, ctx: Arc<Context>) -> Result<SupervisorState, ActorProcessingErr> {
+        let mut st = SupervisorState { ctx, sessions: HashMap::new(), by_actor: HashMap::new(), janitor: None };
+        st.spawn_janitor(&myself).await?;
+        Ok(st)
+    }
+
+    async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, st: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Session(id, reply) => {
+                let result = match st.sessions.get(&id) {
+                    Some(a) => Ok(a.clone()),
+                    None => st.spawn_session(&myself, id).await,
+                };
+                let _ = reply.send(result);
+            }
+            SupervisorMsg::Forget(id) => {
+                if let Some(a) = st.sessions.remove(&id) {
+                    st.by_actor.remove(&a.get_id());
+                    a.stop(Some("session expired".into()));
+                }
+            }
+            SupervisorMsg::SweepNow(reply) => match &st.janitor {
+                Some(j) => {
+                    let _ = j.cast(JanitorMsg::Sweep(Some(reply)));
+                }
+                None => {
+                    let _ = reply.send(());
+                }
+            },
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, myself: ActorRef<SupervisorMsg>, evt: SupervisionEvent, st: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                if st.forget_actor(&cell).is_none() && st.janitor.as_ref().is_some_and(|j| j.get_id() == cell.get_id()) {
+                    tracing::warn!("janitor stopped; restarting it");
+                    st.spawn_janitor(&myself).await?;
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                metrics::counter!(m::ACTOR_RESTARTS).increment(1);
+                if let Some(id) = st.forget_actor(&cell) {
+                    tracing::error!(session = %id, error = %err, "upload session actor failed; restarting it from the state machine");
+                    match st.spawn_session(&myself, id).await {
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(session = %id, error = %e, "session not restarted"),
+                    }
+                } else if st.janitor.as_ref().is_some_and(|j| j.get_id() == cell.get_id()) {
+                    tracing::error!(error = %err, "janitor failed; restarting it");
+                    st.spawn_janitor(&myself).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// How long a handler waits for an actor's answer before giving up.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The actor of an open session (tenant checks happen in the actor).
+pub async fn session_actor(sup: &ActorRef<SupervisorMsg>, id: SessionId) -> NodeResult<ActorRef<SessionMsg>> {
+    call(sup, |reply| SupervisorMsg::Session(id, reply)).await?
+}
+
+/// Calls an actor with the standard timeout, mapping its failures to node errors.
+pub async fn call<M: ractor::Message, T: Send + 'static>(
+    actor: &ActorRef<M>,
+    msg: impl FnOnce(RpcReplyPort<T>) -> M,
+) -> NodeResult<T> {
+    match actor.call(msg, Some(CALL_TIMEOUT)).await {
+        Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
+        Ok(ractor::rpc::CallResult::Timeout) => Err(NodeError::Unavailable("the node did not answer in time".into())),
+        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
+            Err(NodeError::Unavailable("the actor serving this request stopped; retry".into()))
+        }
+    }
+}

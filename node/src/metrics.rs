@@ -1,0 +1,58 @@
+//! Metric names (all `strata_*`, units in the name) and the Prometheus exporter.
+
+use std::net::SocketAddr;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+pub const GRPC_REQUESTS: &str = "strata_grpc_requests_total";
+pub const GRPC_DURATION: &str = "strata_grpc_request_duration_seconds";
+pub const UPLOAD_BYTES: &str = "strata_upload_bytes_total";
+pub const DOWNLOAD_BYTES: &str = "strata_download_bytes_total";
+pub const DEDUP_BYTES: &str = "strata_upload_dedup_bytes_total";
+pub const CHUNK_STORE_OPS: &str = "strata_chunk_store_ops_total";
+pub const CHUNK_STORE_ERRORS: &str = "strata_chunk_store_errors_total";
+pub const CHUNK_STORE_WRITTEN_BYTES: &str = "strata_chunk_store_written_bytes_total";
+pub const CHUNK_CORRUPT: &str = "strata_chunk_corrupt_total";
+pub const CHUNK_STORE_CHUNKS: &str = "strata_chunk_store_chunks";
+pub const CHUNK_STORE_BYTES: &str = "strata_chunk_store_bytes";
+pub const SESSIONS_OPEN: &str = "strata_upload_sessions_open";
+pub const SESSIONS_EXPIRED: &str = "strata_upload_sessions_expired_total";
+pub const TRASH_PURGED: &str = "strata_trash_purged_total";
+pub const CHUNKS_COLLECTED: &str = "strata_chunks_collected_total";
+pub const ACTOR_RESTARTS: &str = "strata_actor_restarts_total";
+pub const UPTIME: &str = "strata_uptime_seconds";
+
+/// Installs the global recorder and serves /metrics on `addr`.
+pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
+    let latency_buckets = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets)?
+        .install()
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    describe_counter!(GRPC_REQUESTS, "gRPC requests by method and status code");
+    describe_histogram!(GRPC_DURATION, Unit::Seconds, "gRPC request latency by method (streams: until the handler returns)");
+    describe_counter!(UPLOAD_BYTES, Unit::Bytes, "chunk bytes received from clients");
+    describe_counter!(DOWNLOAD_BYTES, Unit::Bytes, "object bytes sent to clients");
+    describe_counter!(DEDUP_BYTES, Unit::Bytes, "upload bytes not sent because the tenant already held the chunks");
+    describe_counter!(CHUNK_STORE_OPS, "chunk store operations by op (put, get, delete)");
+    describe_counter!(CHUNK_STORE_ERRORS, "chunk store I/O errors by op");
+    describe_counter!(CHUNK_STORE_WRITTEN_BYTES, Unit::Bytes, "bytes written to the chunk store");
+    describe_counter!(CHUNK_CORRUPT, "chunks that failed BLAKE3 verification on read");
+    describe_gauge!(CHUNK_STORE_CHUNKS, "chunks held by this node");
+    describe_gauge!(CHUNK_STORE_BYTES, Unit::Bytes, "bytes of chunks held by this node");
+    describe_gauge!(SESSIONS_OPEN, "open upload sessions");
+    describe_counter!(SESSIONS_EXPIRED, "upload sessions aborted after their idle timeout");
+    describe_counter!(TRASH_PURGED, "trashed keys purged after the retention period");
+    describe_counter!(CHUNKS_COLLECTED, "unreferenced chunks deleted");
+    describe_counter!(ACTOR_RESTARTS, "actors restarted by their supervisor after a failure");
+    describe_gauge!(UPTIME, Unit::Seconds, "seconds since the node started");
+}

@@ -1,0 +1,171 @@
+//! Starting and stopping a node: open the stores, start the actors, bind gRPC and metrics,
+//! create first-run credentials, serve until shutdown, then drain.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use ractor::Actor;
+use strata_cluster::{Command, StateMachine, TokenHash};
+use strata_proto::v1::admin_server::AdminServer;
+use strata_proto::v1::storage_server::StorageServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::actors::supervisor::NodeSupervisor;
+use crate::chunk_store::ChunkStore;
+use crate::config::Config;
+use crate::context::{Context, now_ms};
+use crate::service::admin::{AdminService, create_tenant};
+use crate::service::storage::StorageService;
+use crate::{auth, metrics};
+
+/// How the node was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Production: bind exactly the configured addresses.
+    Run,
+    /// `strata-node dev`: take the first free port at or after the configured ones, and create
+    /// a "default" tenant on first start.
+    Dev,
+}
+
+/// Tokens made at a node's first start, shown once.
+pub struct FirstRun {
+    pub admin_token: Option<String>,
+    pub tenant_token: Option<String>,
+}
+
+pub async fn run(config: Config, mode: Mode, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let dir = config.data_dir.clone();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let store = ChunkStore::open(&dir).with_context(|| format!("cannot open chunk store in {}", dir.display()))?;
+    let sm = StateMachine::open(&dir.join("meta")).with_context(|| format!("cannot open metadata in {}", dir.join("meta").display()))?;
+
+    let grpc = bind(config.listen, mode).await?;
+    let grpc_addr = grpc.local_addr()?;
+    let metrics_addr = free_addr(config.metrics_listen, mode).await?;
+    metrics::install(metrics_addr)?;
+
+    let ctx = Arc::new(Context::new(config, store, sm));
+    let first = first_run(&ctx, mode).await?;
+    let (supervisor, supervisor_handle) = Actor::spawn(Some("node-supervisor".into()), NodeSupervisor, ctx.clone())
+        .await
+        .context("cannot start the node supervisor")?;
+
+    let max_msg = ctx.config.max_chunk_bytes as usize + 1024 * 1024;
+    let storage = StorageServer::new(StorageService::new(ctx.clone(), supervisor.clone()))
+        .max_decoding_message_size(max_msg.max(64 * 1024 * 1024))
+        .max_encoding_message_size(max_msg);
+    let admin = AdminServer::new(AdminService::new(ctx.clone(), format!("http://{grpc_addr}")));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<StorageServer<StorageService>>().await;
+    health.set_serving::<AdminServer<AdminService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(strata_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    write_node_file(&dir, grpc_addr, metrics_addr, &ctx.config.node_id)?;
+    banner(&ctx.config, mode, grpc_addr, metrics_addr, &first);
+
+    let server = tonic::transport::Server::builder()
+        .add_service(storage)
+        .add_service(admin)
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown);
+    let result = server.await;
+    tracing::info!("shutting down: requests drained, stopping actors");
+    supervisor.stop(Some("shutdown".into()));
+    let _ = supervisor_handle.await;
+    ctx.sm.flush().await?;
+    let _ = std::fs::remove_file(dir.join("node.json"));
+    result.context("gRPC server failed")
+}
+
+async fn bind(addr: SocketAddr, mode: Mode) -> anyhow::Result<TcpListener> {
+    let tries = if mode == Mode::Dev && addr.port() != 0 { 100 } else { 1 };
+    let mut last = None;
+    for i in 0..tries {
+        let a = SocketAddr::new(addr.ip(), addr.port().saturating_add(i));
+        match TcpListener::bind(a).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(anyhow::anyhow!("cannot listen on {addr}{}: {}", if tries > 1 { " or the 99 ports after it" } else { "" }, last.map(|e| e.to_string()).unwrap_or_default()))
+}
+
+/// A free address for the metrics listener (which binds it itself).
+async fn free_addr(addr: SocketAddr, mode: Mode) -> anyhow::Result<SocketAddr> {
+    let l = bind(addr, mode).await?;
+    Ok(l.local_addr()?)
+}
+
+async fn first_run(ctx: &Context, mode: Mode) -> anyhow::Result<FirstRun> {
+    let mut first = FirstRun { admin_token: None, tenant_token: None };
+    let dir = &ctx.config.data_dir;
+    if !ctx.sm.has_admin_token()? {
+        let token = auth::new_token();
+        ctx.propose(Command::CreateAdminToken { token: TokenHash::of(&token), now_ms: now_ms() }).await?;
+        write_secret(&dir.join("admin.token"), &token)?;
+        first.admin_token = Some(token);
+    }
+    if mode == Mode::Dev && ctx.sm.counts()?.tenants == 0 {
+        let (_, token) = create_tenant(ctx, "default").await?;
+        write_secret(&dir.join("tenant.token"), &token)?;
+        first.tenant_token = Some(token);
+    }
+    Ok(first)
+}
+
+/// Writes a token to a file only its owner can read (mode 0600).
+fn write_secret(path: &Path, token: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// `node.json` in the data dir says where a running node listens (scripts and tests read it).
+fn write_node_file(dir: &Path, grpc: SocketAddr, metrics: SocketAddr, node_id: &str) -> anyhow::Result<()> {
+    let body = format!(
+        "{{\"node_id\":\"{node_id}\",\"grpc\":\"http://{grpc}\",\"metrics\":\"http://{metrics}/metrics\",\"pid\":{}}}\n",
+        std::process::id()
+    );
+    let tmp = dir.join("node.json.tmp");
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(tmp, dir.join("node.json"))?;
+    Ok(())
+}
+
+fn banner(config: &Config, mode: Mode, grpc: SocketAddr, metrics: SocketAddr, first: &FirstRun) {
+    let dir = config.data_dir.display();
+    println!("Strata node {} is running ({}).", config.node_id, if mode == Mode::Dev { "dev" } else { "run" });
+    println!("  gRPC endpoint : http://{grpc}");
+    println!("  metrics       : http://{metrics}/metrics");
+    println!("  data dir      : {dir}");
+    match &first.admin_token {
+        Some(t) => println!("  admin token   : {t}  (shown once; saved in {dir}/admin.token)"),
+        None => println!("  admin token   : in {dir}/admin.token (created at first start)"),
+    }
+    if mode == Mode::Dev {
+        match &first.tenant_token {
+            Some(t) => println!("  tenant token  : {t}  (tenant \"default\"; shown once; saved in {dir}/tenant.token)"),
+            None => println!("  tenant token  : in {dir}/tenant.token (created at first start)"),
+        }
+        println!();
+        println!("Try it:");
+        println!("  export STRATA_ENDPOINT=http://{grpc} STRATA_TOKEN=$(cat {dir}/tenant.token)");
+        println!("  strata put ./some-file mybucket/some-file && strata ls mybucket");
+    }
+}
