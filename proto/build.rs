@@ -12,7 +12,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".")
         .file_descriptor_set_path(out_dir.join("strata_descriptor.bin"))
-        .compile_protos(&["proto/strata/v1/storage.proto", "proto/strata/v1/admin.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/strata/v1/storage.proto",
+                "proto/strata/v1/admin.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

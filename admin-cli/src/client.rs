@@ -17,7 +17,8 @@ pub struct Auth(MetadataValue<tonic::metadata::Ascii>);
 
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        req.metadata_mut().insert(strata_proto::AUTHORIZATION, self.0.clone());
+        req.metadata_mut()
+            .insert(strata_proto::AUTHORIZATION, self.0.clone());
         Ok(req)
     }
 }
@@ -33,7 +34,9 @@ pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(16 * 1024 * 1024))
         .initial_connection_window_size(Some(32 * 1024 * 1024));
-    ep.connect().await.map_err(|e| anyhow::anyhow!("cannot connect to {endpoint}: {}", root_cause(&e)))
+    ep.connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {endpoint}: {}", root_cause(&e)))
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -46,7 +49,9 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 
 fn auth(token: &str) -> anyhow::Result<Auth> {
     let v = format!("Bearer {}", token.trim());
-    Ok(Auth(v.parse().map_err(|_| anyhow::anyhow!("the token contains characters not allowed in a header"))?))
+    Ok(Auth(v.parse().map_err(|_| {
+        anyhow::anyhow!("the token contains characters not allowed in a header")
+    })?))
 }
 
 pub fn storage(channel: Channel, token: &str) -> anyhow::Result<Storage> {

@@ -15,10 +15,19 @@ use strata_admin::transfer::{self, DEFAULT_CHUNK, Progress};
 use strata_proto::v1 as pb;
 
 #[derive(Parser)]
-#[command(name = "strata", version, about = "Strata storage cluster: objects for people, topology for operators")]
+#[command(
+    name = "strata",
+    version,
+    about = "Strata storage cluster: objects for people, topology for operators"
+)]
 struct Cli {
     /// Node gRPC endpoint.
-    #[arg(long, global = true, env = "STRATA_ENDPOINT", default_value = "http://127.0.0.1:7400")]
+    #[arg(
+        long,
+        global = true,
+        env = "STRATA_ENDPOINT",
+        default_value = "http://127.0.0.1:7400"
+    )]
     endpoint: String,
     /// Tenant token for object commands.
     #[arg(long, global = true, env = "STRATA_TOKEN", hide_env_values = true)]
@@ -27,7 +36,12 @@ struct Cli {
     #[arg(long, global = true, env = "STRATA_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Admin token for operator commands.
-    #[arg(long, global = true, env = "STRATA_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "STRATA_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     admin_token: Option<String>,
     /// File holding the admin token (e.g. ./data/admin.token).
     #[arg(long, global = true, env = "STRATA_ADMIN_TOKEN_FILE")]
@@ -135,23 +149,41 @@ fn split_path(path: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
-fn read_token(value: &Option<String>, file: &Option<PathBuf>, what: &str, hint: &str) -> anyhow::Result<String> {
+fn read_token(
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+    what: &str,
+    hint: &str,
+) -> anyhow::Result<String> {
     if let Some(t) = value {
         return Ok(t.trim().to_owned());
     }
     if let Some(f) = file {
-        return Ok(std::fs::read_to_string(f).with_context(|| format!("cannot read {what} from {}", f.display()))?.trim().to_owned());
+        return Ok(std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read {what} from {}", f.display()))?
+            .trim()
+            .to_owned());
     }
     bail!("no {what}: {hint}")
 }
 
 impl Cli {
     fn tenant_token(&self) -> anyhow::Result<String> {
-        read_token(&self.token, &self.token_file, "tenant token", "pass --token or set STRATA_TOKEN (a dev node saves it in ./data/tenant.token)")
+        read_token(
+            &self.token,
+            &self.token_file,
+            "tenant token",
+            "pass --token or set STRATA_TOKEN (a dev node saves it in ./data/tenant.token)",
+        )
     }
 
     fn admin_token(&self) -> anyhow::Result<String> {
-        read_token(&self.admin_token, &self.admin_token_file, "admin token", "pass --admin-token or set STRATA_ADMIN_TOKEN (a node saves it in <data dir>/admin.token)")
+        read_token(
+            &self.admin_token,
+            &self.admin_token_file,
+            "admin token",
+            "pass --admin-token or set STRATA_ADMIN_TOKEN (a node saves it in <data dir>/admin.token)",
+        )
     }
 
     async fn storage(&self) -> anyhow::Result<client::Storage> {
@@ -167,17 +199,34 @@ impl Cli {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
-        Cmd::Put { file, dest, chunk_size, content_type } => {
+        Cmd::Put {
+            file,
+            dest,
+            chunk_size,
+            content_type,
+        } => {
             let (bucket, key) = split_path(dest)?;
             let mut storage = cli.storage().await?;
             let bar = Bar::new(cli.json);
             let started = std::time::Instant::now();
-            let report = transfer::upload(&mut storage, file, &bucket, &key, content_type, *chunk_size, bar.clone()).await?;
+            let report = transfer::upload(
+                &mut storage,
+                file,
+                &bucket,
+                &key,
+                content_type,
+                *chunk_size,
+                bar.clone(),
+            )
+            .await?;
             bar.finish();
             let secs = started.elapsed().as_secs_f64();
             if cli.json {
-                println!("{}", json!({ "object": info_json(&report.info), "session_id": report.session_id, "resumed": report.resumed,
-                    "skipped_bytes": report.skipped_bytes, "sent_bytes": report.sent_bytes, "seconds": secs }));
+                println!(
+                    "{}",
+                    json!({ "object": info_json(&report.info), "session_id": report.session_id, "resumed": report.resumed,
+                    "skipped_bytes": report.skipped_bytes, "sent_bytes": report.sent_bytes, "seconds": secs })
+                );
             } else {
                 println!(
                     "uploaded {} to {bucket}/{key} (version {}, {}; sent {}, already stored {}{}) in {:.1}s",
@@ -191,11 +240,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Cmd::Get { src, output, version, offset, length } => {
+        Cmd::Get {
+            src,
+            output,
+            version,
+            offset,
+            length,
+        } => {
             let (bucket, key) = split_path(src)?;
             let mut storage = cli.storage().await?;
-            let req = pb::GetRequest { bucket: bucket.clone(), key: key.clone(), version: version.unwrap_or(0), offset: *offset, length: *length };
-            let out_path = output.clone().unwrap_or_else(|| PathBuf::from(key.rsplit('/').next().unwrap_or(&key)));
+            let req = pb::GetRequest {
+                bucket: bucket.clone(),
+                key: key.clone(),
+                version: version.unwrap_or(0),
+                offset: *offset,
+                length: *length,
+            };
+            let out_path = output
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(key.rsplit('/').next().unwrap_or(&key)));
             let bar = Bar::new(cli.json || out_path.as_os_str() == "-");
             let report = if out_path.as_os_str() == "-" {
                 let mut stdout = std::io::stdout();
@@ -205,12 +268,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             bar.finish();
             if cli.json {
-                println!("{}", json!({ "object": info_json(&report.info), "bytes": report.bytes, "verified": report.verified, "output": out_path }));
+                println!(
+                    "{}",
+                    json!({ "object": info_json(&report.info), "bytes": report.bytes, "verified": report.verified, "output": out_path })
+                );
             } else if out_path.as_os_str() != "-" {
-                eprintln!("downloaded {bucket}/{key} to {} ({}{})", out_path.display(), human(report.bytes), if report.verified { ", BLAKE3 verified" } else { "" });
+                eprintln!(
+                    "downloaded {bucket}/{key} to {} ({}{})",
+                    out_path.display(),
+                    human(report.bytes),
+                    if report.verified {
+                        ", BLAKE3 verified"
+                    } else {
+                        ""
+                    }
+                );
             }
         }
-        Cmd::Ls { path, recursive, trash } => {
+        Cmd::Ls {
+            path,
+            recursive,
+            trash,
+        } => {
             let (bucket, prefix) = match path.split_once('/') {
                 Some((b, p)) => (b.to_owned(), p.to_owned()),
                 None => (path.clone(), String::new()),
@@ -223,7 +302,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .list(pb::ListRequest {
                         bucket: bucket.clone(),
                         prefix: prefix.clone(),
-                        delimiter: if *recursive { String::new() } else { "/".into() },
+                        delimiter: if *recursive {
+                            String::new()
+                        } else {
+                            "/".into()
+                        },
                         page_size: 1000,
                         page_token: token.clone(),
                         trash: *trash,
@@ -239,13 +322,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 token = page.next_page_token;
             }
             if cli.json {
-                println!("{}", json!({ "folders": folders, "objects": objects.iter().map(info_json).collect::<Vec<_>>() }));
+                println!(
+                    "{}",
+                    json!({ "folders": folders, "objects": objects.iter().map(info_json).collect::<Vec<_>>() })
+                );
             } else {
                 for f in &folders {
                     println!("{:>10}  {:19}  {f}", "DIR", "");
                 }
                 for o in &objects {
-                    println!("{:>10}  {:19}  {}", human(o.size), time(o.created_at_ms), o.key);
+                    println!(
+                        "{:>10}  {:19}  {}",
+                        human(o.size),
+                        time(o.created_at_ms),
+                        o.key
+                    );
                 }
             }
         }
@@ -254,7 +345,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let info = cli
                 .storage()
                 .await?
-                .stat(pb::StatRequest { bucket, key, version: version.unwrap_or(0) })
+                .stat(pb::StatRequest {
+                    bucket,
+                    key,
+                    version: version.unwrap_or(0),
+                })
                 .await
                 .map_err(|s| status_error("stat", s))?
                 .into_inner();
@@ -263,7 +358,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!("{}/{}", info.bucket, info.key);
                 println!("  size          {} ({} bytes)", human(info.size), info.size);
-                println!("  version       {} (of {})", info.version, info.version_count);
+                println!(
+                    "  version       {} (of {})",
+                    info.version, info.version_count
+                );
                 println!("  blake3        {}", hex::encode(&info.file_hash));
                 println!("  content type  {}", info.content_type);
                 println!("  created       {}", time(info.created_at_ms));
@@ -273,16 +371,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Rm { path } => {
             let (bucket, key) = split_path(path)?;
-            let r = cli.storage().await?.delete(pb::DeleteRequest { bucket, key }).await.map_err(|s| status_error("rm", s))?.into_inner();
+            let r = cli
+                .storage()
+                .await?
+                .delete(pb::DeleteRequest { bucket, key })
+                .await
+                .map_err(|s| status_error("rm", s))?
+                .into_inner();
             if cli.json {
-                println!("{}", json!({ "trashed": path, "purge_at_ms": r.purge_at_ms }));
+                println!(
+                    "{}",
+                    json!({ "trashed": path, "purge_at_ms": r.purge_at_ms })
+                );
             } else {
-                println!("moved {path} to the trash; it will be purged at {} (undo with `strata undelete {path}`)", time(r.purge_at_ms));
+                println!(
+                    "moved {path} to the trash; it will be purged at {} (undo with `strata undelete {path}`)",
+                    time(r.purge_at_ms)
+                );
             }
         }
         Cmd::Undelete { path } => {
             let (bucket, key) = split_path(path)?;
-            let info = cli.storage().await?.undelete(pb::UndeleteRequest { bucket, key }).await.map_err(|s| status_error("undelete", s))?.into_inner();
+            let info = cli
+                .storage()
+                .await?
+                .undelete(pb::UndeleteRequest { bucket, key })
+                .await
+                .map_err(|s| status_error("undelete", s))?
+                .into_inner();
             if cli.json {
                 println!("{}", info_json(&info));
             } else {
@@ -291,44 +407,95 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Versions { path } => {
             let (bucket, key) = split_path(path)?;
-            let r = cli.storage().await?.list_versions(pb::ListVersionsRequest { bucket, key }).await.map_err(|s| status_error("versions", s))?.into_inner();
+            let r = cli
+                .storage()
+                .await?
+                .list_versions(pb::ListVersionsRequest { bucket, key })
+                .await
+                .map_err(|s| status_error("versions", s))?
+                .into_inner();
             if cli.json {
-                println!("{}", json!(r.versions.iter().map(info_json).collect::<Vec<_>>()));
+                println!(
+                    "{}",
+                    json!(r.versions.iter().map(info_json).collect::<Vec<_>>())
+                );
             } else {
                 for v in &r.versions {
-                    println!("{:>8}  {:>10}  {:19}  {}", v.version, human(v.size), time(v.created_at_ms), &hex::encode(&v.file_hash)[..16]);
+                    println!(
+                        "{:>8}  {:>10}  {:19}  {}",
+                        v.version,
+                        human(v.size),
+                        time(v.created_at_ms),
+                        &hex::encode(&v.file_hash)[..16]
+                    );
                 }
             }
         }
         Cmd::Status => {
-            let s = cli.admin().await?.status(pb::StatusRequest {}).await.map_err(|s| status_error("status", s))?.into_inner();
+            let s = cli
+                .admin()
+                .await?
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(|s| status_error("status", s))?
+                .into_inner();
             if cli.json {
-                println!("{}", json!({ "node_id": s.node_id, "version": s.version, "uptime_seconds": s.uptime_seconds,
+                println!(
+                    "{}",
+                    json!({ "node_id": s.node_id, "version": s.version, "uptime_seconds": s.uptime_seconds,
                     "grpc_address": s.grpc_address, "data_dir": s.data_dir, "disk_total_bytes": s.disk_total_bytes,
                     "disk_free_bytes": s.disk_free_bytes, "chunk_count": s.chunk_count, "chunk_bytes": s.chunk_bytes,
-                    "open_sessions": s.open_sessions, "object_count": s.object_count, "tenant_count": s.tenant_count }));
+                    "open_sessions": s.open_sessions, "object_count": s.object_count, "tenant_count": s.tenant_count })
+                );
             } else {
                 let used = s.disk_total_bytes.saturating_sub(s.disk_free_bytes);
                 println!("node        {} (strata {})", s.node_id, s.version);
                 println!("address     {}", s.grpc_address);
-                println!("uptime      {}", humantime::format_duration(Duration::from_secs(s.uptime_seconds)));
+                println!(
+                    "uptime      {}",
+                    humantime::format_duration(Duration::from_secs(s.uptime_seconds))
+                );
                 println!("data dir    {}", s.data_dir);
-                println!("disk        {} used of {} ({} free)", human(used), human(s.disk_total_bytes), human(s.disk_free_bytes));
+                println!(
+                    "disk        {} used of {} ({} free)",
+                    human(used),
+                    human(s.disk_total_bytes),
+                    human(s.disk_free_bytes)
+                );
                 println!("chunks      {} ({})", s.chunk_count, human(s.chunk_bytes));
-                println!("objects     {} in {} tenant(s); {} upload(s) open", s.object_count, s.tenant_count, s.open_sessions);
+                println!(
+                    "objects     {} in {} tenant(s); {} upload(s) open",
+                    s.object_count, s.tenant_count, s.open_sessions
+                );
             }
         }
-        Cmd::Tenant { cmd: TenantCmd::Create { name } } => {
-            let r = cli.admin().await?.create_tenant(pb::CreateTenantRequest { name: name.clone() }).await.map_err(|s| status_error("tenant create", s))?.into_inner();
+        Cmd::Tenant {
+            cmd: TenantCmd::Create { name },
+        } => {
+            let r = cli
+                .admin()
+                .await?
+                .create_tenant(pb::CreateTenantRequest { name: name.clone() })
+                .await
+                .map_err(|s| status_error("tenant create", s))?
+                .into_inner();
             if cli.json {
-                println!("{}", json!({ "tenant_id": r.tenant_id, "name": r.name, "token": r.token }));
+                println!(
+                    "{}",
+                    json!({ "tenant_id": r.tenant_id, "name": r.name, "token": r.token })
+                );
             } else {
                 println!("created tenant {} (id {})", r.name, r.tenant_id);
                 println!("token: {}  (shown once: store it now)", r.token);
             }
         }
         Cmd::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "strata", &mut std::io::stdout());
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "strata",
+                &mut std::io::stdout(),
+            );
         }
     }
     Ok(())
@@ -336,15 +503,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Downloads into a temporary file beside the target and renames it into place only once the
 /// whole download is verified, so a failed download never leaves a partial file behind.
-async fn download_to_file(storage: &mut client::Storage, req: pb::GetRequest, path: &Path, progress: &dyn Progress) -> anyhow::Result<transfer::DownloadReport> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.strata-partial", path.file_name().and_then(|n| n.to_str()).unwrap_or("download")));
-    let file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+async fn download_to_file(
+    storage: &mut client::Storage,
+    req: pb::GetRequest,
+    path: &Path,
+    progress: &dyn Progress,
+) -> anyhow::Result<transfer::DownloadReport> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.strata-partial",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("download")
+    ));
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut out = std::io::BufWriter::with_capacity(1024 * 1024, file);
     let result = transfer::download(storage, req, &mut out, progress).await;
     let finish = |r: transfer::DownloadReport| -> anyhow::Result<transfer::DownloadReport> {
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot move the download to {}", path.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot move the download to {}", path.display()))?;
         Ok(r)
     };
     match result.and_then(finish) {
@@ -370,12 +552,20 @@ fn human(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn time(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string().replace('T', " ").trim_end_matches('Z').to_owned()
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replace('T', " ")
+        .trim_end_matches('Z')
+        .to_owned()
 }
 
 /// A progress bar on stderr (hidden when --json or stderr is not a terminal).
@@ -383,11 +573,17 @@ struct Bar(ProgressBar);
 
 impl Bar {
     fn new(hidden: bool) -> Arc<Bar> {
-        let pb = if hidden { ProgressBar::hidden() } else { ProgressBar::new(0) };
+        let pb = if hidden {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(0)
+        };
         pb.set_style(
-            ProgressStyle::with_template("{msg:>11} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg:>11} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         Arc::new(Bar(pb))
     }

@@ -48,7 +48,9 @@ pub struct FilePlan {
 
 /// Hashes a file: chunk ids on one thread, the whole-file BLAKE3 on another.
 pub fn plan(path: &Path, chunk_size: u32, progress: &dyn Progress) -> anyhow::Result<FilePlan> {
-    let size = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?.len();
+    let size = std::fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+        .len();
     progress.phase("hashing");
     progress.start(size);
     let (chunks, file_hash) = std::thread::scope(|s| {
@@ -81,14 +83,21 @@ pub fn plan(path: &Path, chunk_size: u32, progress: &dyn Progress) -> anyhow::Re
             }
             Ok(out)
         })();
-        let whole = whole.join().map_err(|_| anyhow::anyhow!("hashing thread panicked"))?;
+        let whole = whole
+            .join()
+            .map_err(|_| anyhow::anyhow!("hashing thread panicked"))?;
         Ok::<_, anyhow::Error>((ids?, whole?))
     })?;
     let hashed: u64 = chunks.iter().map(|c| c.1 as u64).sum();
     if hashed != size {
         anyhow::bail!("{} changed size while it was being read", path.display());
     }
-    Ok(FilePlan { size, chunk_size, chunks, file_hash })
+    Ok(FilePlan {
+        size,
+        chunk_size,
+        chunks,
+        file_hash,
+    })
 }
 
 fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -141,7 +150,14 @@ pub async fn upload_planned(
     plan: &FilePlan,
     progress: Arc<dyn Progress>,
 ) -> anyhow::Result<UploadReport> {
-    let manifest = plan.chunks.iter().map(|(id, len)| pb::ChunkRef { id: Bytes::copy_from_slice(id), len: *len }).collect();
+    let manifest = plan
+        .chunks
+        .iter()
+        .map(|(id, len)| pb::ChunkRef {
+            id: Bytes::copy_from_slice(id),
+            len: *len,
+        })
+        .collect();
     let created = client
         .create_upload(pb::CreateUploadRequest {
             bucket: bucket.to_owned(),
@@ -169,7 +185,15 @@ pub async fn upload_planned(
 
     let sent: u64 = todo.iter().map(|t| t.2 as u64).sum();
     if !todo.is_empty() {
-        send_chunks(client, path, &created.session_id, todo, skipped, progress.as_ref()).await?;
+        send_chunks(
+            client,
+            path,
+            &created.session_id,
+            todo,
+            skipped,
+            progress.as_ref(),
+        )
+        .await?;
     }
     let info = client
         .complete_upload(pb::CompleteUploadRequest {
@@ -180,7 +204,13 @@ pub async fn upload_planned(
         .map_err(|s| status_error("complete upload", s))?
         .into_inner();
     progress.advance(plan.size);
-    Ok(UploadReport { info, session_id: created.session_id, resumed: created.resumed, skipped_bytes: skipped, sent_bytes: sent })
+    Ok(UploadReport {
+        info,
+        session_id: created.session_id,
+        resumed: created.resumed,
+        skipped_bytes: skipped,
+        sent_bytes: sent,
+    })
 }
 
 /// Streams the listed chunks, reading them from the file as the stream drains, and waits for
@@ -198,16 +228,24 @@ async fn send_chunks(
     let path: PathBuf = path.to_owned();
     let session = session_id.to_owned();
     let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let mut f = File::open(&path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+        let mut f = File::open(&path)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
         for (i, (offset, id, len)) in todo.into_iter().enumerate() {
             let mut buf = vec![0u8; len as usize];
             f.seek(SeekFrom::Start(offset))?;
             f.read_exact(&mut buf)?;
             if blake3::hash(&buf).as_bytes() != &id {
-                anyhow::bail!("{} changed while it was being uploaded (chunk at offset {offset})", path.display());
+                anyhow::bail!(
+                    "{} changed while it was being uploaded (chunk at offset {offset})",
+                    path.display()
+                );
             }
             let msg = pb::PutChunkRequest {
-                session_id: if i == 0 { session.clone() } else { String::new() },
+                session_id: if i == 0 {
+                    session.clone()
+                } else {
+                    String::new()
+                },
                 offset,
                 id: Bytes::copy_from_slice(&id),
                 data: Bytes::from(buf),
@@ -233,7 +271,9 @@ async fn send_chunks(
     }
     reader.await??;
     if acked != expected {
-        anyhow::bail!("the node acknowledged {acked} of {expected} chunks; run the same upload again to resume");
+        anyhow::bail!(
+            "the node acknowledged {acked} of {expected} chunks; run the same upload again to resume"
+        );
     }
     Ok(())
 }
@@ -256,7 +296,11 @@ pub async fn download(
     progress: &dyn Progress,
 ) -> anyhow::Result<DownloadReport> {
     let whole = req.offset == 0 && req.length == 0;
-    let mut stream = client.get(req).await.map_err(|s| status_error("get", s))?.into_inner();
+    let mut stream = client
+        .get(req)
+        .await
+        .map_err(|s| status_error("get", s))?
+        .into_inner();
     let mut info = None;
     let mut hasher = blake3::Hasher::new();
     let mut bytes = 0u64;
@@ -286,5 +330,9 @@ pub async fn download(
         }
     }
     out.flush()?;
-    Ok(DownloadReport { info, bytes, verified: whole })
+    Ok(DownloadReport {
+        info,
+        bytes,
+        verified: whole,
+    })
 }

@@ -10,8 +10,15 @@ use crate::records::{ManifestEntry, ObjectView, TrashState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    CreateTenant { name: String, token: TokenHash, now_ms: i64 },
-    CreateAdminToken { token: TokenHash, now_ms: i64 },
+    CreateTenant {
+        name: String,
+        token: TokenHash,
+        now_ms: i64,
+    },
+    CreateAdminToken {
+        token: TokenHash,
+        now_ms: i64,
+    },
     /// Opens an upload session, or resumes the open one for the same key, size and manifest.
     OpenSession {
         session: SessionId,
@@ -35,23 +42,50 @@ pub enum Command {
     },
     /// Commits the session as the key's new version. The proposer has checked the whole-file
     /// hash; apply checks that every byte is covered.
-    CompleteSession { session: SessionId, tenant: TenantId, file_hash: [u8; 32], now_ms: i64 },
+    CompleteSession {
+        session: SessionId,
+        tenant: TenantId,
+        file_hash: [u8; 32],
+        now_ms: i64,
+    },
     /// Drops a session and its chunk references. `idle_before_ms` makes expiry safe against a
     /// session that saw activity after the sweeper looked at it.
-    AbortSession { session: SessionId, tenant: Option<TenantId>, idle_before_ms: Option<i64> },
-    TrashObject { tenant: TenantId, bucket: BucketName, key: ObjectKey, now_ms: i64, purge_at_ms: i64 },
-    UntrashObject { tenant: TenantId, bucket: BucketName, key: ObjectKey },
+    AbortSession {
+        session: SessionId,
+        tenant: Option<TenantId>,
+        idle_before_ms: Option<i64>,
+    },
+    TrashObject {
+        tenant: TenantId,
+        bucket: BucketName,
+        key: ObjectKey,
+        now_ms: i64,
+        purge_at_ms: i64,
+    },
+    UntrashObject {
+        tenant: TenantId,
+        bucket: BucketName,
+        key: ObjectKey,
+    },
     /// Removes a trashed key and all its versions for good, if its purge time has come.
-    PurgeObject { tenant: TenantId, bucket: BucketName, key: ObjectKey, now_ms: i64 },
+    PurgeObject {
+        tenant: TenantId,
+        bucket: BucketName,
+        key: ObjectKey,
+        now_ms: i64,
+    },
     /// The node deleted an unreferenced chunk's file: forget it in the GC queue.
-    ChunkCollected { id: ChunkId },
+    ChunkCollected {
+        id: ChunkId,
+    },
 }
 
 impl Command {
-    /// Commands a client waits for and that must survive a crash once acknowledged. AddChunk is
-    /// not one: a chunk record lost in a crash is sent again on resume.
+    /// Commands a client waits for and that must survive a crash once acknowledged (an
+    /// acknowledged chunk must still be in its session after a crash). Only the collector's
+    /// bookkeeping may be lost: it is redone.
     pub fn needs_flush(&self) -> bool {
-        !matches!(self, Command::AddChunk { .. } | Command::ChunkCollected { .. })
+        !matches!(self, Command::ChunkCollected { .. })
     }
 }
 
@@ -66,9 +100,14 @@ pub enum Response {
         existing: Vec<u32>,
         bytes_present: u64,
     },
-    ChunkAdded { bytes_present: u64, added: bool },
+    ChunkAdded {
+        bytes_present: u64,
+        added: bool,
+    },
     Committed(ObjectView),
     Trashed(TrashState),
     Untrashed(ObjectView),
-    Purged { versions: u32 },
+    Purged {
+        versions: u32,
+    },
 }

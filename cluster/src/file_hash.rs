@@ -98,7 +98,11 @@ mod tests {
             .enumerate()
             .map(|(i, c)| {
                 let offset = (i * unit) as u64;
-                Piece { offset, len: c.len() as u64, cv: chunk_cv(offset, c) }
+                Piece {
+                    offset,
+                    len: c.len() as u64,
+                    cv: chunk_cv(offset, c),
+                }
             })
             .collect()
     }
@@ -106,7 +110,15 @@ mod tests {
     #[test]
     fn matches_plain_blake3_on_edge_sizes() {
         let unit = 4096;
-        for len in [unit + 1, 2 * unit, 2 * unit + 1, 3 * unit, 5 * unit - 1, 8 * unit, 9 * unit + 7] {
+        for len in [
+            unit + 1,
+            2 * unit,
+            2 * unit + 1,
+            3 * unit,
+            5 * unit - 1,
+            8 * unit,
+            9 * unit + 7,
+        ] {
             let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             let got = combine(&pieces_of(&data, unit)).expect("uniform shape combines");
             assert_eq!(got, *blake3::hash(&data).as_bytes(), "len {len}");

@@ -38,7 +38,13 @@ pub fn bucket(t: TenantId, b: &BucketName) -> Vec<u8> {
 
 /// Prefix of every object of a bucket: `o tenant bucket NUL`.
 pub fn object_prefix(t: TenantId, b: &BucketName) -> Vec<u8> {
-    [&[OBJECT][..], &t.0.to_be_bytes(), b.as_str().as_bytes(), &[0]].concat()
+    [
+        &[OBJECT][..],
+        &t.0.to_be_bytes(),
+        b.as_str().as_bytes(),
+        &[0],
+    ]
+    .concat()
 }
 
 pub fn object(t: TenantId, b: &BucketName, k: &ObjectKey) -> Vec<u8> {
@@ -47,8 +53,15 @@ pub fn object(t: TenantId, b: &BucketName, k: &ObjectKey) -> Vec<u8> {
 
 /// Prefix of every version of one key: `v tenant bucket NUL key NUL`.
 pub fn version_prefix(t: TenantId, b: &BucketName, k: &ObjectKey) -> Vec<u8> {
-    [&[VERSION][..], &t.0.to_be_bytes(), b.as_str().as_bytes(), &[0], k.as_str().as_bytes(), &[0]]
-        .concat()
+    [
+        &[VERSION][..],
+        &t.0.to_be_bytes(),
+        b.as_str().as_bytes(),
+        &[0],
+        k.as_str().as_bytes(),
+        &[0],
+    ]
+    .concat()
 }
 
 pub fn version(t: TenantId, b: &BucketName, k: &ObjectKey, v: u64) -> Vec<u8> {
@@ -76,8 +89,15 @@ pub fn session_manifest(s: &SessionId) -> Vec<u8> {
 }
 
 pub fn session_by_key_prefix(t: TenantId, b: &BucketName, k: &ObjectKey) -> Vec<u8> {
-    [&[SESSION_BY_KEY][..], &t.0.to_be_bytes(), b.as_str().as_bytes(), &[0], k.as_str().as_bytes(), &[0]]
-        .concat()
+    [
+        &[SESSION_BY_KEY][..],
+        &t.0.to_be_bytes(),
+        b.as_str().as_bytes(),
+        &[0],
+        k.as_str().as_bytes(),
+        &[0],
+    ]
+    .concat()
 }
 
 pub fn session_by_key(t: TenantId, b: &BucketName, k: &ObjectKey, s: &SessionId) -> Vec<u8> {
@@ -107,5 +127,7 @@ pub fn trash(purge_at_ms: i64, t: TenantId, b: &BucketName, k: &ObjectKey) -> Ve
 
 /// Reads the big-endian u64 at `at` of a key.
 pub fn be_u64(key: &[u8], at: usize) -> Option<u64> {
-    key.get(at..at + 8).and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes)
+    key.get(at..at + 8)
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map(u64::from_be_bytes)
 }

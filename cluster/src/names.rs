@@ -100,7 +100,9 @@ mod tests {
         for ok in ["a", "a/b/c.txt", "photos/2024/ü.jpg", "x..y", ".hidden/a"] {
             assert!(ObjectKey::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "/a", "a/", "a//b", "a/../b", "..", ".", "a/./b", "a\0b", "a\nb"] {
+        for bad in [
+            "", "/a", "a/", "a//b", "a/../b", "..", ".", "a/./b", "a\0b", "a\nb",
+        ] {
             assert!(ObjectKey::new(bad).is_err(), "{bad:?}");
         }
         assert!(ObjectKey::new(&"k".repeat(1024)).is_ok());

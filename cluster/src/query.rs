@@ -56,7 +56,10 @@ impl StateMachine {
         read(&self.tree, "session", &keys::session(id))
     }
 
-    pub fn session_manifest(&self, id: &SessionId) -> Result<Option<Vec<ManifestEntry>>, StoreError> {
+    pub fn session_manifest(
+        &self,
+        id: &SessionId,
+    ) -> Result<Option<Vec<ManifestEntry>>, StoreError> {
         read(&self.tree, "manifest", &keys::session_manifest(id))
     }
 
@@ -86,7 +89,11 @@ impl StateMachine {
     }
 
     /// Trashed keys whose purge time is at or before `now_ms`, at most `limit`.
-    pub fn trash_due(&self, now_ms: i64, limit: usize) -> Result<Vec<(TenantId, BucketName, ObjectKey)>, StoreError> {
+    pub fn trash_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(TenantId, BucketName, ObjectKey)>, StoreError> {
         let mut out = Vec::new();
         for kv in self.tree.scan_prefix([keys::TRASH]).take(limit) {
             let (k, _) = kv?;
@@ -96,8 +103,13 @@ impl StateMachine {
             }
             let tenant = TenantId(keys::be_u64(&k, 9).unwrap_or(0));
             let rest = &k[17..];
-            let Some(nul) = rest.iter().position(|b| *b == 0) else { continue };
-            let (Ok(b), Ok(key)) = (std::str::from_utf8(&rest[..nul]), std::str::from_utf8(&rest[nul + 1..])) else {
+            let Some(nul) = rest.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let (Ok(b), Ok(key)) = (
+                std::str::from_utf8(&rest[..nul]),
+                std::str::from_utf8(&rest[nul + 1..]),
+            ) else {
                 continue;
             };
             if let (Ok(b), Ok(key)) = (BucketName::new(b), ObjectKey::new(key)) {
@@ -121,10 +133,18 @@ impl StateMachine {
 
     /// References to a chunk across all tenants (versions and open sessions).
     pub fn chunk_refs(&self, id: &ChunkId) -> Result<u64, StoreError> {
-        Ok(self.tree.get(keys::chunk_global(id))?.and_then(|v| keys::be_u64(&v, 0)).unwrap_or(0))
+        Ok(self
+            .tree
+            .get(keys::chunk_global(id))?
+            .and_then(|v| keys::be_u64(&v, 0))
+            .unwrap_or(0))
     }
 
-    pub fn tenant_chunk(&self, id: &ChunkId, tenant: TenantId) -> Result<Option<ChunkMeta>, StoreError> {
+    pub fn tenant_chunk(
+        &self,
+        id: &ChunkId,
+        tenant: TenantId,
+    ) -> Result<Option<ChunkMeta>, StoreError> {
         read(&self.tree, "chunk", &keys::chunk_tenant(id, tenant))
     }
 
@@ -132,18 +152,42 @@ impl StateMachine {
         Ok(self.tree.contains_key(keys::bucket(tenant, bucket))?)
     }
 
-    pub fn object(&self, tenant: TenantId, bucket: &BucketName, key: &ObjectKey) -> Result<Option<ObjectHead>, StoreError> {
+    pub fn object(
+        &self,
+        tenant: TenantId,
+        bucket: &BucketName,
+        key: &ObjectKey,
+    ) -> Result<Option<ObjectHead>, StoreError> {
         read(&self.tree, "object", &keys::object(tenant, bucket, key))
     }
 
-    pub fn version(&self, tenant: TenantId, bucket: &BucketName, key: &ObjectKey, version: u64) -> Result<Option<VersionRecord>, StoreError> {
-        read(&self.tree, "version", &keys::version(tenant, bucket, key, version))
+    pub fn version(
+        &self,
+        tenant: TenantId,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        version: u64,
+    ) -> Result<Option<VersionRecord>, StoreError> {
+        read(
+            &self.tree,
+            "version",
+            &keys::version(tenant, bucket, key, version),
+        )
     }
 
     /// Every version of a key, newest first.
-    pub fn versions(&self, tenant: TenantId, bucket: &BucketName, key: &ObjectKey) -> Result<Vec<VersionInfo>, StoreError> {
+    pub fn versions(
+        &self,
+        tenant: TenantId,
+        bucket: &BucketName,
+        key: &ObjectKey,
+    ) -> Result<Vec<VersionInfo>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(keys::version_prefix(tenant, bucket, key)).rev() {
+        for kv in self
+            .tree
+            .scan_prefix(keys::version_prefix(tenant, bucket, key))
+            .rev()
+        {
             let (_, v) = kv?;
             out.push(decode::<VersionRecord>("version", &v)?.info);
         }
@@ -202,7 +246,9 @@ impl StateMachine {
                     page.next = last.clone();
                     break 'outer;
                 }
-                let Ok(key) = ObjectKey::new(&name) else { continue };
+                let Ok(key) = ObjectKey::new(&name) else {
+                    continue;
+                };
                 page.objects.push(ObjectView {
                     bucket: q.bucket.clone(),
                     key,
@@ -231,7 +277,11 @@ impl StateMachine {
 
     pub fn counts(&self) -> Result<Counts, StoreError> {
         let count = |p: u8| self.tree.scan_prefix([p]).count() as u64;
-        Ok(Counts { tenants: count(keys::TENANT), objects: count(keys::OBJECT), sessions: count(keys::SESSION) })
+        Ok(Counts {
+            tenants: count(keys::TENANT),
+            objects: count(keys::OBJECT),
+            sessions: count(keys::SESSION),
+        })
     }
 }
 

@@ -23,10 +23,19 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
         Some((&FORMAT_V1, rest)) => {
             bincode::serde::decode_from_slice(rest, bincode::config::standard())
                 .map(|(v, _)| v)
-                .map_err(|e| StoreError::Corrupt { what, why: e.to_string() })
+                .map_err(|e| StoreError::Corrupt {
+                    what,
+                    why: e.to_string(),
+                })
         }
-        Some((v, _)) => Err(StoreError::Corrupt { what, why: format!("unknown format version {v}") }),
-        None => Err(StoreError::Corrupt { what, why: "empty record".into() }),
+        Some((v, _)) => Err(StoreError::Corrupt {
+            what,
+            why: format!("unknown format version {v}"),
+        }),
+        None => Err(StoreError::Corrupt {
+            what,
+            why: "empty record".into(),
+        }),
     }
 }
 

@@ -29,7 +29,11 @@ impl StateMachine {
             .flush_every_ms(Some(500))
             .open()?;
         let tree = db.open_tree("state")?;
-        Ok(StateMachine { db, tree, write: Mutex::new(()) })
+        Ok(StateMachine {
+            db,
+            tree,
+            write: Mutex::new(()),
+        })
     }
 
     /// Makes every applied command durable.
@@ -40,7 +44,11 @@ impl StateMachine {
 
     /// Number of commands applied so far (the Raft issue replaces this with the log index).
     pub fn applied(&self) -> Result<u64, StoreError> {
-        Ok(self.tree.get(keys::meta("applied"))?.and_then(|v| keys::be_u64(&v, 0)).unwrap_or(0))
+        Ok(self
+            .tree
+            .get(keys::meta("applied"))?
+            .and_then(|v| keys::be_u64(&v, 0))
+            .unwrap_or(0))
     }
 
     pub fn apply(&self, cmd: &Command) -> Result<Response, ApplyError> {
@@ -49,29 +57,77 @@ impl StateMachine {
         let applied = self.applied()? + 1;
         tx.put_raw(keys::meta("applied"), applied.to_be_bytes().to_vec());
         let out = match cmd {
-            Command::CreateTenant { name, token, now_ms } => create_tenant(&mut tx, name, token, *now_ms),
+            Command::CreateTenant {
+                name,
+                token,
+                now_ms,
+            } => create_tenant(&mut tx, name, token, *now_ms),
             Command::CreateAdminToken { token, now_ms } => {
-                let rec = TokenRecord { principal: Principal::Admin, created_at_ms: *now_ms };
+                let rec = TokenRecord {
+                    principal: Principal::Admin,
+                    created_at_ms: *now_ms,
+                };
                 tx.put(keys::token(&token.0), &rec);
                 Ok(Response::Done)
             }
-            Command::OpenSession { session, tenant, bucket, key, size, manifest, content_type, now_ms } => {
-                open_session(&mut tx, session, *tenant, bucket, key, *size, manifest.as_deref(), content_type, *now_ms)
-            }
-            Command::AddChunk { session, tenant, offset, id, len, cv, now_ms } => {
-                add_chunk(&mut tx, session, *tenant, *offset, id, *len, *cv, *now_ms)
-            }
-            Command::CompleteSession { session, tenant, file_hash, now_ms } => {
-                complete_session(&mut tx, session, *tenant, file_hash, *now_ms)
-            }
-            Command::AbortSession { session, tenant, idle_before_ms } => {
-                abort_session(&mut tx, session, *tenant, *idle_before_ms)
-            }
-            Command::TrashObject { tenant, bucket, key, now_ms, purge_at_ms } => {
-                trash_object(&mut tx, *tenant, bucket, key, *now_ms, *purge_at_ms)
-            }
-            Command::UntrashObject { tenant, bucket, key } => untrash_object(&mut tx, *tenant, bucket, key),
-            Command::PurgeObject { tenant, bucket, key, now_ms } => purge_object(&mut tx, *tenant, bucket, key, *now_ms),
+            Command::OpenSession {
+                session,
+                tenant,
+                bucket,
+                key,
+                size,
+                manifest,
+                content_type,
+                now_ms,
+            } => open_session(
+                &mut tx,
+                session,
+                *tenant,
+                bucket,
+                key,
+                *size,
+                manifest.as_deref(),
+                content_type,
+                *now_ms,
+            ),
+            Command::AddChunk {
+                session,
+                tenant,
+                offset,
+                id,
+                len,
+                cv,
+                now_ms,
+            } => add_chunk(&mut tx, session, *tenant, *offset, id, *len, *cv, *now_ms),
+            Command::CompleteSession {
+                session,
+                tenant,
+                file_hash,
+                now_ms,
+            } => complete_session(&mut tx, session, *tenant, file_hash, *now_ms),
+            Command::AbortSession {
+                session,
+                tenant,
+                idle_before_ms,
+            } => abort_session(&mut tx, session, *tenant, *idle_before_ms),
+            Command::TrashObject {
+                tenant,
+                bucket,
+                key,
+                now_ms,
+                purge_at_ms,
+            } => trash_object(&mut tx, *tenant, bucket, key, *now_ms, *purge_at_ms),
+            Command::UntrashObject {
+                tenant,
+                bucket,
+                key,
+            } => untrash_object(&mut tx, *tenant, bucket, key),
+            Command::PurgeObject {
+                tenant,
+                bucket,
+                key,
+                now_ms,
+            } => purge_object(&mut tx, *tenant, bucket, key, *now_ms),
             Command::ChunkCollected { id } => {
                 if tx.get_u64(&keys::chunk_global(id))? == 0 {
                     tx.del(keys::gc(id));
@@ -104,7 +160,10 @@ struct Txn<'a> {
 
 impl<'a> Txn<'a> {
     fn new(tree: &'a sled::Tree) -> Self {
-        Txn { tree, pending: BTreeMap::new() }
+        Txn {
+            tree,
+            pending: BTreeMap::new(),
+        }
     }
 
     fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -114,12 +173,19 @@ impl<'a> Txn<'a> {
         Ok(self.tree.get(key)?.map(|v| v.to_vec()))
     }
 
-    fn get<T: DeserializeOwned>(&self, what: &'static str, key: &[u8]) -> Result<Option<T>, StoreError> {
+    fn get<T: DeserializeOwned>(
+        &self,
+        what: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
         self.get_raw(key)?.map(|v| decode(what, &v)).transpose()
     }
 
     fn get_u64(&self, key: &[u8]) -> Result<u64, StoreError> {
-        Ok(self.get_raw(key)?.and_then(|v| keys::be_u64(&v, 0)).unwrap_or(0))
+        Ok(self
+            .get_raw(key)?
+            .and_then(|v| keys::be_u64(&v, 0))
+            .unwrap_or(0))
     }
 
     fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) {
@@ -150,7 +216,11 @@ impl<'a> Txn<'a> {
             }
             out.insert(k.clone(), v.is_some());
         }
-        Ok(out.into_iter().filter(|(_, live)| *live).map(|(k, _)| k).collect())
+        Ok(out
+            .into_iter()
+            .filter(|(_, live)| *live)
+            .map(|(k, _)| k)
+            .collect())
     }
 
     fn commit(self) -> Result<(), StoreError> {
@@ -173,15 +243,33 @@ impl<'a> Txn<'a> {
     }
 }
 
-fn create_tenant(tx: &mut Txn, name: &str, token: &TokenHash, now_ms: i64) -> Result<Response, ApplyError> {
+fn create_tenant(
+    tx: &mut Txn,
+    name: &str,
+    token: &TokenHash,
+    now_ms: i64,
+) -> Result<Response, ApplyError> {
     let name_key = keys::meta(&format!("tenant-name/{name}"));
     if tx.get_raw(&name_key)?.is_some() {
         return Err(Rejection::TenantExists(name.to_owned()).into());
     }
     let id = TenantId(tx.next_id("next-tenant")?);
     tx.put_u64(name_key, id.0);
-    tx.put(keys::tenant(id), &TenantRecord { id, name: name.to_owned(), created_at_ms: now_ms });
-    tx.put(keys::token(&token.0), &TokenRecord { principal: Principal::Tenant(id), created_at_ms: now_ms });
+    tx.put(
+        keys::tenant(id),
+        &TenantRecord {
+            id,
+            name: name.to_owned(),
+            created_at_ms: now_ms,
+        },
+    );
+    tx.put(
+        keys::token(&token.0),
+        &TokenRecord {
+            principal: Principal::Tenant(id),
+            created_at_ms: now_ms,
+        },
+    );
     Ok(Response::TenantCreated(id))
 }
 
@@ -211,12 +299,16 @@ fn open_session(
 
     // Resume: an open session of this tenant for the same key, size and manifest.
     for index_key in tx.scan_keys(&keys::session_by_key_prefix(tenant, bucket, key))? {
-        let Some(id) = index_key.get(index_key.len() - 16..).and_then(|s| <[u8; 16]>::try_from(s).ok()) else {
+        let Some(id) = index_key
+            .get(index_key.len() - 16..)
+            .and_then(|s| <[u8; 16]>::try_from(s).ok())
+        else {
             continue;
         };
         let old = SessionId::from_bytes(id);
         if let Some(mut rec) = tx.get::<SessionRecord>("session", &keys::session(&old))? {
-            if rec.size == size && rec.manifest_digest == digest && rec.content_type == content_type {
+            if rec.size == size && rec.manifest_digest == digest && rec.content_type == content_type
+            {
                 rec.last_activity_ms = now_ms;
                 let bytes_present = rec.bytes_present;
                 tx.put(keys::session(&old), &rec);
@@ -224,7 +316,12 @@ fn open_session(
                     Some(m) => present_indexes(tx, &old, m)?,
                     None => Vec::new(),
                 };
-                return Ok(Response::SessionOpened { session: old, resumed: true, existing, bytes_present });
+                return Ok(Response::SessionOpened {
+                    session: old,
+                    resumed: true,
+                    existing,
+                    bytes_present,
+                });
             }
         }
     }
@@ -251,8 +348,19 @@ fn open_session(
         for (i, e) in m.iter().enumerate() {
             if let Some(meta) = tx.get::<ChunkMeta>("chunk", &keys::chunk_tenant(&e.id, tenant))? {
                 if meta.refs > 0 && meta.len == e.len {
-                    let cv = meta.cvs.iter().find(|(o, _)| *o == offset).map(|(_, cv)| *cv);
-                    tx.put(keys::session_chunk(session, offset), &SessionChunk { id: e.id, len: e.len, cv });
+                    let cv = meta
+                        .cvs
+                        .iter()
+                        .find(|(o, _)| *o == offset)
+                        .map(|(_, cv)| *cv);
+                    tx.put(
+                        keys::session_chunk(session, offset),
+                        &SessionChunk {
+                            id: e.id,
+                            len: e.len,
+                            cv,
+                        },
+                    );
                     add_ref(tx, &e.id, tenant, e.len, None)?;
                     rec.bytes_present += e.len as u64;
                     existing.push(i as u32);
@@ -263,16 +371,30 @@ fn open_session(
     }
     let bytes_present = rec.bytes_present;
     tx.put(keys::session(session), &rec);
-    tx.put_raw(keys::session_by_key(tenant, bucket, key, session), Vec::new());
-    Ok(Response::SessionOpened { session: *session, resumed: false, existing, bytes_present })
+    tx.put_raw(
+        keys::session_by_key(tenant, bucket, key, session),
+        Vec::new(),
+    );
+    Ok(Response::SessionOpened {
+        session: *session,
+        resumed: false,
+        existing,
+        bytes_present,
+    })
 }
 
 /// Manifest indexes whose chunk is present in the session.
-fn present_indexes(tx: &Txn, session: &SessionId, m: &[ManifestEntry]) -> Result<Vec<u32>, StoreError> {
+fn present_indexes(
+    tx: &Txn,
+    session: &SessionId,
+    m: &[ManifestEntry],
+) -> Result<Vec<u32>, StoreError> {
     let mut out = Vec::new();
     let mut offset = 0u64;
     for (i, e) in m.iter().enumerate() {
-        if let Some(c) = tx.get::<SessionChunk>("session chunk", &keys::session_chunk(session, offset))? {
+        if let Some(c) =
+            tx.get::<SessionChunk>("session chunk", &keys::session_chunk(session, offset))?
+        {
             if c.id == e.id {
                 out.push(i as u32);
             }
@@ -282,9 +404,19 @@ fn present_indexes(tx: &Txn, session: &SessionId, m: &[ManifestEntry]) -> Result
     Ok(out)
 }
 
-fn add_ref(tx: &mut Txn, id: &ChunkId, tenant: TenantId, len: u32, cv_at: Option<(u64, [u8; 32])>) -> Result<(), StoreError> {
+fn add_ref(
+    tx: &mut Txn,
+    id: &ChunkId,
+    tenant: TenantId,
+    len: u32,
+    cv_at: Option<(u64, [u8; 32])>,
+) -> Result<(), StoreError> {
     let key = keys::chunk_tenant(id, tenant);
-    let mut meta = tx.get::<ChunkMeta>("chunk", &key)?.unwrap_or(ChunkMeta { refs: 0, len, cvs: Vec::new() });
+    let mut meta = tx.get::<ChunkMeta>("chunk", &key)?.unwrap_or(ChunkMeta {
+        refs: 0,
+        len,
+        cvs: Vec::new(),
+    });
     meta.refs += 1;
     if let Some((offset, cv)) = cv_at {
         if !meta.cvs.iter().any(|(o, _)| *o == offset) && meta.cvs.len() < MAX_REMEMBERED_CVS {
@@ -322,7 +454,11 @@ fn drop_ref(tx: &mut Txn, id: &ChunkId, tenant: TenantId) -> Result<(), StoreErr
     Ok(())
 }
 
-fn load_session(tx: &Txn, session: &SessionId, tenant: Option<TenantId>) -> Result<SessionRecord, ApplyError> {
+fn load_session(
+    tx: &Txn,
+    session: &SessionId,
+    tenant: Option<TenantId>,
+) -> Result<SessionRecord, ApplyError> {
     match tx.get::<SessionRecord>("session", &keys::session(session))? {
         Some(rec) if tenant.is_none_or(|t| t == rec.tenant) => Ok(rec),
         _ => Err(Rejection::SessionNotFound.into()),
@@ -330,7 +466,9 @@ fn load_session(tx: &Txn, session: &SessionId, tenant: Option<TenantId>) -> Resu
 }
 
 fn load_manifest(tx: &Txn, session: &SessionId) -> Result<Vec<ManifestEntry>, StoreError> {
-    Ok(tx.get::<Vec<ManifestEntry>>("manifest", &keys::session_manifest(session))?.unwrap_or_default())
+    Ok(tx
+        .get::<Vec<ManifestEntry>>("manifest", &keys::session_manifest(session))?
+        .unwrap_or_default())
 }
 
 /// Decodes the session's chunks in offset order.
@@ -360,7 +498,12 @@ fn add_chunk(
     let mut rec = load_session(tx, session, Some(tenant))?;
     let end = offset + len as u64;
     if end > rec.size {
-        return Err(Rejection::ChunkOutOfBounds { offset, end, size: rec.size }.into());
+        return Err(Rejection::ChunkOutOfBounds {
+            offset,
+            end,
+            size: rec.size,
+        }
+        .into());
     }
     if rec.has_manifest {
         let mut at = 0u64;
@@ -374,7 +517,13 @@ fn add_chunk(
         }
         match expected {
             Some(e) if e.id == *id && e.len == len => {}
-            Some(e) => return Err(Rejection::ManifestMismatch { offset, expected: e.id }.into()),
+            Some(e) => {
+                return Err(Rejection::ManifestMismatch {
+                    offset,
+                    expected: e.id,
+                }
+                .into());
+            }
             None => return Err(Rejection::ChunkOverlap { offset }.into()),
         }
     }
@@ -384,13 +533,20 @@ fn add_chunk(
             rec.last_activity_ms = now_ms;
             let bytes_present = rec.bytes_present;
             tx.put(keys::session(session), &rec);
-            return Ok(Response::ChunkAdded { bytes_present, added: false });
+            return Ok(Response::ChunkAdded {
+                bytes_present,
+                added: false,
+            });
         }
         return Err(Rejection::ChunkOverlap { offset }.into());
     }
     // Without a manifest, chunks may come at any offsets: refuse overlaps with neighbours.
     let prefix = keys::session_chunk_prefix(session);
-    let before = tx.tree.range(prefix.clone()..key.clone()).next_back().transpose()?;
+    let before = tx
+        .tree
+        .range(prefix.clone()..key.clone())
+        .next_back()
+        .transpose()?;
     if let Some((k, v)) = before.filter(|(k, _)| k.starts_with(&prefix)) {
         let prev_off = keys::be_u64(&k, prefix.len()).unwrap_or(0);
         let prev: SessionChunk = decode("session chunk", &v)?;
@@ -410,7 +566,10 @@ fn add_chunk(
     rec.last_activity_ms = now_ms;
     let bytes_present = rec.bytes_present;
     tx.put(keys::session(session), &rec);
-    Ok(Response::ChunkAdded { bytes_present, added: true })
+    Ok(Response::ChunkAdded {
+        bytes_present,
+        added: true,
+    })
 }
 
 /// Gaps in the byte range [0, size) not covered by `chunks` (offset order).
@@ -419,12 +578,18 @@ pub fn gaps(chunks: &[(u64, SessionChunk)], size: u64) -> Vec<Gap> {
     let mut at = 0u64;
     for (offset, c) in chunks {
         if *offset > at {
-            out.push(Gap { offset: at, len: offset - at });
+            out.push(Gap {
+                offset: at,
+                len: offset - at,
+            });
         }
         at = at.max(offset + c.len as u64);
     }
     if at < size {
-        out.push(Gap { offset: at, len: size - at });
+        out.push(Gap {
+            offset: at,
+            len: size - at,
+        });
     }
     out
 }
@@ -432,7 +597,12 @@ pub fn gaps(chunks: &[(u64, SessionChunk)], size: u64) -> Vec<Gap> {
 fn forget_session(tx: &mut Txn, rec: &SessionRecord) {
     tx.del(keys::session(&rec.id));
     tx.del(keys::session_manifest(&rec.id));
-    tx.del(keys::session_by_key(rec.tenant, &rec.bucket, &rec.key, &rec.id));
+    tx.del(keys::session_by_key(
+        rec.tenant,
+        &rec.bucket,
+        &rec.key,
+        &rec.id,
+    ));
 }
 
 fn complete_session(
@@ -458,22 +628,44 @@ fn complete_session(
         chunk_count: chunks.len() as u32,
     };
     // The session's chunk references become the version's: no refcount changes.
-    let entries = chunks.iter().map(|(offset, c)| ChunkEntry { id: c.id, offset: *offset, len: c.len }).collect();
+    let entries = chunks
+        .iter()
+        .map(|(offset, c)| ChunkEntry {
+            id: c.id,
+            offset: *offset,
+            len: c.len,
+        })
+        .collect();
     for (offset, _) in &chunks {
         tx.del(keys::session_chunk(session, *offset));
     }
     forget_session(tx, &rec);
-    tx.put(keys::version(tenant, &rec.bucket, &rec.key, version), &VersionRecord { info: info.clone(), chunks: entries });
+    tx.put(
+        keys::version(tenant, &rec.bucket, &rec.key, version),
+        &VersionRecord {
+            info: info.clone(),
+            chunks: entries,
+        },
+    );
     let bucket_key = keys::bucket(tenant, &rec.bucket);
     if tx.get_raw(&bucket_key)?.is_none() {
-        tx.put(bucket_key, &BucketRecord { created_at_ms: now_ms });
+        tx.put(
+            bucket_key,
+            &BucketRecord {
+                created_at_ms: now_ms,
+            },
+        );
     }
     let head_key = keys::object(tenant, &rec.bucket, &rec.key);
     let old = tx.get::<ObjectHead>("object", &head_key)?;
     if let Some(TrashState { purge_at_ms, .. }) = old.as_ref().and_then(|h| h.trash) {
         tx.del(keys::trash(purge_at_ms, tenant, &rec.bucket, &rec.key));
     }
-    let head = ObjectHead { current: info, version_count: old.map_or(0, |h| h.version_count) + 1, trash: None };
+    let head = ObjectHead {
+        current: info,
+        version_count: old.map_or(0, |h| h.version_count) + 1,
+        trash: None,
+    };
     tx.put(head_key, &head);
     Ok(Response::Committed(ObjectView {
         bucket: rec.bucket,
@@ -484,7 +676,12 @@ fn complete_session(
     }))
 }
 
-fn abort_session(tx: &mut Txn, session: &SessionId, tenant: Option<TenantId>, idle_before_ms: Option<i64>) -> Result<Response, ApplyError> {
+fn abort_session(
+    tx: &mut Txn,
+    session: &SessionId,
+    tenant: Option<TenantId>,
+    idle_before_ms: Option<i64>,
+) -> Result<Response, ApplyError> {
     let rec = load_session(tx, session, tenant)?;
     if idle_before_ms.is_some_and(|t| rec.last_activity_ms >= t) {
         return Ok(Response::Done); // active again since the sweeper looked: keep it
@@ -497,20 +694,35 @@ fn abort_session(tx: &mut Txn, session: &SessionId, tenant: Option<TenantId>, id
     Ok(Response::Done)
 }
 
-fn trash_object(tx: &mut Txn, tenant: TenantId, bucket: &BucketName, key: &ObjectKey, now_ms: i64, purge_at_ms: i64) -> Result<Response, ApplyError> {
+fn trash_object(
+    tx: &mut Txn,
+    tenant: TenantId,
+    bucket: &BucketName,
+    key: &ObjectKey,
+    now_ms: i64,
+    purge_at_ms: i64,
+) -> Result<Response, ApplyError> {
     let head_key = keys::object(tenant, bucket, key);
     let mut head = match tx.get::<ObjectHead>("object", &head_key)? {
         Some(h) if h.trash.is_none() => h,
         _ => return Err(Rejection::ObjectNotFound.into()),
     };
-    let state = TrashState { deleted_at_ms: now_ms, purge_at_ms };
+    let state = TrashState {
+        deleted_at_ms: now_ms,
+        purge_at_ms,
+    };
     head.trash = Some(state);
     tx.put(head_key, &head);
     tx.put_raw(keys::trash(purge_at_ms, tenant, bucket, key), Vec::new());
     Ok(Response::Trashed(state))
 }
 
-fn untrash_object(tx: &mut Txn, tenant: TenantId, bucket: &BucketName, key: &ObjectKey) -> Result<Response, ApplyError> {
+fn untrash_object(
+    tx: &mut Txn,
+    tenant: TenantId,
+    bucket: &BucketName,
+    key: &ObjectKey,
+) -> Result<Response, ApplyError> {
     let head_key = keys::object(tenant, bucket, key);
     let mut head = match tx.get::<ObjectHead>("object", &head_key)? {
         Some(h) => h,
@@ -530,7 +742,13 @@ fn untrash_object(tx: &mut Txn, tenant: TenantId, bucket: &BucketName, key: &Obj
     }))
 }
 
-fn purge_object(tx: &mut Txn, tenant: TenantId, bucket: &BucketName, key: &ObjectKey, now_ms: i64) -> Result<Response, ApplyError> {
+fn purge_object(
+    tx: &mut Txn,
+    tenant: TenantId,
+    bucket: &BucketName,
+    key: &ObjectKey,
+    now_ms: i64,
+) -> Result<Response, ApplyError> {
     let head_key = keys::object(tenant, bucket, key);
     let head = match tx.get::<ObjectHead>("object", &head_key)? {
         Some(h) => h,
@@ -557,6 +775,10 @@ fn purge_object(tx: &mut Txn, tenant: TenantId, bucket: &BucketName, key: &Objec
 }
 
 /// Decodes a value read outside a command.
-pub(crate) fn read<T: DeserializeOwned>(tree: &sled::Tree, what: &'static str, key: &[u8]) -> Result<Option<T>, StoreError> {
+pub(crate) fn read<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    what: &'static str,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
     tree.get(key)?.map(|v| decode(what, &v)).transpose()
 }

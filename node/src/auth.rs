@@ -13,14 +13,21 @@ pub fn new_token() -> String {
 
 fn principal(sm: &StateMachine, md: &MetadataMap) -> NodeResult<Principal> {
     let Some(value) = md.get(strata_proto::AUTHORIZATION) else {
-        return Err(NodeError::Unauthenticated("missing bearer token: set \"authorization: Bearer <token>\"".into()));
+        return Err(NodeError::Unauthenticated(
+            "missing bearer token: set \"authorization: Bearer <token>\"".into(),
+        ));
     };
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
-        .ok_or_else(|| NodeError::Unauthenticated("authorization must be \"Bearer <token>\"".into()))?;
+        .ok_or_else(|| {
+            NodeError::Unauthenticated("authorization must be \"Bearer <token>\"".into())
+        })?;
     sm.principal(&TokenHash::of(token))?
         .ok_or_else(|| NodeError::Unauthenticated("unknown or revoked token".into()))
 }
@@ -29,7 +36,9 @@ fn principal(sm: &StateMachine, md: &MetadataMap) -> NodeResult<Principal> {
 pub fn tenant(sm: &StateMachine, md: &MetadataMap) -> NodeResult<TenantId> {
     match principal(sm, md)? {
         Principal::Tenant(t) => Ok(t),
-        Principal::Admin => Err(NodeError::PermissionDenied("the admin token cannot read or write objects: use a tenant token".into())),
+        Principal::Admin => Err(NodeError::PermissionDenied(
+            "the admin token cannot read or write objects: use a tenant token".into(),
+        )),
     }
 }
 
@@ -37,6 +46,8 @@ pub fn tenant(sm: &StateMachine, md: &MetadataMap) -> NodeResult<TenantId> {
 pub fn admin(sm: &StateMachine, md: &MetadataMap) -> NodeResult<()> {
     match principal(sm, md)? {
         Principal::Admin => Ok(()),
-        Principal::Tenant(_) => Err(NodeError::PermissionDenied("this call needs the admin token".into())),
+        Principal::Tenant(_) => Err(NodeError::PermissionDenied(
+            "this call needs the admin token".into(),
+        )),
     }
 }

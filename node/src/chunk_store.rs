@@ -26,15 +26,25 @@ pub enum ChunkStoreError {
     #[error("the data directory {0} is read-only")]
     ReadOnly(PathBuf),
     #[error("chunk store {op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
 }
 
 fn io_err(op: &'static str, path: &Path, source: io::Error) -> ChunkStoreError {
     let err = match source.kind() {
         io::ErrorKind::StorageFull => ChunkStoreError::DiskFull(path.to_owned()),
         io::ErrorKind::ReadOnlyFilesystem => ChunkStoreError::ReadOnly(path.to_owned()),
-        io::ErrorKind::PermissionDenied if op != "read" => ChunkStoreError::ReadOnly(path.to_owned()),
-        _ => ChunkStoreError::Io { op, path: path.to_owned(), source },
+        io::ErrorKind::PermissionDenied if op != "read" => {
+            ChunkStoreError::ReadOnly(path.to_owned())
+        }
+        _ => ChunkStoreError::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        },
     };
     metrics::counter!(m::CHUNK_STORE_ERRORS, "op" => op).increment(1);
     err
@@ -63,7 +73,13 @@ impl ChunkStore {
                 let _ = fs::remove_file(e.path());
             }
         }
-        let store = ChunkStore { root, tmp, quarantine, count: AtomicU64::new(0), bytes: AtomicU64::new(0) };
+        let store = ChunkStore {
+            root,
+            tmp,
+            quarantine,
+            count: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        };
         let (count, bytes) = store.scan_usage();
         store.count.store(count, Ordering::Relaxed);
         store.bytes.store(bytes, Ordering::Relaxed);
@@ -85,7 +101,10 @@ impl ChunkStore {
 
     /// Chunks held and their total bytes.
     pub fn usage(&self) -> (u64, u64) {
-        (self.count.load(Ordering::Relaxed), self.bytes.load(Ordering::Relaxed))
+        (
+            self.count.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
     }
 
     pub fn root(&self) -> &Path {
@@ -116,7 +135,9 @@ impl ChunkStore {
             fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
             sync_dir(&self.root).map_err(|e| io_err("fsync", &self.root, e))?;
         }
-        let tmp = self.tmp.join(format!("{}.{:016x}", id.to_hex(), rand::random::<u64>()));
+        let tmp = self
+            .tmp
+            .join(format!("{}.{:016x}", id.to_hex(), rand::random::<u64>()));
         let result = (|| {
             let mut f = File::create(&tmp).map_err(|e| io_err("create", &tmp, e))?;
             f.write_all(data).map_err(|e| io_err("write", &tmp, e))?;
@@ -140,7 +161,9 @@ impl ChunkStore {
         let path = self.path_of(id);
         let data = match fs::read(&path) {
             Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ChunkStoreError::Missing(*id)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ChunkStoreError::Missing(*id));
+            }
             Err(e) => return Err(io_err("read", &path, e)),
         };
         metrics::counter!(m::CHUNK_STORE_OPS, "op" => "get").increment(1);
@@ -186,7 +209,10 @@ mod tests {
         let data = b"hello chunk".to_vec();
         let id = ChunkId::of(&data);
         assert!(store.put(&id, &data).expect("put"));
-        assert!(!store.put(&id, &data).expect("second put"), "second put writes nothing");
+        assert!(
+            !store.put(&id, &data).expect("second put"),
+            "second put writes nothing"
+        );
         assert_eq!(store.get(&id).expect("get"), Bytes::from(data.clone()));
         assert_eq!(store.usage(), (1, data.len() as u64));
         store.delete(&id).expect("delete");

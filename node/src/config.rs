@@ -93,8 +93,12 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(Env::prefixed("STRATA_").only(KEYS)).merge(Serialized::defaults(overrides));
-        let config: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        fig = fig
+            .merge(Env::prefixed("STRATA_").only(KEYS))
+            .merge(Serialized::defaults(overrides));
+        let config: Config = fig
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         config.check()?;
         Ok(config)
     }
@@ -126,9 +130,15 @@ mod tests {
     fn layers_override_in_order() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("strata.toml");
-        std::fs::write(&file, "node_id = \"from-file\"\nmax_chunk_bytes = 4096\ntrash_retention = \"2h\"\n")
-            .expect("write config");
-        let over = Overrides { node_id: Some("from-flag".into()), ..Default::default() };
+        std::fs::write(
+            &file,
+            "node_id = \"from-file\"\nmax_chunk_bytes = 4096\ntrash_retention = \"2h\"\n",
+        )
+        .expect("write config");
+        let over = Overrides {
+            node_id: Some("from-flag".into()),
+            ..Default::default()
+        };
         let c = Config::load(Some(&file), &over).expect("load");
         assert_eq!(c.node_id, "from-flag");
         assert_eq!(c.max_chunk_bytes, 4096);
@@ -144,7 +154,13 @@ mod tests {
         assert!(Config::load(Some(&file), &Overrides::default()).is_err());
         std::fs::write(&file, "max_chunk_bytes = 10\n").expect("write");
         assert!(Config::load(Some(&file), &Overrides::default()).is_err());
-        assert!(Config::load(Some(&dir.path().join("missing.toml")), &Overrides::default()).is_err());
+        assert!(
+            Config::load(
+                Some(&dir.path().join("missing.toml")),
+                &Overrides::default()
+            )
+            .is_err()
+        );
     }
 
     #[test]

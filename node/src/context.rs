@@ -2,6 +2,7 @@
 //! state machine and the per-chunk locks that order chunk writes against garbage collection.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use strata_cluster::{ChunkId, Command, Response, StateMachine};
@@ -19,11 +20,16 @@ pub struct Context {
     /// Chunk bytes being verified and written, bounded by config.max_inflight_bytes.
     pub inflight: Semaphore,
     chunk_locks: Vec<Mutex<()>>,
+    /// Group commit: commands applied so far, commands known durable, one flusher at a time.
+    applied: AtomicU64,
+    flushed: AtomicU64,
+    flush_lock: Mutex<()>,
 }
 
 impl Context {
     pub fn new(config: Config, store: ChunkStore, sm: StateMachine) -> Context {
-        let permits = (config.max_inflight_bytes / 1024).min(Semaphore::MAX_PERMITS as u64) as usize;
+        let permits =
+            (config.max_inflight_bytes / 1024).min(Semaphore::MAX_PERMITS as u64) as usize;
         Context {
             config,
             store,
@@ -31,6 +37,9 @@ impl Context {
             started: Instant::now(),
             inflight: Semaphore::new(permits),
             chunk_locks: (0..256).map(|_| Mutex::new(())).collect(),
+            applied: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+            flush_lock: Mutex::new(()),
         }
     }
 
@@ -42,10 +51,27 @@ impl Context {
         let resp = tokio::task::spawn_blocking(move || sm.apply(&cmd))
             .await
             .map_err(|e| NodeError::Internal(format!("apply task: {e}")))??;
+        let seq = self.applied.fetch_add(1, Ordering::SeqCst) + 1;
         if flush {
-            self.sm.flush().await?;
+            self.durable(seq).await?;
         }
         Ok(resp)
+    }
+
+    /// Waits until command number `seq` is on disk. Concurrent callers share one sled flush:
+    /// whoever flushes covers every command applied before the flush began.
+    async fn durable(&self, seq: u64) -> NodeResult<()> {
+        if self.flushed.load(Ordering::SeqCst) >= seq {
+            return Ok(());
+        }
+        let _one_flusher = self.flush_lock.lock().await;
+        if self.flushed.load(Ordering::SeqCst) >= seq {
+            return Ok(());
+        }
+        let upto = self.applied.load(Ordering::SeqCst);
+        self.sm.flush().await?;
+        self.flushed.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Held while a chunk's file and its references change together: a chunk write plus its
@@ -57,5 +83,8 @@ impl Context {
 
 /// Milliseconds since the Unix epoch: the time commands carry.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

@@ -89,8 +89,11 @@ impl From<NodeError> for Status {
     fn from(e: NodeError) -> Status {
         let message = match &e {
             NodeError::Rejected(Rejection::Incomplete(gaps)) => {
-                let shown: Vec<String> =
-                    gaps.iter().take(8).map(|g| format!("{}..{}", g.offset, g.offset + g.len)).collect();
+                let shown: Vec<String> = gaps
+                    .iter()
+                    .take(8)
+                    .map(|g| format!("{}..{}", g.offset, g.offset + g.len))
+                    .collect();
                 format!(
                     "upload is incomplete: {} byte range(s) missing: {}{}",
                     gaps.len(),

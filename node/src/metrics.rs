@@ -34,25 +34,78 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
         .install()
         .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
     describe();
+    // Series appear in the output once touched: start the unlabelled ones at zero so alerts
+    // and dashboards see them before the first event.
+    for name in [
+        UPLOAD_BYTES,
+        DOWNLOAD_BYTES,
+        DEDUP_BYTES,
+        CHUNK_STORE_WRITTEN_BYTES,
+        CHUNK_CORRUPT,
+        SESSIONS_EXPIRED,
+        TRASH_PURGED,
+        CHUNKS_COLLECTED,
+        ACTOR_RESTARTS,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for name in [CHUNK_STORE_CHUNKS, CHUNK_STORE_BYTES, SESSIONS_OPEN, UPTIME] {
+        metrics::gauge!(name).set(0.0);
+    }
     Ok(())
 }
 
 fn describe() {
     describe_counter!(GRPC_REQUESTS, "gRPC requests by method and status code");
-    describe_histogram!(GRPC_DURATION, Unit::Seconds, "gRPC request latency by method (streams: until the handler returns)");
-    describe_counter!(UPLOAD_BYTES, Unit::Bytes, "chunk bytes received from clients");
+    describe_histogram!(
+        GRPC_DURATION,
+        Unit::Seconds,
+        "gRPC request latency by method (streams: until the handler returns)"
+    );
+    describe_counter!(
+        UPLOAD_BYTES,
+        Unit::Bytes,
+        "chunk bytes received from clients"
+    );
     describe_counter!(DOWNLOAD_BYTES, Unit::Bytes, "object bytes sent to clients");
-    describe_counter!(DEDUP_BYTES, Unit::Bytes, "upload bytes not sent because the tenant already held the chunks");
-    describe_counter!(CHUNK_STORE_OPS, "chunk store operations by op (put, get, delete)");
+    describe_counter!(
+        DEDUP_BYTES,
+        Unit::Bytes,
+        "upload bytes not sent because the tenant already held the chunks"
+    );
+    describe_counter!(
+        CHUNK_STORE_OPS,
+        "chunk store operations by op (put, get, delete)"
+    );
     describe_counter!(CHUNK_STORE_ERRORS, "chunk store I/O errors by op");
-    describe_counter!(CHUNK_STORE_WRITTEN_BYTES, Unit::Bytes, "bytes written to the chunk store");
-    describe_counter!(CHUNK_CORRUPT, "chunks that failed BLAKE3 verification on read");
+    describe_counter!(
+        CHUNK_STORE_WRITTEN_BYTES,
+        Unit::Bytes,
+        "bytes written to the chunk store"
+    );
+    describe_counter!(
+        CHUNK_CORRUPT,
+        "chunks that failed BLAKE3 verification on read"
+    );
     describe_gauge!(CHUNK_STORE_CHUNKS, "chunks held by this node");
-    describe_gauge!(CHUNK_STORE_BYTES, Unit::Bytes, "bytes of chunks held by this node");
+    describe_gauge!(
+        CHUNK_STORE_BYTES,
+        Unit::Bytes,
+        "bytes of chunks held by this node"
+    );
     describe_gauge!(SESSIONS_OPEN, "open upload sessions");
-    describe_counter!(SESSIONS_EXPIRED, "upload sessions aborted after their idle timeout");
-    describe_counter!(TRASH_PURGED, "trashed keys purged after the retention period");
+    describe_counter!(
+        SESSIONS_EXPIRED,
+        "upload sessions aborted after their idle timeout"
+    );
+    describe_counter!(
+        TRASH_PURGED,
+        "trashed keys purged after the retention period"
+    );
     describe_counter!(CHUNKS_COLLECTED, "unreferenced chunks deleted");
-    describe_counter!(ACTOR_RESTARTS, "actors restarted by their supervisor after a failure");
+    describe_counter!(
+        ACTOR_RESTARTS,
+        "actors restarted by their supervisor after a failure"
+    );
     describe_gauge!(UPTIME, Unit::Seconds, "seconds since the node started");
 }

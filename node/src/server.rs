@@ -37,11 +37,18 @@ pub struct FirstRun {
     pub tenant_token: Option<String>,
 }
 
-pub async fn run(config: Config, mode: Mode, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    mode: Mode,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let dir = config.data_dir.clone();
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    let store = ChunkStore::open(&dir).with_context(|| format!("cannot open chunk store in {}", dir.display()))?;
-    let sm = StateMachine::open(&dir.join("meta")).with_context(|| format!("cannot open metadata in {}", dir.join("meta").display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let store = ChunkStore::open(&dir)
+        .with_context(|| format!("cannot open chunk store in {}", dir.display()))?;
+    let sm = StateMachine::open(&dir.join("meta"))
+        .with_context(|| format!("cannot open metadata in {}", dir.join("meta").display()))?;
 
     let grpc = bind(config.listen, mode).await?;
     let grpc_addr = grpc.local_addr()?;
@@ -50,20 +57,25 @@ pub async fn run(config: Config, mode: Mode, shutdown: impl std::future::Future<
 
     let ctx = Arc::new(Context::new(config, store, sm));
     let first = first_run(&ctx, mode).await?;
-    let (supervisor, supervisor_handle) = Actor::spawn(Some("node-supervisor".into()), NodeSupervisor, ctx.clone())
-        .await
-        .context("cannot start the node supervisor")?;
+    let (supervisor, supervisor_handle) =
+        Actor::spawn(Some("node-supervisor".into()), NodeSupervisor, ctx.clone())
+            .await
+            .context("cannot start the node supervisor")?;
 
     let max_msg = ctx.config.max_chunk_bytes as usize + 1024 * 1024;
     let storage = StorageServer::new(StorageService::new(ctx.clone(), supervisor.clone()))
         .max_decoding_message_size(max_msg.max(64 * 1024 * 1024))
         .max_encoding_message_size(max_msg);
-    let admin = AdminServer::new(AdminService::new(ctx.clone(), format!("http://{grpc_addr}")));
+    let admin = AdminServer::new(AdminService::new(
+        ctx.clone(),
+        format!("http://{grpc_addr}"),
+    ));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<StorageServer<StorageService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(strata_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
     write_node_file(&dir, grpc_addr, metrics_addr, &ctx.config.node_id)?;
@@ -85,7 +97,11 @@ pub async fn run(config: Config, mode: Mode, shutdown: impl std::future::Future<
 }
 
 async fn bind(addr: SocketAddr, mode: Mode) -> anyhow::Result<TcpListener> {
-    let tries = if mode == Mode::Dev && addr.port() != 0 { 100 } else { 1 };
+    let tries = if mode == Mode::Dev && addr.port() != 0 {
+        100
+    } else {
+        1
+    };
     let mut last = None;
     for i in 0..tries {
         let a = SocketAddr::new(addr.ip(), addr.port().saturating_add(i));
@@ -94,7 +110,15 @@ async fn bind(addr: SocketAddr, mode: Mode) -> anyhow::Result<TcpListener> {
             Err(e) => last = Some(e),
         }
     }
-    Err(anyhow::anyhow!("cannot listen on {addr}{}: {}", if tries > 1 { " or the 99 ports after it" } else { "" }, last.map(|e| e.to_string()).unwrap_or_default()))
+    Err(anyhow::anyhow!(
+        "cannot listen on {addr}{}: {}",
+        if tries > 1 {
+            " or the 99 ports after it"
+        } else {
+            ""
+        },
+        last.map(|e| e.to_string()).unwrap_or_default()
+    ))
 }
 
 /// A free address for the metrics listener (which binds it itself).
@@ -104,11 +128,18 @@ async fn free_addr(addr: SocketAddr, mode: Mode) -> anyhow::Result<SocketAddr> {
 }
 
 async fn first_run(ctx: &Context, mode: Mode) -> anyhow::Result<FirstRun> {
-    let mut first = FirstRun { admin_token: None, tenant_token: None };
+    let mut first = FirstRun {
+        admin_token: None,
+        tenant_token: None,
+    };
     let dir = &ctx.config.data_dir;
     if !ctx.sm.has_admin_token()? {
         let token = auth::new_token();
-        ctx.propose(Command::CreateAdminToken { token: TokenHash::of(&token), now_ms: now_ms() }).await?;
+        ctx.propose(Command::CreateAdminToken {
+            token: TokenHash::of(&token),
+            now_ms: now_ms(),
+        })
+        .await?;
         write_secret(&dir.join("admin.token"), &token)?;
         first.admin_token = Some(token);
     }
@@ -137,7 +168,12 @@ fn write_secret(path: &Path, token: &str) -> anyhow::Result<()> {
 }
 
 /// `node.json` in the data dir says where a running node listens (scripts and tests read it).
-fn write_node_file(dir: &Path, grpc: SocketAddr, metrics: SocketAddr, node_id: &str) -> anyhow::Result<()> {
+fn write_node_file(
+    dir: &Path,
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+    node_id: &str,
+) -> anyhow::Result<()> {
     let body = format!(
         "{{\"node_id\":\"{node_id}\",\"grpc\":\"http://{grpc}\",\"metrics\":\"http://{metrics}/metrics\",\"pid\":{}}}\n",
         std::process::id()
@@ -150,7 +186,11 @@ fn write_node_file(dir: &Path, grpc: SocketAddr, metrics: SocketAddr, node_id: &
 
 fn banner(config: &Config, mode: Mode, grpc: SocketAddr, metrics: SocketAddr, first: &FirstRun) {
     let dir = config.data_dir.display();
-    println!("Strata node {} is running ({}).", config.node_id, if mode == Mode::Dev { "dev" } else { "run" });
+    println!(
+        "Strata node {} is running ({}).",
+        config.node_id,
+        if mode == Mode::Dev { "dev" } else { "run" }
+    );
     println!("  gRPC endpoint : http://{grpc}");
     println!("  metrics       : http://{metrics}/metrics");
     println!("  data dir      : {dir}");
@@ -160,7 +200,9 @@ fn banner(config: &Config, mode: Mode, grpc: SocketAddr, metrics: SocketAddr, fi
     }
     if mode == Mode::Dev {
         match &first.tenant_token {
-            Some(t) => println!("  tenant token  : {t}  (tenant \"default\"; shown once; saved in {dir}/tenant.token)"),
+            Some(t) => println!(
+                "  tenant token  : {t}  (tenant \"default\"; shown once; saved in {dir}/tenant.token)"
+            ),
             None => println!("  tenant token  : in {dir}/tenant.token (created at first start)"),
         }
         println!();

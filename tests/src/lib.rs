@@ -1,1 +1,381 @@
+//! Test harness: starts real `strata-node` processes on loopback with their own data
+//! directories, waits (with a deadline) until they serve, and hands out real gRPC clients.
+//! Binaries are taken from the cargo target directory; they must be built first
+//! (`cargo build --bins`, which tests/run.sh does). A missing binary fails the test loudly.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use strata_admin::client::{self, Admin, Storage};
+use strata_admin::transfer::{self, NoProgress};
+use strata_proto::v1 as pb;
+
+/// Path of a workspace binary next to the test executable (target/<profile>/<name>).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --bins` first (tests/run.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A strata-node process in dev mode with its own temporary data directory.
+pub struct Node {
+    pub root: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub endpoint: String,
+    pub metrics: String,
+    pub tenant_token: String,
+    pub admin_token: String,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn start() -> Node {
+        Node::start_with(&[])
+    }
+
+    /// Starts a node with extra STRATA_* environment settings.
+    pub fn start_with(env: &[(&str, &str)]) -> Node {
+        let root = tempfile::Builder::new()
+            .prefix("strata-test-")
+            .tempdir()
+            .expect("tempdir");
+        let data_dir = root.path().join("data");
+        Node::start_in(root, data_dir, env)
+    }
+
+    /// Starts a node whose data directory is `data_dir` (e.g. a mount point made by the test).
+    pub fn start_in(root: tempfile::TempDir, data_dir: PathBuf, env: &[(&str, &str)]) -> Node {
+        let mut node = Node {
+            root,
+            data_dir,
+            endpoint: String::new(),
+            metrics: String::new(),
+            tenant_token: String::new(),
+            admin_token: String::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let node_file = self.data_dir.join("node.json");
+        let _ = std::fs::remove_file(&node_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.path().join("node.log"))
+            .expect("node log");
+        let mut cmd = Command::new(bin("strata-node"));
+        cmd.arg("dev")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .env("STRATA_LOG", "info,strata_node=debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn strata-node");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let info = loop {
+            if let Ok(text) = std::fs::read_to_string(&node_file) {
+                break serde_json::from_str::<serde_json::Value>(&text).expect("node.json is JSON");
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "strata-node exited with {status} before serving; log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "strata-node did not start within 30s; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.endpoint = info["grpc"].as_str().expect("grpc").to_owned();
+        self.metrics = info["metrics"].as_str().expect("metrics").to_owned();
+        self.tenant_token = read_token(&self.data_dir.join("tenant.token"));
+        self.admin_token = read_token(&self.data_dir.join("admin.token"));
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("node.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the node again on the same data directory (it may get new ports).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub async fn storage(&self) -> Storage {
+        self.storage_as(&self.tenant_token).await
+    }
+
+    pub async fn storage_as(&self, token: &str) -> Storage {
+        client::storage(
+            client::connect(&self.endpoint).await.expect("connect"),
+            token,
+        )
+        .expect("client")
+    }
+
+    pub async fn admin(&self) -> Admin {
+        client::admin(
+            client::connect(&self.endpoint).await.expect("connect"),
+            &self.admin_token,
+        )
+        .expect("client")
+    }
+
+    /// Creates another tenant and returns its token.
+    pub async fn new_tenant(&self, name: &str) -> String {
+        self.admin()
+            .await
+            .create_tenant(pb::CreateTenantRequest { name: name.into() })
+            .await
+            .expect("create tenant")
+            .into_inner()
+            .token
+    }
+
+    pub async fn status(&self) -> pb::StatusResponse {
+        self.admin()
+            .await
+            .status(pb::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+    }
+
+    /// Runs the `strata` CLI against this node with the tenant and admin tokens set.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("strata"))
+            .args(args)
+            .env("STRATA_ENDPOINT", &self.endpoint)
+            .env("STRATA_TOKEN", &self.tenant_token)
+            .env("STRATA_ADMIN_TOKEN", &self.admin_token)
+            .env_remove("STRATA_TOKEN_FILE")
+            .output()
+            .expect("run strata")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn read_token(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different per seed.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes `bytes` to a new file under `dir`.
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).expect("write file");
+    p
+}
+
+/// Uploads bytes through a temporary file with the standard client.
+pub async fn put(
+    storage: &mut Storage,
+    dir: &Path,
+    bucket: &str,
+    key: &str,
+    bytes: &[u8],
+) -> transfer::UploadReport {
+    let name = format!("upload-{}", rand::random::<u64>());
+    let path = write_file(dir, &name, bytes);
+    let r = transfer::upload(
+        storage,
+        &path,
+        bucket,
+        key,
+        "application/octet-stream",
+        transfer::DEFAULT_CHUNK,
+        std::sync::Arc::new(NoProgress),
+    )
+    .await
+    .expect("upload");
+    let _ = std::fs::remove_file(path);
+    r
+}
+
+/// Downloads an object (or a range) into memory.
+pub async fn get(
+    storage: &mut Storage,
+    bucket: &str,
+    key: &str,
+    version: u64,
+    offset: u64,
+    length: u64,
+) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let req = pb::GetRequest {
+        bucket: bucket.into(),
+        key: key.into(),
+        version,
+        offset,
+        length,
+    };
+    transfer::download(storage, req, &mut out, &NoProgress).await?;
+    Ok(out)
+}
+
+/// The gRPC status code of a failed call, or a panic if it succeeded.
+pub fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> tonic::Code {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(s) => s.code(),
+    }
+}
+
+/// Polls `check` every 50 ms until it is true, failing after `secs` seconds.
+pub async fn wait_until<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A chunk for raw PutChunks calls: (offset, declared id, bytes).
+pub type RawChunk = (u64, [u8; 32], Vec<u8>);
+
+/// Splits bytes into chunks of `size` with their real ids.
+pub fn chunks_of(bytes: &[u8], size: usize) -> Vec<RawChunk> {
+    bytes
+        .chunks(size)
+        .enumerate()
+        .map(|(i, c)| ((i * size) as u64, *blake3::hash(c).as_bytes(), c.to_vec()))
+        .collect()
+}
+
+pub fn manifest_of(chunks: &[RawChunk]) -> Vec<pb::ChunkRef> {
+    chunks
+        .iter()
+        .map(|(_, id, d)| pb::ChunkRef {
+            id: id.to_vec().into(),
+            len: d.len() as u32,
+        })
+        .collect()
+}
+
+/// Sends chunks on one PutChunks stream and collects the acks (or the stream's error).
+pub async fn put_raw(
+    storage: &mut Storage,
+    session: &str,
+    chunks: Vec<RawChunk>,
+) -> Result<Vec<pb::PutChunkAck>, tonic::Status> {
+    use futures::StreamExt;
+    let msgs: Vec<pb::PutChunkRequest> = chunks
+        .into_iter()
+        .map(|(offset, id, data)| pb::PutChunkRequest {
+            session_id: session.into(),
+            offset,
+            id: id.to_vec().into(),
+            data: data.into(),
+        })
+        .collect();
+    let mut acks = storage
+        .put_chunks(futures::stream::iter(msgs))
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(a) = acks.next().await {
+        out.push(a?);
+    }
+    Ok(out)
+}
+
+pub async fn create(
+    storage: &mut Storage,
+    bucket: &str,
+    key: &str,
+    size: u64,
+    manifest: Vec<pb::ChunkRef>,
+) -> Result<pb::CreateUploadResponse, tonic::Status> {
+    storage
+        .create_upload(pb::CreateUploadRequest {
+            bucket: bucket.into(),
+            key: key.into(),
+            size,
+            manifest,
+            content_type: "application/octet-stream".into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+pub async fn complete(
+    storage: &mut Storage,
+    session: &str,
+    bytes: &[u8],
+) -> Result<pb::ObjectInfo, tonic::Status> {
+    storage
+        .complete_upload(pb::CompleteUploadRequest {
+            session_id: session.into(),
+            file_hash: blake3::hash(bytes).as_bytes().to_vec().into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}

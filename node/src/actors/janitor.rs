@@ -33,15 +33,30 @@ impl Actor for Janitor {
     type State = JanitorState;
     type Arguments = (Arc<Context>, ActorRef<SupervisorMsg>);
 
-    async fn pre_start(&self, myself: ActorRef<JanitorMsg>, (ctx, supervisor): Self::Arguments) -> Result<JanitorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<JanitorMsg>,
+        (ctx, supervisor): Self::Arguments,
+    ) -> Result<JanitorState, ActorProcessingErr> {
         myself.send_interval(ctx.config.janitor_interval, || JanitorMsg::Sweep(None));
-        Ok(JanitorState { ctx, supervisor, last_sweep: None })
+        Ok(JanitorState {
+            ctx,
+            supervisor,
+            last_sweep: None,
+        })
     }
 
-    async fn handle(&self, _myself: ActorRef<JanitorMsg>, msg: JanitorMsg, st: &mut JanitorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<JanitorMsg>,
+        msg: JanitorMsg,
+        st: &mut JanitorState,
+    ) -> Result<(), ActorProcessingErr> {
         let JanitorMsg::Sweep(reply) = msg;
         // Ticks that queued up behind a long sweep are skipped.
-        let recent = st.last_sweep.is_some_and(|t| t.elapsed() < st.ctx.config.janitor_interval / 2);
+        let recent = st
+            .last_sweep
+            .is_some_and(|t| t.elapsed() < st.ctx.config.janitor_interval / 2);
         if reply.is_some() || !recent {
             if let Err(e) = sweep(st).await {
                 tracing::warn!(error = %e, "janitor sweep failed; retrying next interval");
@@ -62,7 +77,11 @@ async fn sweep(st: &JanitorState) -> anyhow::Result<()> {
     let idle_before = now - ctx.config.session_idle_timeout.as_millis() as i64;
     for session in ctx.sm.idle_sessions(idle_before)?.into_iter().take(BATCH) {
         let _ = st.supervisor.cast(SupervisorMsg::Forget(session));
-        let cmd = Command::AbortSession { session, tenant: None, idle_before_ms: Some(idle_before) };
+        let cmd = Command::AbortSession {
+            session,
+            tenant: None,
+            idle_before_ms: Some(idle_before),
+        };
         match ctx.propose(cmd).await {
             Ok(_) => {
                 metrics::counter!(m::SESSIONS_EXPIRED).increment(1);
@@ -73,7 +92,12 @@ async fn sweep(st: &JanitorState) -> anyhow::Result<()> {
     }
 
     for (tenant, bucket, key) in ctx.sm.trash_due(now, BATCH)? {
-        let cmd = Command::PurgeObject { tenant, bucket: bucket.clone(), key: key.clone(), now_ms: now };
+        let cmd = Command::PurgeObject {
+            tenant,
+            bucket: bucket.clone(),
+            key: key.clone(),
+            now_ms: now,
+        };
         match ctx.propose(cmd).await {
             Ok(_) => metrics::counter!(m::TRASH_PURGED).increment(1),
             Err(e) => tracing::warn!(%bucket, %key, error = %e, "could not purge trashed key"),

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
 use strata_cluster::SessionId;
 
 use super::janitor::{Janitor, JanitorMsg};
@@ -34,11 +36,18 @@ pub struct SupervisorState {
 }
 
 impl SupervisorState {
-    async fn spawn_session(&mut self, myself: &ActorRef<SupervisorMsg>, id: SessionId) -> NodeResult<ActorRef<SessionMsg>> {
+    async fn spawn_session(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        id: SessionId,
+    ) -> NodeResult<ActorRef<SessionMsg>> {
         if !self.ctx.sm.session(&id)?.is_some() {
             return Err(strata_cluster::Rejection::SessionNotFound.into());
         }
-        let args = SessionArgs { id, ctx: self.ctx.clone() };
+        let args = SessionArgs {
+            id,
+            ctx: self.ctx.clone(),
+        };
         let (actor, _) = Actor::spawn_linked(None, UploadSession, args, myself.get_cell())
             .await
             .map_err(|e| NodeError::Internal(format!("cannot start session actor: {e}")))?;
@@ -48,8 +57,17 @@ impl SupervisorState {
         Ok(actor)
     }
 
-    async fn spawn_janitor(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
-        let (janitor, _) = Actor::spawn_linked(None, Janitor, (self.ctx.clone(), myself.clone()), myself.get_cell()).await?;
+    async fn spawn_janitor(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let (janitor, _) = Actor::spawn_linked(
+            None,
+            Janitor,
+            (self.ctx.clone(), myself.clone()),
+            myself.get_cell(),
+        )
+        .await?;
         self.janitor = Some(janitor);
         Ok(())
     }
@@ -67,13 +85,27 @@ impl Actor for NodeSupervisor {
     type State = SupervisorState;
     type Arguments = Arc<Context>;
 
-    async fn pre_start(&self, myself: ActorRef<SupervisorMsg>, ctx: Arc<Context>) -> Result<SupervisorState, ActorProcessingErr> {
-        let mut st = SupervisorState { ctx, sessions: HashMap::new(), by_actor: HashMap::new(), janitor: None };
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        ctx: Arc<Context>,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let mut st = SupervisorState {
+            ctx,
+            sessions: HashMap::new(),
+            by_actor: HashMap::new(),
+            janitor: None,
+        };
         st.spawn_janitor(&myself).await?;
         Ok(st)
     }
 
-    async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, st: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Session(id, reply) => {
                 let result = match st.sessions.get(&id) {
@@ -100,10 +132,20 @@ impl Actor for NodeSupervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<SupervisorMsg>, evt: SupervisionEvent, st: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        evt: SupervisionEvent,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match evt {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
-                if st.forget_actor(&cell).is_none() && st.janitor.as_ref().is_some_and(|j| j.get_id() == cell.get_id()) {
+                if st.forget_actor(&cell).is_none()
+                    && st
+                        .janitor
+                        .as_ref()
+                        .is_some_and(|j| j.get_id() == cell.get_id())
+                {
                     tracing::warn!("janitor stopped; restarting it");
                     st.spawn_janitor(&myself).await?;
                 }
@@ -114,9 +156,15 @@ impl Actor for NodeSupervisor {
                     tracing::error!(session = %id, error = %err, "upload session actor failed; restarting it from the state machine");
                     match st.spawn_session(&myself, id).await {
                         Ok(_) => {}
-                        Err(e) => tracing::warn!(session = %id, error = %e, "session not restarted"),
+                        Err(e) => {
+                            tracing::warn!(session = %id, error = %e, "session not restarted")
+                        }
                     }
-                } else if st.janitor.as_ref().is_some_and(|j| j.get_id() == cell.get_id()) {
+                } else if st
+                    .janitor
+                    .as_ref()
+                    .is_some_and(|j| j.get_id() == cell.get_id())
+                {
                     tracing::error!(error = %err, "janitor failed; restarting it");
                     st.spawn_janitor(&myself).await?;
                 }
@@ -131,7 +179,10 @@ impl Actor for NodeSupervisor {
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The actor of an open session (tenant checks happen in the actor).
-pub async fn session_actor(sup: &ActorRef<SupervisorMsg>, id: SessionId) -> NodeResult<ActorRef<SessionMsg>> {
+pub async fn session_actor(
+    sup: &ActorRef<SupervisorMsg>,
+    id: SessionId,
+) -> NodeResult<ActorRef<SessionMsg>> {
     call(sup, |reply| SupervisorMsg::Session(id, reply)).await?
 }
 
@@ -142,9 +193,11 @@ pub async fn call<M: ractor::Message, T: Send + 'static>(
 ) -> NodeResult<T> {
     match actor.call(msg, Some(CALL_TIMEOUT)).await {
         Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
-        Ok(ractor::rpc::CallResult::Timeout) => Err(NodeError::Unavailable("the node did not answer in time".into())),
-        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
-            Err(NodeError::Unavailable("the actor serving this request stopped; retry".into()))
-        }
+        Ok(ractor::rpc::CallResult::Timeout) => Err(NodeError::Unavailable(
+            "the node did not answer in time".into(),
+        )),
+        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(NodeError::Unavailable(
+            "the actor serving this request stopped; retry".into(),
+        )),
     }
 }

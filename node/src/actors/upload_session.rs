@@ -35,11 +35,27 @@ pub struct Ack {
 
 pub enum SessionMsg {
     /// Checks a chunk against the session and, if it fits, stores it; replies once durable.
-    Put { tenant: TenantId, offset: u64, id: ChunkId, data: Bytes, reply: RpcReplyPort<NodeResult<Ack>> },
+    Put {
+        tenant: TenantId,
+        offset: u64,
+        id: ChunkId,
+        data: Bytes,
+        reply: RpcReplyPort<NodeResult<Ack>>,
+    },
     /// A spawned write finished (internal).
-    Stored { offset: u64, result: NodeResult<(SessionChunk, bool, u64)> },
-    Complete { tenant: TenantId, file_hash: [u8; 32], reply: RpcReplyPort<NodeResult<ObjectView>> },
-    Abort { tenant: TenantId, reply: RpcReplyPort<NodeResult<()>> },
+    Stored {
+        offset: u64,
+        result: NodeResult<(SessionChunk, bool, u64)>,
+    },
+    Complete {
+        tenant: TenantId,
+        file_hash: [u8; 32],
+        reply: RpcReplyPort<NodeResult<ObjectView>>,
+    },
+    Abort {
+        tenant: TenantId,
+        reply: RpcReplyPort<NodeResult<()>>,
+    },
 }
 
 pub struct SessionState {
@@ -62,9 +78,15 @@ impl Actor for UploadSession {
     type State = SessionState;
     type Arguments = SessionArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<SessionMsg>, args: SessionArgs) -> Result<SessionState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
         let sm = &args.ctx.sm;
-        let rec = sm.session(&args.id)?.ok_or_else(|| format!("session {} not found", args.id))?;
+        let rec = sm
+            .session(&args.id)?
+            .ok_or_else(|| format!("session {} not found", args.id))?;
         let manifest = if rec.has_manifest {
             let entries = sm.session_manifest(&args.id)?.unwrap_or_default();
             let mut at = 0u64;
@@ -78,18 +100,43 @@ impl Actor for UploadSession {
             None
         };
         let present = sm.session_chunks(&args.id)?.into_iter().collect();
-        Ok(SessionState { ctx: args.ctx, rec, manifest, present, inflight: HashMap::new() })
+        Ok(SessionState {
+            ctx: args.ctx,
+            rec,
+            manifest,
+            present,
+            inflight: HashMap::new(),
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<SessionMsg>, msg: SessionMsg, st: &mut SessionState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        st: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SessionMsg::Put { tenant, offset, id, data, reply } => {
-                if let Err(e) = st.check_tenant(tenant).and_then(|_| st.check_put(offset, &id, data.len())) {
+            SessionMsg::Put {
+                tenant,
+                offset,
+                id,
+                data,
+                reply,
+            } => {
+                if let Err(e) = st
+                    .check_tenant(tenant)
+                    .and_then(|_| st.check_put(offset, &id, data.len()))
+                {
                     let _ = reply.send(Err(e));
                     return Ok(());
                 }
                 if let Some(have) = st.present.get(&offset) {
-                    let ack = Ack { offset, id: have.id, written: false, bytes_present: st.rec.bytes_present };
+                    let ack = Ack {
+                        offset,
+                        id: have.id,
+                        written: false,
+                        bytes_present: st.rec.bytes_present,
+                    };
                     let _ = reply.send(Ok(ack));
                     return Ok(());
                 }
@@ -97,20 +144,42 @@ impl Actor for UploadSession {
                     f.waiters.push(reply);
                     return Ok(());
                 }
-                st.inflight.insert(offset, Inflight { id, len: data.len() as u32, waiters: vec![reply] });
-                let job = WriteJob { ctx: st.ctx.clone(), session: st.rec.id, tenant, offset, id, data, size: st.rec.size };
+                st.inflight.insert(
+                    offset,
+                    Inflight {
+                        id,
+                        len: data.len() as u32,
+                        waiters: vec![reply],
+                    },
+                );
+                let job = WriteJob {
+                    ctx: st.ctx.clone(),
+                    session: st.rec.id,
+                    tenant,
+                    offset,
+                    id,
+                    data,
+                    size: st.rec.size,
+                };
                 tokio::spawn(async move {
                     let result = job.run().await;
                     let _ = myself.cast(SessionMsg::Stored { offset, result });
                 });
             }
             SessionMsg::Stored { offset, result } => {
-                let Some(f) = st.inflight.remove(&offset) else { return Ok(()) };
+                let Some(f) = st.inflight.remove(&offset) else {
+                    return Ok(());
+                };
                 let ack = match result {
                     Ok((chunk, written, bytes_present)) => {
                         st.present.insert(offset, chunk);
                         st.rec.bytes_present = bytes_present;
-                        Ok(Ack { offset, id: chunk.id, written, bytes_present })
+                        Ok(Ack {
+                            offset,
+                            id: chunk.id,
+                            written,
+                            bytes_present,
+                        })
                     }
                     Err(e) => Err(e),
                 };
@@ -121,7 +190,11 @@ impl Actor for UploadSession {
                     });
                 }
             }
-            SessionMsg::Complete { tenant, file_hash, reply } => {
+            SessionMsg::Complete {
+                tenant,
+                file_hash,
+                reply,
+            } => {
                 let result = match st.check_tenant(tenant) {
                     Ok(()) => st.complete(file_hash).await,
                     Err(e) => Err(e),
@@ -136,7 +209,11 @@ impl Actor for UploadSession {
                 let result = match st.check_tenant(tenant) {
                     Ok(()) => st
                         .ctx
-                        .propose(Command::AbortSession { session: st.rec.id, tenant: Some(tenant), idle_before_ms: None })
+                        .propose(Command::AbortSession {
+                            session: st.rec.id,
+                            tenant: Some(tenant),
+                            idle_before_ms: None,
+                        })
                         .await
                         .map(|_| ()),
                     Err(e) => Err(e),
@@ -176,14 +253,23 @@ impl SessionState {
     fn check_put(&self, offset: u64, id: &ChunkId, len: usize) -> NodeResult<()> {
         let max = self.ctx.config.max_chunk_bytes as usize;
         if len == 0 {
-            return Err(NodeError::InvalidArgument(format!("chunk at offset {offset} is empty")));
+            return Err(NodeError::InvalidArgument(format!(
+                "chunk at offset {offset} is empty"
+            )));
         }
         if len > max {
-            return Err(NodeError::InvalidArgument(format!("chunk at offset {offset} is {len} bytes, over the {max}-byte limit")));
+            return Err(NodeError::InvalidArgument(format!(
+                "chunk at offset {offset} is {len} bytes, over the {max}-byte limit"
+            )));
         }
         let end = offset + len as u64;
         if end > self.rec.size {
-            return Err(Rejection::ChunkOutOfBounds { offset, end, size: self.rec.size }.into());
+            return Err(Rejection::ChunkOutOfBounds {
+                offset,
+                end,
+                size: self.rec.size,
+            }
+            .into());
         }
         if let Some(manifest) = &self.manifest {
             match manifest.get(&offset) {
@@ -194,20 +280,40 @@ impl SessionState {
                         e.id, e.len
                     )));
                 }
-                None => return Err(NodeError::InvalidArgument(format!("offset {offset} is not where a manifest chunk starts"))),
+                None => {
+                    return Err(NodeError::InvalidArgument(format!(
+                        "offset {offset} is not where a manifest chunk starts"
+                    )));
+                }
             }
         }
         let same = |have: &ChunkId, have_len: u32| *have == *id && have_len as usize == len;
         if let Some(c) = self.present.get(&offset) {
-            return if same(&c.id, c.len) { Ok(()) } else { Err(Rejection::ChunkOverlap { offset }.into()) };
+            return if same(&c.id, c.len) {
+                Ok(())
+            } else {
+                Err(Rejection::ChunkOverlap { offset }.into())
+            };
         }
         if let Some(f) = self.inflight.get(&offset) {
-            return if same(&f.id, f.len) { Ok(()) } else { Err(Rejection::ChunkOverlap { offset }.into()) };
+            return if same(&f.id, f.len) {
+                Ok(())
+            } else {
+                Err(Rejection::ChunkOverlap { offset }.into())
+            };
         }
         // No manifest: chunks may come at any offsets; they must not overlap.
         let overlaps = |o: u64, l: u32| o < end && offset < o + l as u64;
-        let before = self.present.range(..offset).next_back().map(|(o, c)| (*o, c.len));
-        let after = self.present.range(offset..).next().map(|(o, c)| (*o, c.len));
+        let before = self
+            .present
+            .range(..offset)
+            .next_back()
+            .map(|(o, c)| (*o, c.len));
+        let after = self
+            .present
+            .range(offset..)
+            .next()
+            .map(|(o, c)| (*o, c.len));
         if before.into_iter().chain(after).any(|(o, l)| overlaps(o, l))
             || self.inflight.iter().any(|(o, f)| overlaps(*o, f.len))
         {
@@ -232,10 +338,17 @@ impl SessionState {
                 hex::encode(actual)
             )));
         }
-        let cmd = Command::CompleteSession { session: self.rec.id, tenant: self.rec.tenant, file_hash: actual, now_ms: now_ms() };
+        let cmd = Command::CompleteSession {
+            session: self.rec.id,
+            tenant: self.rec.tenant,
+            file_hash: actual,
+            now_ms: now_ms(),
+        };
         match self.ctx.propose(cmd).await? {
             Response::Committed(view) => Ok(view),
-            other => Err(NodeError::Internal(format!("unexpected response to CompleteSession: {other:?}"))),
+            other => Err(NodeError::Internal(format!(
+                "unexpected response to CompleteSession: {other:?}"
+            ))),
         }
     }
 
@@ -249,9 +362,16 @@ impl SessionState {
         let Some(manifest) = &self.manifest else {
             return Err(Rejection::Incomplete(gaps).into());
         };
-        let missing: Vec<(u64, &ManifestEntry)> =
-            manifest.iter().filter(|(o, _)| !self.present.contains_key(o)).map(|(o, e)| (*o, e)).collect();
-        let shown: Vec<String> = missing.iter().take(8).map(|(o, e)| format!("{} at offset {o}", e.id)).collect();
+        let missing: Vec<(u64, &ManifestEntry)> = manifest
+            .iter()
+            .filter(|(o, _)| !self.present.contains_key(o))
+            .map(|(o, e)| (*o, e))
+            .collect();
+        let shown: Vec<String> = missing
+            .iter()
+            .take(8)
+            .map(|(o, e)| format!("{} at offset {o}", e.id))
+            .collect();
         Err(NodeError::FailedPrecondition(format!(
             "upload is incomplete: {} of {} chunk(s) missing: {}{}",
             missing.len(),
@@ -268,10 +388,23 @@ impl SessionState {
             return Ok(*blake3::hash(b"").as_bytes());
         }
         if self.present.len() == 1 {
-            return Ok(*self.present.values().next().map(|c| c.id).unwrap_or(ChunkId::from_bytes([0; 32])).as_bytes());
+            return Ok(*self
+                .present
+                .values()
+                .next()
+                .map(|c| c.id)
+                .unwrap_or(ChunkId::from_bytes([0; 32]))
+                .as_bytes());
         }
-        let pieces: Vec<Piece> =
-            self.present.iter().map(|(o, c)| Piece { offset: *o, len: c.len as u64, cv: c.cv }).collect();
+        let pieces: Vec<Piece> = self
+            .present
+            .iter()
+            .map(|(o, c)| Piece {
+                offset: *o,
+                len: c.len as u64,
+                cv: c.cv,
+            })
+            .collect();
         if let Some(h) = file_hash::combine(&pieces) {
             return Ok(h);
         }
@@ -333,8 +466,18 @@ impl WriteJob {
             now_ms: now_ms(),
         };
         match self.ctx.propose(cmd).await {
-            Ok(Response::ChunkAdded { bytes_present, .. }) => Ok((SessionChunk { id, len: len as u32, cv }, written, bytes_present)),
-            Ok(other) => Err(NodeError::Internal(format!("unexpected response to AddChunk: {other:?}"))),
+            Ok(Response::ChunkAdded { bytes_present, .. }) => Ok((
+                SessionChunk {
+                    id,
+                    len: len as u32,
+                    cv,
+                },
+                written,
+                bytes_present,
+            )),
+            Ok(other) => Err(NodeError::Internal(format!(
+                "unexpected response to AddChunk: {other:?}"
+            ))),
             Err(e) => {
                 // The chunk is on disk but the session refused it (e.g. it expired meanwhile):
                 // do not leave an unreferenced file behind.
@@ -351,16 +494,24 @@ impl WriteJob {
 /// The chunk's BLAKE3 id and, when the file has more than this chunk, its chaining value at
 /// `offset` (for the whole-file hash). Off offset 0 the two are separate passes, run on two
 /// blocking threads at once.
-async fn hash_chunk(offset: u64, data: Bytes, size: u64) -> NodeResult<(ChunkId, Option<[u8; 32]>)> {
+async fn hash_chunk(
+    offset: u64,
+    data: Bytes,
+    size: u64,
+) -> NodeResult<(ChunkId, Option<[u8; 32]>)> {
     let join = |e: tokio::task::JoinError| NodeError::Internal(format!("hash task: {e}"));
     if offset == 0 {
         let whole_file = data.len() as u64 == size;
-        let (id, cv) = tokio::task::spawn_blocking(move || file_hash::id_and_cv_at_zero(&data)).await.map_err(join)?;
+        let (id, cv) = tokio::task::spawn_blocking(move || file_hash::id_and_cv_at_zero(&data))
+            .await
+            .map_err(join)?;
         return Ok((ChunkId::from_bytes(id), (!whole_file).then_some(cv)));
     }
     let d2 = data.clone();
     let cv_task = tokio::task::spawn_blocking(move || file_hash::chunk_cv(offset, &d2));
-    let id = tokio::task::spawn_blocking(move || ChunkId::of(&data)).await.map_err(join)?;
+    let id = tokio::task::spawn_blocking(move || ChunkId::of(&data))
+        .await
+        .map_err(join)?;
     let cv = cv_task.await.map_err(join)?;
     Ok((id, cv))
 }

@@ -46,10 +46,17 @@ fn main() -> anyhow::Result<()> {
         print!("{}", Config::default_toml());
         return Ok(());
     }
-    let overrides = Overrides { node_id: cli.node_id, data_dir: cli.data_dir, listen: cli.listen, metrics_listen: cli.metrics_listen };
+    let overrides = Overrides {
+        node_id: cli.node_id,
+        data_dir: cli.data_dir,
+        listen: cli.listen,
+        metrics_listen: cli.metrics_listen,
+    };
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let mode = match command {

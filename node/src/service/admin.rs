@@ -26,7 +26,9 @@ impl AdminService {
 fn check_tenant_name(name: &str) -> NodeResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if !ok {
         return Err(NodeError::InvalidArgument(format!(
             "tenant name {name:?} must be 1 to 64 lowercase letters, digits, '-' or '_'"
@@ -39,16 +41,25 @@ fn check_tenant_name(name: &str) -> NodeResult<()> {
 pub async fn create_tenant(ctx: &Context, name: &str) -> NodeResult<(u64, String)> {
     check_tenant_name(name)?;
     let token = auth::new_token();
-    let cmd = Command::CreateTenant { name: name.to_owned(), token: TokenHash::of(&token), now_ms: now_ms() };
+    let cmd = Command::CreateTenant {
+        name: name.to_owned(),
+        token: TokenHash::of(&token),
+        now_ms: now_ms(),
+    };
     match ctx.propose(cmd).await? {
         SmResponse::TenantCreated(id) => Ok((id.0, token)),
-        other => Err(NodeError::Internal(format!("unexpected response to CreateTenant: {other:?}"))),
+        other => Err(NodeError::Internal(format!(
+            "unexpected response to CreateTenant: {other:?}"
+        ))),
     }
 }
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
-    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         observe("Status", async {
             auth::admin(&self.ctx.sm, req.metadata())?;
             let dir = &self.ctx.config.data_dir;
@@ -72,12 +83,19 @@ impl pb::admin_server::Admin for AdminService {
         .await
     }
 
-    async fn create_tenant(&self, req: Request<pb::CreateTenantRequest>) -> Result<Response<pb::CreateTenantResponse>, Status> {
+    async fn create_tenant(
+        &self,
+        req: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::CreateTenantResponse>, Status> {
         observe("CreateTenant", async {
             auth::admin(&self.ctx.sm, req.metadata())?;
             let name = req.get_ref().name.clone();
             let (tenant_id, token) = create_tenant(&self.ctx, &name).await?;
-            Ok(pb::CreateTenantResponse { tenant_id, name, token })
+            Ok(pb::CreateTenantResponse {
+                tenant_id,
+                name,
+                token,
+            })
         })
         .await
     }

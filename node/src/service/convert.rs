@@ -20,19 +20,27 @@ pub fn session_id(s: &str) -> NodeResult<SessionId> {
         return Err(NodeError::InvalidArgument("session_id is required".into()));
     }
     // A malformed id cannot name an open session.
-    SessionId::parse(s).ok_or_else(|| NodeError::NotFound(format!("upload session {s:?} not found")))
+    SessionId::parse(s)
+        .ok_or_else(|| NodeError::NotFound(format!("upload session {s:?} not found")))
 }
 
 pub fn chunk_id(bytes: &[u8], what: &str) -> NodeResult<ChunkId> {
-    ChunkId::from_slice(bytes)
-        .ok_or_else(|| NodeError::InvalidArgument(format!("{what} must be a 32-byte BLAKE3 hash, got {} bytes", bytes.len())))
+    ChunkId::from_slice(bytes).ok_or_else(|| {
+        NodeError::InvalidArgument(format!(
+            "{what} must be a 32-byte BLAKE3 hash, got {} bytes",
+            bytes.len()
+        ))
+    })
 }
 
 pub fn hash32(bytes: &[u8], what: &str) -> NodeResult<[u8; 32]> {
     chunk_id(bytes, what).map(|c| *c.as_bytes())
 }
 
-pub fn manifest(entries: &[pb::ChunkRef], max_chunk: u32) -> NodeResult<Option<Vec<ManifestEntry>>> {
+pub fn manifest(
+    entries: &[pb::ChunkRef],
+    max_chunk: u32,
+) -> NodeResult<Option<Vec<ManifestEntry>>> {
     if entries.is_empty() {
         return Ok(None);
     }
@@ -54,10 +62,22 @@ pub fn manifest(entries: &[pb::ChunkRef], max_chunk: u32) -> NodeResult<Option<V
 }
 
 pub fn object_info(view: &ObjectView) -> pb::ObjectInfo {
-    version_info(view.bucket.as_str(), view.key.as_str(), &view.info, view.version_count, view.trash.map(|t| t.deleted_at_ms))
+    version_info(
+        view.bucket.as_str(),
+        view.key.as_str(),
+        &view.info,
+        view.version_count,
+        view.trash.map(|t| t.deleted_at_ms),
+    )
 }
 
-pub fn version_info(bucket: &str, key: &str, v: &VersionInfo, version_count: u32, deleted_at_ms: Option<i64>) -> pb::ObjectInfo {
+pub fn version_info(
+    bucket: &str,
+    key: &str,
+    v: &VersionInfo,
+    version_count: u32,
+    deleted_at_ms: Option<i64>,
+) -> pb::ObjectInfo {
     pb::ObjectInfo {
         bucket: bucket.to_owned(),
         key: key.to_owned(),

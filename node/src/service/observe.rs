@@ -9,7 +9,10 @@ use tonic::{Code, Response, Status};
 use crate::error::{NodeError, NodeResult};
 use crate::metrics as m;
 
-pub async fn observe<T>(method: &'static str, fut: impl Future<Output = NodeResult<T>>) -> Result<Response<T>, Status> {
+pub async fn observe<T>(
+    method: &'static str,
+    fut: impl Future<Output = NodeResult<T>>,
+) -> Result<Response<T>, Status> {
     let start = Instant::now();
     let result = fut.await;
     record(method, start, result.as_ref().err());
@@ -25,6 +28,7 @@ pub fn record(method: &'static str, start: Instant, err: Option<&NodeError>) {
             tracing::debug!(method, error = %e, "request refused");
         }
     }
-    metrics::counter!(m::GRPC_REQUESTS, "method" => method, "code" => format!("{code:?}")).increment(1);
+    metrics::counter!(m::GRPC_REQUESTS, "method" => method, "code" => format!("{code:?}"))
+        .increment(1);
     metrics::histogram!(m::GRPC_DURATION, "method" => method).record(start.elapsed().as_secs_f64());
 }

@@ -10,7 +10,9 @@ use futures::{Stream, StreamExt};
 use ractor::ActorRef;
 use strata_cluster::query::{ListCursor, ListQuery};
 use strata_cluster::records::VersionRecord;
-use strata_cluster::{BucketName, Command, ObjectKey, Rejection, Response as SmResponse, SessionId, TenantId};
+use strata_cluster::{
+    BucketName, Command, ObjectKey, Rejection, Response as SmResponse, SessionId, TenantId,
+};
 use strata_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -46,13 +48,29 @@ impl StorageService {
     }
 
     /// The version a Get or Stat names: the current one of a live key, or a given one.
-    fn find_version(&self, tenant: TenantId, bucket: &BucketName, key: &ObjectKey, version: u64) -> NodeResult<(VersionRecord, u32)> {
+    fn find_version(
+        &self,
+        tenant: TenantId,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        version: u64,
+    ) -> NodeResult<(VersionRecord, u32)> {
         let not_found = || NodeError::NotFound(format!("{bucket}/{key} not found"));
-        let head = self.ctx.sm.object(tenant, bucket, key)?.ok_or_else(not_found)?;
+        let head = self
+            .ctx
+            .sm
+            .object(tenant, bucket, key)?
+            .ok_or_else(not_found)?;
         if head.trash.is_some() {
-            return Err(NodeError::NotFound(format!("{bucket}/{key} is in the trash: undelete it to read it")));
+            return Err(NodeError::NotFound(format!(
+                "{bucket}/{key} is in the trash: undelete it to read it"
+            )));
         }
-        let v = if version == 0 { head.current.version } else { version };
+        let v = if version == 0 {
+            head.current.version
+        } else {
+            version
+        };
         let rec = self
             .ctx
             .sm
@@ -66,7 +84,10 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::storage_server::Storage for StorageService {
-    async fn create_upload(&self, req: Request<pb::CreateUploadRequest>) -> Result<Response<pb::CreateUploadResponse>, Status> {
+    async fn create_upload(
+        &self,
+        req: Request<pb::CreateUploadRequest>,
+    ) -> Result<Response<pb::CreateUploadResponse>, Status> {
         observe("CreateUpload", async {
             let tenant = self.tenant(&req)?;
             let r = req.get_ref();
@@ -75,7 +96,9 @@ impl pb::storage_server::Storage for StorageService {
             let max_chunk = self.ctx.config.max_chunk_bytes;
             let manifest = convert::manifest(&r.manifest, max_chunk)?;
             if r.content_type.len() > 256 {
-                return Err(NodeError::InvalidArgument("content_type is longer than 256 bytes".into()));
+                return Err(NodeError::InvalidArgument(
+                    "content_type is longer than 256 bytes".into(),
+                ));
             }
             let session = SessionId::from_bytes(rand::random());
             let cmd = Command::OpenSession {
@@ -89,7 +112,12 @@ impl pb::storage_server::Storage for StorageService {
                 now_ms: now_ms(),
             };
             match self.ctx.propose(cmd).await? {
-                SmResponse::SessionOpened { session, resumed, existing, bytes_present } => {
+                SmResponse::SessionOpened {
+                    session,
+                    resumed,
+                    existing,
+                    bytes_present,
+                } => {
                     if !resumed {
                         metrics::counter!(m::DEDUP_BYTES).increment(bytes_present);
                     }
@@ -101,7 +129,9 @@ impl pb::storage_server::Storage for StorageService {
                         bytes_present,
                     })
                 }
-                other => Err(NodeError::Internal(format!("unexpected response to OpenSession: {other:?}"))),
+                other => Err(NodeError::Internal(format!(
+                    "unexpected response to OpenSession: {other:?}"
+                ))),
             }
         })
         .await
@@ -109,7 +139,10 @@ impl pb::storage_server::Storage for StorageService {
 
     type PutChunksStream = BoxStream<pb::PutChunkAck>;
 
-    async fn put_chunks(&self, req: Request<Streaming<pb::PutChunkRequest>>) -> Result<Response<Self::PutChunksStream>, Status> {
+    async fn put_chunks(
+        &self,
+        req: Request<Streaming<pb::PutChunkRequest>>,
+    ) -> Result<Response<Self::PutChunksStream>, Status> {
         let tenant = match self.tenant(&req) {
             Ok(t) => t,
             Err(e) => {
@@ -131,7 +164,10 @@ impl pb::storage_server::Storage for StorageService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn get_upload(&self, req: Request<pb::GetUploadRequest>) -> Result<Response<pb::UploadProgress>, Status> {
+    async fn get_upload(
+        &self,
+        req: Request<pb::GetUploadRequest>,
+    ) -> Result<Response<pb::UploadProgress>, Status> {
         observe("GetUpload", async {
             let tenant = self.tenant(&req)?;
             let id = convert::session_id(&req.get_ref().session_id)?;
@@ -149,31 +185,53 @@ impl pb::storage_server::Storage for StorageService {
                 bytes_present: rec.bytes_present,
                 chunks: chunks
                     .iter()
-                    .map(|(o, c)| pb::PresentChunk { offset: *o, id: c.id.as_bytes().to_vec().into(), len: c.len })
+                    .map(|(o, c)| pb::PresentChunk {
+                        offset: *o,
+                        id: c.id.as_bytes().to_vec().into(),
+                        len: c.len,
+                    })
                     .collect(),
-                missing: missing.iter().map(|g| pb::ByteRange { offset: g.offset, len: g.len }).collect(),
+                missing: missing
+                    .iter()
+                    .map(|g| pb::ByteRange {
+                        offset: g.offset,
+                        len: g.len,
+                    })
+                    .collect(),
                 created_at_ms: rec.created_at_ms,
                 last_activity_ms: rec.last_activity_ms,
-                expires_at_ms: rec.last_activity_ms + self.ctx.config.session_idle_timeout.as_millis() as i64,
+                expires_at_ms: rec.last_activity_ms
+                    + self.ctx.config.session_idle_timeout.as_millis() as i64,
             })
         })
         .await
     }
 
-    async fn complete_upload(&self, req: Request<pb::CompleteUploadRequest>) -> Result<Response<pb::ObjectInfo>, Status> {
+    async fn complete_upload(
+        &self,
+        req: Request<pb::CompleteUploadRequest>,
+    ) -> Result<Response<pb::ObjectInfo>, Status> {
         observe("CompleteUpload", async {
             let tenant = self.tenant(&req)?;
             let r = req.get_ref();
             let id = convert::session_id(&r.session_id)?;
             let file_hash = convert::hash32(&r.file_hash, "file_hash")?;
             let actor = session_actor(&self.sup, id).await?;
-            let view = call(&actor, |reply| SessionMsg::Complete { tenant, file_hash, reply }).await??;
+            let view = call(&actor, |reply| SessionMsg::Complete {
+                tenant,
+                file_hash,
+                reply,
+            })
+            .await??;
             Ok(convert::object_info(&view))
         })
         .await
     }
 
-    async fn abort_upload(&self, req: Request<pb::AbortUploadRequest>) -> Result<Response<pb::AbortUploadResponse>, Status> {
+    async fn abort_upload(
+        &self,
+        req: Request<pb::AbortUploadRequest>,
+    ) -> Result<Response<pb::AbortUploadResponse>, Status> {
         observe("AbortUpload", async {
             let tenant = self.tenant(&req)?;
             let id = convert::session_id(&req.get_ref().session_id)?;
@@ -194,16 +252,29 @@ impl pb::storage_server::Storage for StorageService {
             let (rec, version_count) = self.find_version(tenant, &bucket, &key, r.version)?;
             let size = rec.info.size;
             if r.offset > size {
-                return Err(NodeError::OutOfRange(format!("range starts at {} but {bucket}/{key} is {size} bytes", r.offset)));
+                return Err(NodeError::OutOfRange(format!(
+                    "range starts at {} but {bucket}/{key} is {size} bytes",
+                    r.offset
+                )));
             }
-            let end = if r.length == 0 { size } else { r.offset.saturating_add(r.length) };
+            let end = if r.length == 0 {
+                size
+            } else {
+                r.offset.saturating_add(r.length)
+            };
             if end > size {
                 return Err(NodeError::OutOfRange(format!(
                     "range {}..{end} runs past the end of {bucket}/{key} ({size} bytes)",
                     r.offset
                 )));
             }
-            let info = convert::version_info(bucket.as_str(), key.as_str(), &rec.info, version_count, None);
+            let info = convert::version_info(
+                bucket.as_str(),
+                key.as_str(),
+                &rec.info,
+                version_count,
+                None,
+            );
             let (tx, rx) = mpsc::channel(4);
             tokio::spawn(stream_range(self.ctx.clone(), rec, r.offset, end, info, tx));
             Ok(Box::pin(ReceiverStream::new(rx)) as Self::GetStream)
@@ -211,18 +282,30 @@ impl pb::storage_server::Storage for StorageService {
         .await
     }
 
-    async fn stat(&self, req: Request<pb::StatRequest>) -> Result<Response<pb::ObjectInfo>, Status> {
+    async fn stat(
+        &self,
+        req: Request<pb::StatRequest>,
+    ) -> Result<Response<pb::ObjectInfo>, Status> {
         observe("Stat", async {
             let tenant = self.tenant(&req)?;
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
             let (rec, count) = self.find_version(tenant, &bucket, &key, r.version)?;
-            Ok(convert::version_info(bucket.as_str(), key.as_str(), &rec.info, count, None))
+            Ok(convert::version_info(
+                bucket.as_str(),
+                key.as_str(),
+                &rec.info,
+                count,
+                None,
+            ))
         })
         .await
     }
 
-    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
         observe("List", async {
             let tenant = self.tenant(&req)?;
             let r = req.get_ref();
@@ -231,14 +314,22 @@ impl pb::storage_server::Storage for StorageService {
                 return Err(NodeError::NotFound(format!("bucket {bucket} not found")));
             }
             if r.prefix.len() > strata_cluster::names::MAX_KEY_LEN || r.prefix.contains('\0') {
-                return Err(NodeError::InvalidArgument("prefix must be at most 1024 bytes with no NUL".into()));
+                return Err(NodeError::InvalidArgument(
+                    "prefix must be at most 1024 bytes with no NUL".into(),
+                ));
             }
             if r.delimiter.len() > 16 || r.delimiter.contains('\0') {
-                return Err(NodeError::InvalidArgument("delimiter must be at most 16 bytes with no NUL".into()));
+                return Err(NodeError::InvalidArgument(
+                    "delimiter must be at most 16 bytes with no NUL".into(),
+                ));
             }
             let page_size = match r.page_size {
                 0 => DEFAULT_PAGE,
-                n if n > DEFAULT_PAGE => return Err(NodeError::InvalidArgument(format!("page_size must be at most {DEFAULT_PAGE}"))),
+                n if n > DEFAULT_PAGE => {
+                    return Err(NodeError::InvalidArgument(format!(
+                        "page_size must be at most {DEFAULT_PAGE}"
+                    )));
+                }
                 n => n,
             };
             let start = decode_token(&r.page_token)?;
@@ -260,57 +351,96 @@ impl pb::storage_server::Storage for StorageService {
         .await
     }
 
-    async fn list_versions(&self, req: Request<pb::ListVersionsRequest>) -> Result<Response<pb::ListVersionsResponse>, Status> {
+    async fn list_versions(
+        &self,
+        req: Request<pb::ListVersionsRequest>,
+    ) -> Result<Response<pb::ListVersionsResponse>, Status> {
         observe("ListVersions", async {
             let tenant = self.tenant(&req)?;
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
-            let head = self.ctx.sm.object(tenant, &bucket, &key)?.ok_or_else(|| NodeError::NotFound(format!("{bucket}/{key} not found")))?;
+            let head = self
+                .ctx
+                .sm
+                .object(tenant, &bucket, &key)?
+                .ok_or_else(|| NodeError::NotFound(format!("{bucket}/{key} not found")))?;
             let deleted = head.trash.map(|t| t.deleted_at_ms);
             let versions = self.ctx.sm.versions(tenant, &bucket, &key)?;
             Ok(pb::ListVersionsResponse {
                 versions: versions
                     .iter()
-                    .map(|v| convert::version_info(bucket.as_str(), key.as_str(), v, head.version_count, deleted))
+                    .map(|v| {
+                        convert::version_info(
+                            bucket.as_str(),
+                            key.as_str(),
+                            v,
+                            head.version_count,
+                            deleted,
+                        )
+                    })
                     .collect(),
             })
         })
         .await
     }
 
-    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         observe("Delete", async {
             let tenant = self.tenant(&req)?;
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
             let now = now_ms();
             let purge_at_ms = now + self.ctx.config.trash_retention.as_millis() as i64;
-            let cmd = Command::TrashObject { tenant, bucket: bucket.clone(), key: key.clone(), now_ms: now, purge_at_ms };
+            let cmd = Command::TrashObject {
+                tenant,
+                bucket: bucket.clone(),
+                key: key.clone(),
+                now_ms: now,
+                purge_at_ms,
+            };
             match self.ctx.propose(cmd).await {
-                Ok(SmResponse::Trashed(t)) => Ok(pb::DeleteResponse { purge_at_ms: t.purge_at_ms }),
-                Ok(other) => Err(NodeError::Internal(format!("unexpected response to TrashObject: {other:?}"))),
-                Err(NodeError::Rejected(Rejection::ObjectNotFound)) => Err(NodeError::NotFound(format!("{bucket}/{key} not found"))),
+                Ok(SmResponse::Trashed(t)) => Ok(pb::DeleteResponse {
+                    purge_at_ms: t.purge_at_ms,
+                }),
+                Ok(other) => Err(NodeError::Internal(format!(
+                    "unexpected response to TrashObject: {other:?}"
+                ))),
+                Err(NodeError::Rejected(Rejection::ObjectNotFound)) => {
+                    Err(NodeError::NotFound(format!("{bucket}/{key} not found")))
+                }
                 Err(e) => Err(e),
             }
         })
         .await
     }
 
-    async fn undelete(&self, req: Request<pb::UndeleteRequest>) -> Result<Response<pb::ObjectInfo>, Status> {
+    async fn undelete(
+        &self,
+        req: Request<pb::UndeleteRequest>,
+    ) -> Result<Response<pb::ObjectInfo>, Status> {
         observe("Undelete", async {
             let tenant = self.tenant(&req)?;
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
-            let cmd = Command::UntrashObject { tenant, bucket: bucket.clone(), key: key.clone() };
+            let cmd = Command::UntrashObject {
+                tenant,
+                bucket: bucket.clone(),
+                key: key.clone(),
+            };
             match self.ctx.propose(cmd).await {
                 Ok(SmResponse::Untrashed(view)) => Ok(convert::object_info(&view)),
-                Ok(other) => Err(NodeError::Internal(format!("unexpected response to UntrashObject: {other:?}"))),
-                Err(NodeError::Rejected(Rejection::ObjectNotFound)) => {
-                    Err(NodeError::NotFound(format!("{bucket}/{key} not found (purged, or never existed)")))
-                }
-                Err(NodeError::Rejected(Rejection::NotInTrash)) => {
-                    Err(NodeError::FailedPrecondition(format!("{bucket}/{key} is not in the trash")))
-                }
+                Ok(other) => Err(NodeError::Internal(format!(
+                    "unexpected response to UntrashObject: {other:?}"
+                ))),
+                Err(NodeError::Rejected(Rejection::ObjectNotFound)) => Err(NodeError::NotFound(
+                    format!("{bucket}/{key} not found (purged, or never existed)"),
+                )),
+                Err(NodeError::Rejected(Rejection::NotInTrash)) => Err(
+                    NodeError::FailedPrecondition(format!("{bucket}/{key} is not in the trash")),
+                ),
                 Err(e) => Err(e),
             }
         })
@@ -397,11 +527,21 @@ async fn stream_range(
     tx: mpsc::Sender<Result<pb::GetResponse, Status>>,
 ) {
     let started = std::time::Instant::now();
-    if tx.send(Ok(pb::GetResponse { info: Some(info), data: Bytes::new() })).await.is_err() {
+    if tx
+        .send(Ok(pb::GetResponse {
+            info: Some(info),
+            data: Bytes::new(),
+        }))
+        .await
+        .is_err()
+    {
         return;
     }
-    let wanted: Vec<_> =
-        rec.chunks.into_iter().filter(|c| c.offset < end && c.offset + c.len as u64 > start).collect();
+    let wanted: Vec<_> = rec
+        .chunks
+        .into_iter()
+        .filter(|c| c.offset < end && c.offset + c.len as u64 > start)
+        .collect();
     let read = |id| {
         let ctx = ctx.clone();
         tokio::task::spawn_blocking(move || ctx.store.get(&id))
@@ -419,7 +559,9 @@ async fn stream_range(
                 return;
             }
             Err(e) => {
-                let _ = tx.send(Err(Status::internal(format!("read task: {e}")))).await;
+                let _ = tx
+                    .send(Err(Status::internal(format!("read task: {e}"))))
+                    .await;
                 return;
             }
         };
@@ -429,13 +571,21 @@ async fn stream_range(
         while !piece.is_empty() {
             let part = piece.split_to(piece.len().min(GET_PIECE));
             let n = part.len() as u64;
-            if tx.send(Ok(pb::GetResponse { info: None, data: part })).await.is_err() {
+            if tx
+                .send(Ok(pb::GetResponse {
+                    info: None,
+                    data: part,
+                }))
+                .await
+                .is_err()
+            {
                 return;
             }
             metrics::counter!(m::DOWNLOAD_BYTES).increment(n);
         }
     }
-    metrics::histogram!(m::GRPC_DURATION, "method" => "Get.stream").record(started.elapsed().as_secs_f64());
+    metrics::histogram!(m::GRPC_DURATION, "method" => "Get.stream")
+        .record(started.elapsed().as_secs_f64());
 }
 
 fn encode_token(c: &ListCursor) -> String {
@@ -450,7 +600,10 @@ fn decode_token(t: &str) -> NodeResult<Option<ListCursor>> {
         return Ok(None);
     }
     let bad = || NodeError::InvalidArgument("page_token is not one this node issued".into());
-    let name = hex::decode(t.get(1..).ok_or_else(bad)?).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad)?;
+    let name = hex::decode(t.get(1..).ok_or_else(bad)?)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(bad)?;
     match t.as_bytes()[0] {
         b'k' => Ok(Some(ListCursor::AfterKey(name))),
         b'f' => Ok(Some(ListCursor::AfterFolder(name))),

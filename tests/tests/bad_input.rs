@@ -1,0 +1,484 @@
+//! Every bad input gets a precise gRPC code and a human message, and leaves no trace.
+
+use strata_proto::v1 as pb;
+use strata_tests::*;
+use tonic::Code;
+
+async fn chunk_count(node: &Node) -> u64 {
+    node.status().await.chunk_count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_chunk_hash_stores_nothing() {
+    let node = Node::start();
+    let mut s = node.storage().await;
+    let bytes = data(100_000, 1);
+    let up = create(&mut s, "bad", "hash", bytes.len() as u64, vec![])
+        .await
+        .expect("create");
+    let wrong = *blake3::hash(b"something else").as_bytes();
+    let err = put_raw(&mut s, &up.session_id, vec![(0, wrong, bytes.clone())])
+        .await
+        .expect_err("must fail");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("hashes to"), "{}", err.message());
+    assert_eq!(
+        chunk_count(&node).await,
+        0,
+        "a chunk with a wrong hash was stored"
+    );
+    let progress = s
+        .get_upload(pb::GetUploadRequest {
+            session_id: up.session_id.clone(),
+        })
+        .await
+        .expect("progress")
+        .into_inner();
+    assert_eq!(progress.bytes_present, 0);
+
+    // A manifest names the chunk expected at each offset.
+    let chunks = chunks_of(&bytes, 50_000);
+    let up = create(
+        &mut s,
+        "bad",
+        "manifest",
+        bytes.len() as u64,
+        manifest_of(&chunks),
+    )
+    .await
+    .expect("create");
+    let swapped = vec![(0, chunks[1].1, chunks[1].2.clone())];
+    assert_eq!(
+        put_raw(&mut s, &up.session_id, swapped)
+            .await
+            .expect_err("swapped")
+            .code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(chunk_count(&node).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_chunk_is_refused() {
+    let node = Node::start_with(&[("STRATA_MAX_CHUNK_BYTES", "1048576")]);
+    let mut s = node.storage().await;
+    let bytes = data((1 << 20) + 1, 2);
+    let up = create(&mut s, "bad", "big", bytes.len() as u64, vec![])
+        .await
+        .expect("create");
+    let err = put_raw(
+        &mut s,
+        &up.session_id,
+        vec![(0, *blake3::hash(&bytes).as_bytes(), bytes)],
+    )
+    .await
+    .expect_err("oversize");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("limit"), "{}", err.message());
+    assert_eq!(chunk_count(&node).await, 0);
+    // The manifest is checked too.
+    let m = vec![pb::ChunkRef {
+        id: vec![0; 32].into(),
+        len: (1 << 20) + 1,
+    }];
+    assert_eq!(
+        code(create(&mut s, "bad", "big2", (1 << 20) + 1, m).await),
+        Code::InvalidArgument
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_or_expired_sessions_are_not_found() {
+    let node = Node::start_with(&[
+        ("STRATA_SESSION_IDLE_TIMEOUT", "1s"),
+        ("STRATA_JANITOR_INTERVAL", "200ms"),
+    ]);
+    let mut s = node.storage().await;
+    let unknown = "00112233445566778899aabbccddeeff";
+    assert_eq!(
+        code(
+            s.get_upload(pb::GetUploadRequest {
+                session_id: unknown.into()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(code(complete(&mut s, unknown, b"").await), Code::NotFound);
+    assert_eq!(
+        code(
+            s.abort_upload(pb::AbortUploadRequest {
+                session_id: unknown.into()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        put_raw(
+            &mut s,
+            unknown,
+            vec![(0, *blake3::hash(b"x").as_bytes(), b"x".to_vec())]
+        )
+        .await
+        .expect_err("put")
+        .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            s.get_upload(pb::GetUploadRequest {
+                session_id: "not-hex".into()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+
+    // An idle session expires and its chunks are collected.
+    let bytes = data(300_000, 3);
+    let chunks = chunks_of(&bytes, 100_000);
+    let up = create(&mut s, "exp", "k", bytes.len() as u64, manifest_of(&chunks))
+        .await
+        .expect("create");
+    put_raw(&mut s, &up.session_id, chunks[..2].to_vec())
+        .await
+        .expect("put");
+    assert_eq!(chunk_count(&node).await, 2);
+    let id = up.session_id.clone();
+    wait_until(15, "the idle session to expire", || {
+        let mut s = s.clone();
+        let id = id.clone();
+        async move {
+            s.get_upload(pb::GetUploadRequest { session_id: id })
+                .await
+                .is_err()
+        }
+    })
+    .await;
+    assert_eq!(
+        code(
+            s.get_upload(pb::GetUploadRequest {
+                session_id: up.session_id.clone()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        put_raw(&mut s, &up.session_id, chunks[2..].to_vec())
+            .await
+            .expect_err("expired")
+            .code(),
+        Code::NotFound
+    );
+    wait_until(
+        15,
+        "the expired session's chunks to be collected",
+        || async { chunk_count(&node).await == 0 },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incomplete_and_mismatched_uploads_create_no_version() {
+    let node = Node::start();
+    let mut s = node.storage().await;
+    let bytes = data(300_000, 4);
+    let chunks = chunks_of(&bytes, 100_000);
+    let up = create(
+        &mut s,
+        "bad",
+        "partial",
+        bytes.len() as u64,
+        manifest_of(&chunks),
+    )
+    .await
+    .expect("create");
+    put_raw(&mut s, &up.session_id, vec![chunks[0].clone()])
+        .await
+        .expect("put");
+    let err = complete(&mut s, &up.session_id, &bytes)
+        .await
+        .expect_err("incomplete");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    for missing in &chunks[1..] {
+        assert!(
+            err.message().contains(&hex::encode(missing.1)),
+            "missing chunk not named: {}",
+            err.message()
+        );
+    }
+    assert_eq!(
+        code(
+            s.stat(pb::StatRequest {
+                bucket: "bad".into(),
+                key: "partial".into(),
+                version: 0
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+
+    put_raw(&mut s, &up.session_id, chunks[1..].to_vec())
+        .await
+        .expect("put rest");
+    let err = complete(&mut s, &up.session_id, b"not the content")
+        .await
+        .expect_err("hash mismatch");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("BLAKE3"), "{}", err.message());
+    assert_eq!(
+        code(
+            s.stat(pb::StatRequest {
+                bucket: "bad".into(),
+                key: "partial".into(),
+                version: 0
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    // The session stays usable: the right hash completes it.
+    complete(&mut s, &up.session_id, &bytes)
+        .await
+        .expect("complete");
+    assert!(get(&mut s, "bad", "partial", 0, 0, 0).await.expect("get") == bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_keys_and_buckets_are_invalid_arguments() {
+    let node = Node::start();
+    let mut s = node.storage().await;
+    let long = "k".repeat(1025);
+    for key in [
+        "a/../b",
+        "..",
+        "a\0b",
+        "a//b",
+        "/a",
+        "a/",
+        "",
+        long.as_str(),
+    ] {
+        let err = create(&mut s, "bucket", key, 0, vec![])
+            .await
+            .expect_err("bad key");
+        assert_eq!(err.code(), Code::InvalidArgument, "key {key:?}");
+        assert!(!err.message().is_empty());
+        assert_eq!(
+            code(
+                s.stat(pb::StatRequest {
+                    bucket: "bucket".into(),
+                    key: key.into(),
+                    version: 0
+                })
+                .await
+            ),
+            Code::InvalidArgument
+        );
+    }
+    for bucket in ["A", "ab", "bad_bucket", "-x-"] {
+        assert_eq!(
+            code(create(&mut s, bucket, "k", 0, vec![]).await),
+            Code::InvalidArgument,
+            "bucket {bucket:?}"
+        );
+    }
+    assert_eq!(
+        node.status().await.open_sessions,
+        0,
+        "a refused CreateUpload left a session"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_tenants_are_enforced() {
+    let node = Node::start();
+    let mut alice = node.storage().await;
+    let bytes = data(5000, 5);
+    put(
+        &mut alice,
+        node.root.path(),
+        "shared-name",
+        "secret",
+        &bytes,
+    )
+    .await;
+
+    let mut anon = strata_proto::v1::storage_client::StorageClient::new(
+        strata_admin::client::connect(&node.endpoint)
+            .await
+            .expect("connect"),
+    );
+    let err = anon
+        .stat(pb::StatRequest {
+            bucket: "shared-name".into(),
+            key: "secret".into(),
+            version: 0,
+        })
+        .await
+        .expect_err("anon");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut forged = node.storage_as("stk_0000").await;
+    assert_eq!(
+        code(
+            forged
+                .stat(pb::StatRequest {
+                    bucket: "shared-name".into(),
+                    key: "secret".into(),
+                    version: 0
+                })
+                .await
+        ),
+        Code::Unauthenticated
+    );
+
+    let bob_token = node.new_tenant("bob").await;
+    let mut bob = node.storage_as(&bob_token).await;
+    assert_eq!(
+        code(
+            bob.stat(pb::StatRequest {
+                bucket: "shared-name".into(),
+                key: "secret".into(),
+                version: 0
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    assert!(
+        get(&mut bob, "shared-name", "secret", 0, 0, 0)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        code(
+            bob.list_versions(pb::ListVersionsRequest {
+                bucket: "shared-name".into(),
+                key: "secret".into()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            bob.delete(pb::DeleteRequest {
+                bucket: "shared-name".into(),
+                key: "secret".into()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            bob.list(pb::ListRequest {
+                bucket: "shared-name".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::NotFound,
+        "bob sees alice's bucket"
+    );
+    // Bob cannot touch Alice's open session either.
+    let up = create(&mut alice, "shared-name", "open", 10, vec![])
+        .await
+        .expect("create");
+    assert_eq!(
+        code(
+            bob.get_upload(pb::GetUploadRequest {
+                session_id: up.session_id.clone()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(complete(&mut bob, &up.session_id, b"").await),
+        Code::NotFound
+    );
+    assert_eq!(
+        put_raw(
+            &mut bob,
+            &up.session_id,
+            vec![(
+                0,
+                *blake3::hash(b"0123456789").as_bytes(),
+                b"0123456789".to_vec()
+            )]
+        )
+        .await
+        .expect_err("bob put")
+        .code(),
+        Code::NotFound
+    );
+    // Alice's object is untouched.
+    assert!(
+        get(&mut alice, "shared-name", "secret", 0, 0, 0)
+            .await
+            .expect("get")
+            == bytes
+    );
+
+    // Admin and tenant tokens are not interchangeable.
+    let mut as_admin = node.storage_as(&node.admin_token).await;
+    assert_eq!(
+        code(
+            as_admin
+                .stat(pb::StatRequest {
+                    bucket: "shared-name".into(),
+                    key: "secret".into(),
+                    version: 0
+                })
+                .await
+        ),
+        Code::PermissionDenied
+    );
+    let mut admin_as_tenant = strata_admin::client::admin(
+        strata_admin::client::connect(&node.endpoint)
+            .await
+            .expect("c"),
+        &node.tenant_token,
+    )
+    .expect("admin");
+    assert_eq!(
+        code(admin_as_tenant.status(pb::StatusRequest {}).await),
+        Code::PermissionDenied
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_past_the_end_are_out_of_range() {
+    let node = Node::start();
+    let mut s = node.storage().await;
+    put(&mut s, node.root.path(), "bucket", "ten", b"0123456789").await;
+    let get_req = |offset, length| pb::GetRequest {
+        bucket: "bucket".into(),
+        key: "ten".into(),
+        version: 0,
+        offset,
+        length,
+    };
+    assert_eq!(code(s.get(get_req(11, 0)).await), Code::OutOfRange);
+    assert_eq!(code(s.get(get_req(5, 6)).await), Code::OutOfRange);
+    assert_eq!(code(s.get(get_req(0, u64::MAX)).await), Code::OutOfRange);
+    assert_eq!(
+        get(&mut s, "bucket", "ten", 0, 5, 5).await.expect("tail"),
+        b"56789"
+    );
+    assert_eq!(
+        code(
+            s.stat(pb::StatRequest {
+                bucket: "bucket".into(),
+                key: "ten".into(),
+                version: 42
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+}

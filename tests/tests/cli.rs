@@ -1,0 +1,117 @@
+//! The `strata` binary against a real node: happy paths with --json parsed, and its errors.
+
+use strata_tests::*;
+
+fn ok(out: std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "strata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn put_get_ls_stat_rm_undelete_versions_status() {
+    let node = Node::start();
+    let dir = node.root.path();
+    let bytes = data(9 * 1024 * 1024 + 3, 1);
+    let src = write_file(dir, "photo.raw", &bytes);
+    let src = src.to_str().expect("path");
+
+    let put = ok(node.cli(&["--json", "put", src, "pics/2024/photo.raw"]));
+    assert_eq!(put["object"]["size"], bytes.len() as u64);
+    assert_eq!(
+        put["object"]["blake3"],
+        blake3::hash(&bytes).to_hex().as_str()
+    );
+    assert_eq!(put["sent_bytes"], bytes.len() as u64);
+
+    let out = dir.join("copy.raw");
+    let got = ok(node.cli(&[
+        "--json",
+        "get",
+        "pics/2024/photo.raw",
+        "-o",
+        out.to_str().expect("path"),
+    ]));
+    assert_eq!(got["verified"], true);
+    assert!(std::fs::read(&out).expect("read") == bytes);
+
+    let ls = ok(node.cli(&["--json", "ls", "pics"]));
+    assert_eq!(ls["folders"], serde_json::json!(["2024/"]));
+    let ls = ok(node.cli(&["--json", "ls", "pics/2024/"]));
+    assert_eq!(ls["objects"][0]["key"], "2024/photo.raw");
+    let ls = ok(node.cli(&["--json", "ls", "-r", "pics"]));
+    assert_eq!(ls["objects"].as_array().expect("objects").len(), 1);
+
+    let stat = ok(node.cli(&["--json", "stat", "pics/2024/photo.raw"]));
+    assert_eq!(stat["chunk_count"], 3);
+
+    // A second put of the same bytes is a new version that sends nothing.
+    let again = ok(node.cli(&["--json", "put", src, "pics/2024/photo.raw"]));
+    assert_eq!(again["sent_bytes"], 0);
+    let versions = ok(node.cli(&["--json", "versions", "pics/2024/photo.raw"]));
+    assert_eq!(versions.as_array().expect("versions").len(), 2);
+
+    let rm = ok(node.cli(&["--json", "rm", "pics/2024/photo.raw"]));
+    assert!(rm["purge_at_ms"].as_i64().expect("purge_at") > 0);
+    assert!(!node.cli(&["stat", "pics/2024/photo.raw"]).status.success());
+    let trash = ok(node.cli(&["--json", "ls", "--trash", "-r", "pics"]));
+    assert_eq!(trash["objects"].as_array().expect("objects").len(), 1);
+    ok(node.cli(&["--json", "undelete", "pics/2024/photo.raw"]));
+    ok(node.cli(&["--json", "stat", "pics/2024/photo.raw"]));
+
+    let status = ok(node.cli(&["--json", "status"]));
+    assert_eq!(status["chunk_count"], 3);
+    assert_eq!(status["object_count"], 1);
+    assert!(status["disk_total_bytes"].as_u64().expect("disk") > 0);
+
+    // Text output for people.
+    let text = node.cli(&["ls", "pics/2024/"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("2024/photo.raw"));
+    let tenant = ok(node.cli(&["--json", "tenant", "create", "carol"]));
+    assert!(tenant["token"].as_str().expect("token").starts_with("stk_"));
+    let completions = node.cli(&["completions", "bash"]);
+    assert!(
+        completions.status.success()
+            && String::from_utf8_lossy(&completions.stdout).contains("strata")
+    );
+}
+
+#[test]
+fn errors_are_one_line_with_non_zero_exit() {
+    let node = Node::start();
+    let check = |out: std::process::Output, needle: &str| {
+        assert!(!out.status.success(), "expected failure");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with("error: ") && err.trim_end().lines().count() == 1,
+            "not one line: {err}"
+        );
+        assert!(err.contains(needle), "{err:?} does not mention {needle:?}");
+    };
+    check(
+        node.cli(&["--token", "stk_wrong", "stat", "b/k"]),
+        "Unauthenticated",
+    );
+    check(node.cli(&["stat", "bucket/missing"]), "NotFound");
+    check(node.cli(&["stat", "no-key-here"]), "not BUCKET/KEY");
+    check(
+        node.cli(&["--endpoint", "http://127.0.0.1:1", "status"]),
+        "cannot connect to http://127.0.0.1:1",
+    );
+    check(
+        node.cli(&["put", "/nonexistent/file", "b/k"]),
+        "/nonexistent/file",
+    );
+    check(
+        node.cli(&["--admin-token", "stk_wrong", "status"]),
+        "Unauthenticated",
+    );
+    let json = node.cli(&["--json", "stat", "bucket/missing"]);
+    assert!(!json.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json error");
+    assert!(v["error"].as_str().expect("error").contains("not found"));
+}
