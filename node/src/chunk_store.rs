@@ -2,8 +2,10 @@
 //!
 //! Writes are atomic and durable: temp file, write, fsync, rename into place, fsync the
 //! directory. Every read re-hashes the bytes and refuses a mismatch (counted, and the file is
-//! moved to quarantine/), so a corrupt byte is never served. All methods block: call them from
-//! spawn_blocking.
+//! moved to chunks/.quarantine/), so a corrupt byte is never served. Layout:
+//! `chunks/<first two hex digits>/<id hex>`, with `chunks/.tmp/` for writes in progress, so the
+//! whole store is one directory that can live on its own disk. All methods block: call them
+//! from spawn_blocking.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -62,8 +64,8 @@ impl ChunkStore {
     /// Opens (creating if needed) the store under `dir`, counting what it holds.
     pub fn open(dir: &Path) -> Result<ChunkStore, ChunkStoreError> {
         let root = dir.join("chunks");
-        let tmp = dir.join("tmp");
-        let quarantine = dir.join("quarantine");
+        let tmp = root.join(".tmp");
+        let quarantine = root.join(".quarantine");
         for d in [&root, &tmp, &quarantine] {
             fs::create_dir_all(d).map_err(|e| io_err("create", d, e))?;
         }
@@ -89,6 +91,9 @@ impl ChunkStore {
     fn scan_usage(&self) -> (u64, u64) {
         let (mut count, mut bytes) = (0, 0);
         for sub in fs::read_dir(&self.root).into_iter().flatten().flatten() {
+            if sub.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
             for f in fs::read_dir(sub.path()).into_iter().flatten().flatten() {
                 if let Ok(md) = f.metadata() {
                     count += 1;
@@ -231,7 +236,7 @@ mod tests {
         bytes[5000] ^= 1;
         fs::write(store.path_of(&id), &bytes).expect("corrupt");
         assert!(matches!(store.get(&id), Err(ChunkStoreError::Corrupt(_))));
-        assert!(dir.path().join("quarantine").join(id.to_hex()).exists());
+        assert!(dir.path().join("chunks/.quarantine").join(id.to_hex()).exists());
         assert!(matches!(store.get(&id), Err(ChunkStoreError::Missing(_))));
     }
 
@@ -244,10 +249,10 @@ mod tests {
                 let data = vec![i; 100];
                 store.put(&ChunkId::of(&data), &data).expect("put");
             }
-            fs::write(dir.path().join("tmp").join("half-written"), b"x").expect("tmp");
+            fs::write(dir.path().join("chunks/.tmp/half-written"), b"x").expect("tmp");
         }
         let store = ChunkStore::open(dir.path()).expect("reopen");
         assert_eq!(store.usage(), (5, 500));
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("chunks/.tmp")).expect("ls").count(), 0);
     }
 }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs Strata's whole test suite on a fresh machine: installs what the tests need, builds every
+# binary the end-to-end tests start (one cargo profile), then runs all tests with nextest.
+#
+#   bash tests/run.sh            # everything
+#   bash tests/run.sh -E 'test(resume)'   # extra arguments go to `cargo nextest run`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+
+# The disk-fault tests mount small tmpfs filesystems: they need root and mount(8).
+if [ "$(id -u)" != 0 ]; then
+  echo "tests/run.sh: the disk-fault tests mount tmpfs filesystems and need root" >&2
+  exit 1
+fi
+need mount || { apt-get update -qq && apt-get install -y -qq mount; }
+
+if ! need cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest" >&2
+  cargo install cargo-nextest --locked
+fi
+
+# Binaries first: the end-to-end tests run target/debug/strata-node and target/debug/strata.
+cargo build --workspace --bins --tests --locked
+cargo nextest run --workspace --no-fail-fast --locked "$@"
