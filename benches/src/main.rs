@@ -1,1 +1,330 @@
-fn main() {}
+//! `strata-bench`: load against a running node, with the raw limits of the same machine
+//! measured in the same run so results can be read as ratios.
+//!
+//! ```text
+//! strata-bench --data-dir ./data --files 1 --size 1GiB --concurrency 1
+//! ```
+//! 1. raw durable write: SIZE bytes written to a file in the node's data dir, then fdatasync
+//!    (what `dd bs=4M conv=fdatasync` does), and raw sequential read of it (page cache dropped
+//!    first with --drop-caches);
+//! 2. upload of N files of SIZE with C at a time (client-side hashing timed separately), then
+//!    the same upload again (dedup: nothing should be sent);
+//! 3. download of every file, checked against its BLAKE3;
+//! while sampling the node's resident memory (from its pid in `<data-dir>/node.json`).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use strata_admin::client;
+use strata_admin::transfer::{self, FilePlan, NoProgress};
+use strata_proto::v1 as pb;
+
+#[derive(Parser)]
+#[command(name = "strata-bench", about = "Load generator for Strata, with same-run raw baselines")]
+struct Args {
+    /// The node's data directory (node.json, tokens, and where the raw disk test writes).
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// gRPC endpoint (default: from <data-dir>/node.json).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Tenant token (default: <data-dir>/tenant.token).
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Number of files.
+    #[arg(long, default_value_t = 1)]
+    files: usize,
+    /// Size of each file (e.g. 1GiB, 64MiB, 1000).
+    #[arg(long, default_value = "1GiB")]
+    size: String,
+    /// Files uploaded or downloaded at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Where to create the source files (default: a temp dir).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Drop the page cache (root) before the raw read and the download, so both read the disk.
+    #[arg(long)]
+    drop_caches: bool,
+    /// Skip the dedup re-upload.
+    #[arg(long)]
+    no_dedup: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().with_context(|| format!("bad size {s:?}"))?;
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => anyhow::bail!("unknown size unit {other:?}"),
+    };
+    Ok(n * mult)
+}
+
+fn mbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Writes `size` pseudo-random bytes (incompressible, different per seed) to `path`.
+fn make_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
+    let mut f = std::io::BufWriter::with_capacity(4 << 20, std::fs::File::create(path)?);
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for w in buf.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+fn drop_caches() -> anyhow::Result<()> {
+    nix_sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").context("--drop-caches needs root")
+}
+
+fn nix_sync() {
+    let _ = std::process::Command::new("sync").status();
+}
+
+/// Raw durable write and sequential read of `size` bytes in `dir`.
+fn raw_disk(dir: &Path, size: u64, drop: bool) -> anyhow::Result<(f64, f64)> {
+    let path = dir.join(".strata-bench-raw");
+    let buf = vec![0xA5u8; 4 << 20];
+    let start = Instant::now();
+    {
+        let mut f = std::fs::File::create(&path)?;
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            f.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        f.sync_data()?;
+    }
+    let write = mbps(size, start.elapsed());
+    if drop {
+        drop_caches()?;
+    }
+    let start = Instant::now();
+    let mut f = std::fs::File::open(&path)?;
+    let mut rbuf = vec![0u8; 4 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut rbuf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    let read = mbps(total, start.elapsed());
+    std::fs::remove_file(&path)?;
+    Ok((write, read))
+}
+
+/// Samples a process's resident memory until stopped; returns the peak in bytes.
+fn watch_rss(pid: u32, stop: Arc<AtomicBool>, peak: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                if let Some(kb) = s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()) {
+                    peak.fetch_max(kb * 1024, Ordering::Relaxed);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+struct Phase {
+    name: &'static str,
+    bytes: u64,
+    wall: Duration,
+    latencies: Vec<f64>,
+    sent: u64,
+}
+
+impl Phase {
+    fn json(&self) -> serde_json::Value {
+        let mut l = self.latencies.clone();
+        l.sort_by(f64::total_cmp);
+        serde_json::json!({ "phase": self.name, "bytes": self.bytes, "seconds": self.wall.as_secs_f64(), "mb_per_s": mbps(self.bytes, self.wall),
+            "p50_s": percentile(&l, 0.5), "p99_s": percentile(&l, 0.99), "sent_bytes": self.sent })
+    }
+}
+
+async fn upload_all(storage: &client::Storage, files: &[(PathBuf, FilePlan)], prefix: &str, concurrency: usize) -> anyhow::Result<(Duration, Vec<f64>, u64)> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, (path, plan)) in files.iter().enumerate() {
+        let (mut s, sem, path, plan, key) = (storage.clone(), sem.clone(), path.clone(), plan.clone(), format!("{prefix}/{i}"));
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await?;
+            let t = Instant::now();
+            let r = transfer::upload_planned(&mut s, &path, "bench", &key, "application/octet-stream", &plan, Arc::new(NoProgress)).await?;
+            Ok::<_, anyhow::Error>((t.elapsed().as_secs_f64(), r.sent_bytes))
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut sent = 0;
+    for t in tasks {
+        let (l, s) = t.await??;
+        lat.push(l);
+        sent += s;
+    }
+    Ok((start.elapsed(), lat, sent))
+}
+
+async fn download_all(storage: &client::Storage, n: usize, concurrency: usize) -> anyhow::Result<(Duration, Vec<f64>, u64)> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (mut s, sem) = (storage.clone(), sem.clone());
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await?;
+            let t = Instant::now();
+            let req = pb::GetRequest { bucket: "bench".into(), key: format!("a/{i}"), ..Default::default() };
+            let r = transfer::download(&mut s, req, &mut std::io::sink(), &NoProgress).await?;
+            Ok::<_, anyhow::Error>((t.elapsed().as_secs_f64(), r.bytes))
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut bytes = 0;
+    for t in tasks {
+        let (l, b) = t.await??;
+        lat.push(l);
+        bytes += b;
+    }
+    Ok((start.elapsed(), lat, bytes))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let size = parse_size(&args.size)?;
+    let node: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(args.data_dir.join("node.json")).context("no node.json in --data-dir: is a node running there?")?)?;
+    let endpoint = args.endpoint.clone().unwrap_or_else(|| node["grpc"].as_str().unwrap_or("http://127.0.0.1:7400").to_owned());
+    let token = match &args.token {
+        Some(t) => t.clone(),
+        None => std::fs::read_to_string(args.data_dir.join("tenant.token")).context("no --token and no tenant.token")?.trim().to_owned(),
+    };
+    let pid = node["pid"].as_u64().unwrap_or(0) as u32;
+
+    let (raw_write, raw_read) = raw_disk(&args.data_dir, size.max(64 << 20), args.drop_caches)?;
+    let raw_hash = {
+        let buf = vec![7u8; 64 << 20];
+        let t = Instant::now();
+        std::hint::black_box(blake3::hash(&buf));
+        mbps(buf.len() as u64, t.elapsed())
+    };
+
+    let work = match &args.work_dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
+    let mut files = Vec::new();
+    let hash_start = Instant::now();
+    for i in 0..args.files {
+        let path = work.path().join(format!("f{i}"));
+        make_file(&path, size, i as u64 + std::process::id() as u64)?;
+        files.push(path);
+    }
+    let mut plans = Vec::new();
+    let hash_start2 = Instant::now();
+    for p in &files {
+        plans.push((p.clone(), transfer::plan(p, transfer::DEFAULT_CHUNK, &NoProgress)?));
+    }
+    let client_hash = mbps(size * args.files as u64, hash_start2.elapsed());
+    let _ = hash_start;
+
+    let storage = client::storage(client::connect(&endpoint).await?, &token)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let watcher = (pid != 0).then(|| watch_rss(pid, stop.clone(), peak.clone()));
+
+    let total = size * args.files as u64;
+    let mut phases = Vec::new();
+    let (wall, latencies, sent) = upload_all(&storage, &plans, "a", args.concurrency).await?;
+    phases.push(Phase { name: "upload", bytes: total, wall, latencies, sent });
+    if !args.no_dedup {
+        let (wall, latencies, sent) = upload_all(&storage, &plans, "dedup", args.concurrency).await?;
+        phases.push(Phase { name: "dedup re-upload", bytes: total, wall, latencies, sent });
+    }
+    if args.drop_caches {
+        drop_caches()?;
+    }
+    let (wall, latencies, bytes) = download_all(&storage, args.files, args.concurrency).await?;
+    phases.push(Phase { name: "download", bytes, wall, latencies, sent: 0 });
+
+    stop.store(true, Ordering::Relaxed);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+    let peak_rss = peak.load(Ordering::Relaxed);
+    let up = mbps(total, phases[0].wall);
+    let down = mbps(phases.last().map_or(0, |p| p.bytes), phases.last().map_or(Duration::ZERO, |p| p.wall));
+    let dedup_ratio = (!args.no_dedup).then(|| phases[1].wall.as_secs_f64() / phases[0].wall.as_secs_f64());
+
+    if args.json {
+        println!("{}", serde_json::json!({
+            "files": args.files, "size": size, "concurrency": args.concurrency,
+            "raw_write_mb_per_s": raw_write, "raw_read_mb_per_s": raw_read, "blake3_one_core_mb_per_s": raw_hash,
+            "client_hash_mb_per_s": client_hash,
+            "phases": phases.iter().map(Phase::json).collect::<Vec<_>>(),
+            "upload_over_raw_write": up / raw_write, "download_over_raw_read": down / raw_read,
+            "dedup_time_over_upload_time": dedup_ratio, "node_peak_rss_bytes": peak_rss,
+        }));
+    } else {
+        println!("strata-bench: {} file(s) of {} bytes, concurrency {}", args.files, size, args.concurrency);
+        println!("  raw durable write     {raw_write:8.1} MB/s   (same filesystem as the node's data dir)");
+        println!("  raw sequential read   {raw_read:8.1} MB/s{}", if args.drop_caches { "   (page cache dropped)" } else { "   (page cache not dropped)" });
+        println!("  BLAKE3, one core      {raw_hash:8.1} MB/s");
+        println!("  client hashing        {client_hash:8.1} MB/s   (chunk ids + whole-file hash, two threads; not in upload time)");
+        for p in &phases {
+            let mut l = p.latencies.clone();
+            l.sort_by(f64::total_cmp);
+            println!("  {:<20} {:8.1} MB/s   p50 {:.3}s  p99 {:.3}s  sent {} bytes", p.name, mbps(p.bytes, p.wall), percentile(&l, 0.5), percentile(&l, 0.99), p.sent);
+        }
+        println!("  upload / raw write    {:8.2}", up / raw_write);
+        println!("  download / raw read   {:8.2}", down / raw_read);
+        if let Some(r) = dedup_ratio {
+            println!("  dedup time / upload   {:8.3}", r);
+        }
+        println!("  node peak RSS         {:8.1} MiB", peak_rss as f64 / (1 << 20) as f64);
+    }
+    Ok(())
+}
