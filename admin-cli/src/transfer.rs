@@ -24,7 +24,7 @@ use crate::client::{Storage, status_error};
 pub const DEFAULT_CHUNK: u32 = 4 * 1024 * 1024;
 
 /// Chunks sent ahead of their acknowledgements.
-const SEND_AHEAD: usize = 4;
+const SEND_AHEAD: usize = 8;
 
 /// Progress callbacks: total bytes, then bytes done so far.
 pub trait Progress: Send + Sync {

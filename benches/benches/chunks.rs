@@ -8,7 +8,9 @@ use strata_cluster::file_hash;
 use strata_node::chunk_store::ChunkStore;
 
 fn chunk(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn hashing(c: &mut Criterion) {
@@ -16,15 +18,23 @@ fn hashing(c: &mut Criterion) {
     for len in [64 << 10, 1 << 20, 4 << 20] {
         let data = chunk(len, 1);
         g.throughput(Throughput::Bytes(len as u64));
-        g.bench_with_input(BenchmarkId::new("chunk_id", len), &data, |b, d| b.iter(|| ChunkId::of(d)));
-        g.bench_with_input(BenchmarkId::new("cv_at_offset", len), &data, |b, d| b.iter(|| file_hash::chunk_cv(len as u64 * 3, d)));
-        g.bench_with_input(BenchmarkId::new("id_and_cv_at_zero", len), &data, |b, d| b.iter(|| file_hash::id_and_cv_at_zero(d)));
+        g.bench_with_input(BenchmarkId::new("chunk_id", len), &data, |b, d| {
+            b.iter(|| ChunkId::of(d))
+        });
+        g.bench_with_input(BenchmarkId::new("cv_at_offset", len), &data, |b, d| {
+            b.iter(|| file_hash::chunk_cv(len as u64 * 3, d))
+        });
+        g.bench_with_input(BenchmarkId::new("id_and_cv_at_zero", len), &data, |b, d| {
+            b.iter(|| file_hash::id_and_cv_at_zero(d))
+        });
     }
     g.finish();
 }
 
 fn store(c: &mut Criterion) {
-    let dir = tempfile::tempdir_in(std::env::var("STRATA_BENCH_DIR").unwrap_or_else(|_| ".".into())).expect("tempdir");
+    let dir =
+        tempfile::tempdir_in(std::env::var("STRATA_BENCH_DIR").unwrap_or_else(|_| ".".into()))
+            .expect("tempdir");
     let store = ChunkStore::open(dir.path()).expect("open store");
     let mut g = c.benchmark_group("chunk_store");
     g.sample_size(20);
@@ -48,7 +58,9 @@ fn store(c: &mut Criterion) {
     let d = chunk(len, 200);
     let id = ChunkId::of(&d);
     store.put(&id, &d).expect("put");
-    g.bench_function("get_4MiB_verified", |b| b.iter(|| store.get(&id).expect("get")));
+    g.bench_function("get_4MiB_verified", |b| {
+        b.iter(|| store.get(&id).expect("get"))
+    });
     g.finish();
 }
 

@@ -10,7 +10,8 @@
 //! 2. upload of N files of SIZE with C at a time (client-side hashing timed separately), then
 //!    the same upload again (dedup: nothing should be sent);
 //! 3. download of every file, checked against its BLAKE3;
-//! while sampling the node's resident memory (from its pid in `<data-dir>/node.json`).
+//!
+//! The node's resident memory is sampled throughout (its pid is in `<data-dir>/node.json`).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -25,7 +26,10 @@ use strata_admin::transfer::{self, FilePlan, NoProgress};
 use strata_proto::v1 as pb;
 
 #[derive(Parser)]
-#[command(name = "strata-bench", about = "Load generator for Strata, with same-run raw baselines")]
+#[command(
+    name = "strata-bench",
+    about = "Load generator for Strata, with same-run raw baselines"
+)]
 struct Args {
     /// The node's data directory (node.json, tokens, and where the raw disk test writes).
     #[arg(long, default_value = "./data")]
@@ -54,6 +58,10 @@ struct Args {
     /// Skip the dedup re-upload.
     #[arg(long)]
     no_dedup: bool,
+    /// Rounds of (raw baseline, upload, dedup, download); ratios are reported per round and as
+    /// the median, since the disk's speed varies from minute to minute.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -158,14 +166,36 @@ fn raw_disk(dir: &Path, size: u64, drop: bool) -> anyhow::Result<(f64, f64)> {
 fn watch_rss(pid: u32, stop: Arc<AtomicBool>, peak: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
-            if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                if let Some(kb) = s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()) {
-                    peak.fetch_max(kb * 1024, Ordering::Relaxed);
-                }
+            if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                && let Some(kb) = s
+                    .lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+            {
+                peak.fetch_max(kb * 1024, Ordering::Relaxed);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     })
+}
+
+struct Round {
+    raw_write: f64,
+    raw_read: f64,
+    phases: Vec<Phase>,
+}
+
+impl Round {
+    fn phase(&self, name: &str) -> Option<&Phase> {
+        self.phases.iter().find(|p| p.name == name)
+    }
+    fn rate(&self, name: &str) -> Option<f64> {
+        self.phase(name).map(|p| mbps(p.bytes, p.wall))
+    }
+    fn wall(&self, name: &str) -> Option<f64> {
+        self.phase(name).map(|p| p.wall.as_secs_f64())
+    }
 }
 
 struct Phase {
@@ -185,16 +215,36 @@ impl Phase {
     }
 }
 
-async fn upload_all(storage: &client::Storage, files: &[(PathBuf, FilePlan)], prefix: &str, concurrency: usize) -> anyhow::Result<(Duration, Vec<f64>, u64)> {
+async fn upload_all(
+    storage: &client::Storage,
+    files: &[(PathBuf, FilePlan)],
+    prefix: &str,
+    concurrency: usize,
+) -> anyhow::Result<(Duration, Vec<f64>, u64)> {
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (i, (path, plan)) in files.iter().enumerate() {
-        let (mut s, sem, path, plan, key) = (storage.clone(), sem.clone(), path.clone(), plan.clone(), format!("{prefix}/{i}"));
+        let (mut s, sem, path, plan, key) = (
+            storage.clone(),
+            sem.clone(),
+            path.clone(),
+            plan.clone(),
+            format!("{prefix}/{i}"),
+        );
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire().await?;
             let t = Instant::now();
-            let r = transfer::upload_planned(&mut s, &path, "bench", &key, "application/octet-stream", &plan, Arc::new(NoProgress)).await?;
+            let r = transfer::upload_planned(
+                &mut s,
+                &path,
+                "bench",
+                &key,
+                "application/octet-stream",
+                &plan,
+                Arc::new(NoProgress),
+            )
+            .await?;
             Ok::<_, anyhow::Error>((t.elapsed().as_secs_f64(), r.sent_bytes))
         }));
     }
@@ -208,16 +258,25 @@ async fn upload_all(storage: &client::Storage, files: &[(PathBuf, FilePlan)], pr
     Ok((start.elapsed(), lat, sent))
 }
 
-async fn download_all(storage: &client::Storage, n: usize, concurrency: usize) -> anyhow::Result<(Duration, Vec<f64>, u64)> {
+async fn download_all(
+    storage: &client::Storage,
+    prefix: &str,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Duration, Vec<f64>, u64)> {
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..n {
-        let (mut s, sem) = (storage.clone(), sem.clone());
+        let (mut s, sem, prefix) = (storage.clone(), sem.clone(), prefix.to_owned());
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire().await?;
             let t = Instant::now();
-            let req = pb::GetRequest { bucket: "bench".into(), key: format!("a/{i}"), ..Default::default() };
+            let req = pb::GetRequest {
+                bucket: "bench".into(),
+                key: format!("{prefix}/{i}"),
+                ..Default::default()
+            };
             let r = transfer::download(&mut s, req, &mut std::io::sink(), &NoProgress).await?;
             Ok::<_, anyhow::Error>((t.elapsed().as_secs_f64(), r.bytes))
         }));
@@ -236,15 +295,25 @@ async fn download_all(storage: &client::Storage, n: usize, concurrency: usize) -
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let size = parse_size(&args.size)?;
-    let node: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(args.data_dir.join("node.json")).context("no node.json in --data-dir: is a node running there?")?)?;
-    let endpoint = args.endpoint.clone().unwrap_or_else(|| node["grpc"].as_str().unwrap_or("http://127.0.0.1:7400").to_owned());
+    let node: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(args.data_dir.join("node.json"))
+            .context("no node.json in --data-dir: is a node running there?")?,
+    )?;
+    let endpoint = args.endpoint.clone().unwrap_or_else(|| {
+        node["grpc"]
+            .as_str()
+            .unwrap_or("http://127.0.0.1:7400")
+            .to_owned()
+    });
     let token = match &args.token {
         Some(t) => t.clone(),
-        None => std::fs::read_to_string(args.data_dir.join("tenant.token")).context("no --token and no tenant.token")?.trim().to_owned(),
+        None => std::fs::read_to_string(args.data_dir.join("tenant.token"))
+            .context("no --token and no tenant.token")?
+            .trim()
+            .to_owned(),
     };
     let pid = node["pid"].as_u64().unwrap_or(0) as u32;
 
-    let (raw_write, raw_read) = raw_disk(&args.data_dir, size.max(64 << 20), args.drop_caches)?;
     let raw_hash = {
         let buf = vec![7u8; 64 << 20];
         let t = Instant::now();
@@ -256,20 +325,28 @@ async fn main() -> anyhow::Result<()> {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir()?,
     };
-    let mut files = Vec::new();
-    let hash_start = Instant::now();
-    for i in 0..args.files {
-        let path = work.path().join(format!("f{i}"));
-        make_file(&path, size, i as u64 + std::process::id() as u64)?;
-        files.push(path);
+    // Fresh content for every round, so later rounds do not deduplicate against earlier ones.
+    let mut round_plans = Vec::new();
+    let mut hash_time = Duration::ZERO;
+    for round in 0..args.rounds.max(1) {
+        let mut plans = Vec::new();
+        for i in 0..args.files {
+            let path = work.path().join(format!("r{round}-f{i}"));
+            make_file(
+                &path,
+                size,
+                ((round * args.files + i) as u64) << 32 ^ std::process::id() as u64,
+            )?;
+            let t = Instant::now();
+            plans.push((
+                path.clone(),
+                transfer::plan(&path, transfer::DEFAULT_CHUNK, &NoProgress)?,
+            ));
+            hash_time += t.elapsed();
+        }
+        round_plans.push(plans);
     }
-    let mut plans = Vec::new();
-    let hash_start2 = Instant::now();
-    for p in &files {
-        plans.push((p.clone(), transfer::plan(p, transfer::DEFAULT_CHUNK, &NoProgress)?));
-    }
-    let client_hash = mbps(size * args.files as u64, hash_start2.elapsed());
-    let _ = hash_start;
+    let client_hash = mbps(size * (args.files * round_plans.len()) as u64, hash_time);
 
     let storage = client::storage(client::connect(&endpoint).await?, &token)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -277,54 +354,128 @@ async fn main() -> anyhow::Result<()> {
     let watcher = (pid != 0).then(|| watch_rss(pid, stop.clone(), peak.clone()));
 
     let total = size * args.files as u64;
-    let mut phases = Vec::new();
-    let (wall, latencies, sent) = upload_all(&storage, &plans, "a", args.concurrency).await?;
-    phases.push(Phase { name: "upload", bytes: total, wall, latencies, sent });
-    if !args.no_dedup {
-        let (wall, latencies, sent) = upload_all(&storage, &plans, "dedup", args.concurrency).await?;
-        phases.push(Phase { name: "dedup re-upload", bytes: total, wall, latencies, sent });
+    let mut rounds = Vec::new();
+    for (round, plans) in round_plans.iter().enumerate() {
+        let (raw_write, raw_read) = raw_disk(&args.data_dir, size.max(64 << 20), args.drop_caches)?;
+        let mut phases = Vec::new();
+        let prefix = format!("r{round}");
+        let (wall, latencies, sent) =
+            upload_all(&storage, plans, &prefix, args.concurrency).await?;
+        phases.push(Phase {
+            name: "upload",
+            bytes: total,
+            wall,
+            latencies,
+            sent,
+        });
+        if !args.no_dedup {
+            let (wall, latencies, sent) = upload_all(
+                &storage,
+                plans,
+                &format!("{prefix}-dedup"),
+                args.concurrency,
+            )
+            .await?;
+            phases.push(Phase {
+                name: "dedup re-upload",
+                bytes: total,
+                wall,
+                latencies,
+                sent,
+            });
+        }
+        if args.drop_caches {
+            drop_caches()?;
+        }
+        let (wall, latencies, bytes) =
+            download_all(&storage, &prefix, args.files, args.concurrency).await?;
+        phases.push(Phase {
+            name: "download",
+            bytes,
+            wall,
+            latencies,
+            sent: 0,
+        });
+        rounds.push(Round {
+            raw_write,
+            raw_read,
+            phases,
+        });
     }
-    if args.drop_caches {
-        drop_caches()?;
-    }
-    let (wall, latencies, bytes) = download_all(&storage, args.files, args.concurrency).await?;
-    phases.push(Phase { name: "download", bytes, wall, latencies, sent: 0 });
-
     stop.store(true, Ordering::Relaxed);
     if let Some(w) = watcher {
         let _ = w.join();
     }
     let peak_rss = peak.load(Ordering::Relaxed);
-    let up = mbps(total, phases[0].wall);
-    let down = mbps(phases.last().map_or(0, |p| p.bytes), phases.last().map_or(Duration::ZERO, |p| p.wall));
-    let dedup_ratio = (!args.no_dedup).then(|| phases[1].wall.as_secs_f64() / phases[0].wall.as_secs_f64());
+    let median = |f: &dyn Fn(&Round) -> Option<f64>| {
+        let mut v: Vec<f64> = rounds.iter().filter_map(f).collect();
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
+    let up_ratio = median(&|r| Some(r.rate("upload")? / r.raw_write));
+    let down_ratio = median(&|r| Some(r.rate("download")? / r.raw_read));
+    let dedup_ratio = median(&|r| Some(r.wall("dedup re-upload")? / r.wall("upload")?));
 
     if args.json {
-        println!("{}", serde_json::json!({
-            "files": args.files, "size": size, "concurrency": args.concurrency,
-            "raw_write_mb_per_s": raw_write, "raw_read_mb_per_s": raw_read, "blake3_one_core_mb_per_s": raw_hash,
-            "client_hash_mb_per_s": client_hash,
-            "phases": phases.iter().map(Phase::json).collect::<Vec<_>>(),
-            "upload_over_raw_write": up / raw_write, "download_over_raw_read": down / raw_read,
-            "dedup_time_over_upload_time": dedup_ratio, "node_peak_rss_bytes": peak_rss,
-        }));
+        println!(
+            "{}",
+            serde_json::json!({
+                "files": args.files, "size": size, "concurrency": args.concurrency, "drop_caches": args.drop_caches,
+                "blake3_one_core_mb_per_s": raw_hash, "client_hash_mb_per_s": client_hash,
+                "rounds": rounds.iter().map(|r| serde_json::json!({ "raw_write_mb_per_s": r.raw_write, "raw_read_mb_per_s": r.raw_read,
+                    "phases": r.phases.iter().map(Phase::json).collect::<Vec<_>>() })).collect::<Vec<_>>(),
+                "median_upload_over_raw_write": up_ratio, "median_download_over_raw_read": down_ratio,
+                "median_dedup_time_over_upload_time": dedup_ratio, "node_peak_rss_bytes": peak_rss,
+            })
+        );
     } else {
-        println!("strata-bench: {} file(s) of {} bytes, concurrency {}", args.files, size, args.concurrency);
-        println!("  raw durable write     {raw_write:8.1} MB/s   (same filesystem as the node's data dir)");
-        println!("  raw sequential read   {raw_read:8.1} MB/s{}", if args.drop_caches { "   (page cache dropped)" } else { "   (page cache not dropped)" });
+        println!(
+            "strata-bench: {} file(s) of {} bytes, concurrency {}, {} round(s)",
+            args.files,
+            size,
+            args.concurrency,
+            rounds.len()
+        );
         println!("  BLAKE3, one core      {raw_hash:8.1} MB/s");
-        println!("  client hashing        {client_hash:8.1} MB/s   (chunk ids + whole-file hash, two threads; not in upload time)");
-        for p in &phases {
-            let mut l = p.latencies.clone();
-            l.sort_by(f64::total_cmp);
-            println!("  {:<20} {:8.1} MB/s   p50 {:.3}s  p99 {:.3}s  sent {} bytes", p.name, mbps(p.bytes, p.wall), percentile(&l, 0.5), percentile(&l, 0.99), p.sent);
+        println!(
+            "  client hashing        {client_hash:8.1} MB/s   (chunk ids + whole-file hash, two threads; not in upload time)"
+        );
+        for (i, r) in rounds.iter().enumerate() {
+            println!("  round {}", i + 1);
+            println!(
+                "    raw durable write   {:8.1} MB/s   (write + fdatasync in the node's data dir)",
+                r.raw_write
+            );
+            println!(
+                "    raw sequential read {:8.1} MB/s{}",
+                r.raw_read,
+                if args.drop_caches {
+                    "   (page cache dropped)"
+                } else {
+                    "   (page cache not dropped)"
+                }
+            );
+            for p in &r.phases {
+                let mut l = p.latencies.clone();
+                l.sort_by(f64::total_cmp);
+                println!(
+                    "    {:<19} {:8.1} MB/s   p50 {:.3}s  p99 {:.3}s  sent {} bytes",
+                    p.name,
+                    mbps(p.bytes, p.wall),
+                    percentile(&l, 0.5),
+                    percentile(&l, 0.99),
+                    p.sent
+                );
+            }
         }
-        println!("  upload / raw write    {:8.2}", up / raw_write);
-        println!("  download / raw read   {:8.2}", down / raw_read);
-        if let Some(r) = dedup_ratio {
-            println!("  dedup time / upload   {:8.3}", r);
-        }
-        println!("  node peak RSS         {:8.1} MiB", peak_rss as f64 / (1 << 20) as f64);
+        let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+        println!("  median upload / raw write      {}", show(up_ratio));
+        println!("  median download / raw read     {}", show(down_ratio));
+        println!("  median dedup time / upload     {}", show(dedup_ratio));
+        println!(
+            "  node peak RSS                  {:.1} MiB",
+            peak_rss as f64 / (1 << 20) as f64
+        );
     }
     Ok(())
 }

@@ -31,7 +31,7 @@ pub fn id_and_cv_at_zero(data: &[u8]) -> ([u8; 32], [u8; 32]) {
 
 fn is_subtree(offset: u64, len: u64) -> bool {
     let chunk = blake3::CHUNK_LEN as u64;
-    if offset % chunk != 0 || len == 0 {
+    if !offset.is_multiple_of(chunk) || len == 0 {
         return false;
     }
     match blake3::hazmat::max_subtree_len(offset) {

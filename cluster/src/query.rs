@@ -220,23 +220,23 @@ impl StateMachine {
                 }
                 let name = String::from_utf8_lossy(&k[base.len()..]).into_owned();
                 let rest = &name[q.prefix.len()..];
-                if !q.delimiter.is_empty() {
-                    if let Some(pos) = rest.find(q.delimiter) {
-                        let folder = format!("{}{}", q.prefix, &rest[..pos + q.delimiter.len()]);
-                        // A folder shows when it holds a key this listing shows (live or trash).
-                        let has_visible = self.folder_has(&base, &folder, q.trash)?;
-                        if has_visible {
-                            if count == limit {
-                                page.next = last.clone();
-                                break 'outer;
-                            }
-                            page.folders.push(folder.clone());
-                            count += 1;
-                            last = Some(ListCursor::AfterFolder(folder.clone()));
+                if !q.delimiter.is_empty()
+                    && let Some(pos) = rest.find(q.delimiter)
+                {
+                    let folder = format!("{}{}", q.prefix, &rest[..pos + q.delimiter.len()]);
+                    // A folder shows when it holds a key this listing shows (live or trash).
+                    let has_visible = self.folder_has(&base, &folder, q.trash)?;
+                    if has_visible {
+                        if count == limit {
+                            page.next = last.clone();
+                            break 'outer;
                         }
-                        from = [base.as_slice(), folder.as_bytes(), &[0xFF]].concat();
-                        continue 'outer;
+                        page.folders.push(folder.clone());
+                        count += 1;
+                        last = Some(ListCursor::AfterFolder(folder.clone()));
                     }
+                    from = [base.as_slice(), folder.as_bytes(), &[0xFF]].concat();
+                    continue 'outer;
                 }
                 let head: ObjectHead = decode("object", &v)?;
                 if head.trash.is_some() != q.trash {

@@ -306,23 +306,24 @@ fn open_session(
             continue;
         };
         let old = SessionId::from_bytes(id);
-        if let Some(mut rec) = tx.get::<SessionRecord>("session", &keys::session(&old))? {
-            if rec.size == size && rec.manifest_digest == digest && rec.content_type == content_type
-            {
-                rec.last_activity_ms = now_ms;
-                let bytes_present = rec.bytes_present;
-                tx.put(keys::session(&old), &rec);
-                let existing = match manifest {
-                    Some(m) => present_indexes(tx, &old, m)?,
-                    None => Vec::new(),
-                };
-                return Ok(Response::SessionOpened {
-                    session: old,
-                    resumed: true,
-                    existing,
-                    bytes_present,
-                });
-            }
+        if let Some(mut rec) = tx.get::<SessionRecord>("session", &keys::session(&old))?
+            && rec.size == size
+            && rec.manifest_digest == digest
+            && rec.content_type == content_type
+        {
+            rec.last_activity_ms = now_ms;
+            let bytes_present = rec.bytes_present;
+            tx.put(keys::session(&old), &rec);
+            let existing = match manifest {
+                Some(m) => present_indexes(tx, &old, m)?,
+                None => Vec::new(),
+            };
+            return Ok(Response::SessionOpened {
+                session: old,
+                resumed: true,
+                existing,
+                bytes_present,
+            });
         }
     }
 
@@ -346,25 +347,26 @@ fn open_session(
         // the session's reference until it completes or ends).
         let mut offset = 0u64;
         for (i, e) in m.iter().enumerate() {
-            if let Some(meta) = tx.get::<ChunkMeta>("chunk", &keys::chunk_tenant(&e.id, tenant))? {
-                if meta.refs > 0 && meta.len == e.len {
-                    let cv = meta
-                        .cvs
-                        .iter()
-                        .find(|(o, _)| *o == offset)
-                        .map(|(_, cv)| *cv);
-                    tx.put(
-                        keys::session_chunk(session, offset),
-                        &SessionChunk {
-                            id: e.id,
-                            len: e.len,
-                            cv,
-                        },
-                    );
-                    add_ref(tx, &e.id, tenant, e.len, None)?;
-                    rec.bytes_present += e.len as u64;
-                    existing.push(i as u32);
-                }
+            if let Some(meta) = tx.get::<ChunkMeta>("chunk", &keys::chunk_tenant(&e.id, tenant))?
+                && meta.refs > 0
+                && meta.len == e.len
+            {
+                let cv = meta
+                    .cvs
+                    .iter()
+                    .find(|(o, _)| *o == offset)
+                    .map(|(_, cv)| *cv);
+                tx.put(
+                    keys::session_chunk(session, offset),
+                    &SessionChunk {
+                        id: e.id,
+                        len: e.len,
+                        cv,
+                    },
+                );
+                add_ref(tx, &e.id, tenant, e.len, None)?;
+                rec.bytes_present += e.len as u64;
+                existing.push(i as u32);
             }
             offset += e.len as u64;
         }
@@ -394,10 +396,9 @@ fn present_indexes(
     for (i, e) in m.iter().enumerate() {
         if let Some(c) =
             tx.get::<SessionChunk>("session chunk", &keys::session_chunk(session, offset))?
+            && c.id == e.id
         {
-            if c.id == e.id {
-                out.push(i as u32);
-            }
+            out.push(i as u32);
         }
         offset += e.len as u64;
     }
@@ -418,10 +419,11 @@ fn add_ref(
         cvs: Vec::new(),
     });
     meta.refs += 1;
-    if let Some((offset, cv)) = cv_at {
-        if !meta.cvs.iter().any(|(o, _)| *o == offset) && meta.cvs.len() < MAX_REMEMBERED_CVS {
-            meta.cvs.push((offset, cv));
-        }
+    if let Some((offset, cv)) = cv_at
+        && !meta.cvs.iter().any(|(o, _)| *o == offset)
+        && meta.cvs.len() < MAX_REMEMBERED_CVS
+    {
+        meta.cvs.push((offset, cv));
     }
     tx.put(key, &meta);
     let global = keys::chunk_global(id);
@@ -555,10 +557,10 @@ fn add_chunk(
         }
     }
     let after = tx.tree.range(key.clone()..).next().transpose()?;
-    if let Some((k, _)) = after.filter(|(k, _)| k.starts_with(&prefix)) {
-        if keys::be_u64(&k, prefix.len()).unwrap_or(u64::MAX) < end {
-            return Err(Rejection::ChunkOverlap { offset }.into());
-        }
+    if let Some((k, _)) = after.filter(|(k, _)| k.starts_with(&prefix))
+        && keys::be_u64(&k, prefix.len()).unwrap_or(u64::MAX) < end
+    {
+        return Err(Rejection::ChunkOverlap { offset }.into());
     }
     tx.put(key, &SessionChunk { id: *id, len, cv });
     add_ref(tx, id, tenant, len, cv.map(|c| (offset, c)))?;
@@ -782,3 +784,6 @@ pub(crate) fn read<T: DeserializeOwned>(
 ) -> Result<Option<T>, StoreError> {
     tree.get(key)?.map(|v| decode(what, &v)).transpose()
 }
+
+#[cfg(test)]
+mod tests;

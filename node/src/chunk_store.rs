@@ -7,10 +7,12 @@
 //! whole store is one directory that can live on its own disk. All methods block: call them
 //! from spawn_blocking.
 
-use std::fs::{self, File};
+use std::cell::RefCell;
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use strata_cluster::ChunkId;
@@ -58,6 +60,17 @@ pub struct ChunkStore {
     quarantine: PathBuf,
     count: AtomicU64,
     bytes: AtomicU64,
+    /// Whether the filesystem takes O_DIRECT writes (tmpfs, for one, may not).
+    direct: AtomicBool,
+}
+
+/// O_DIRECT needs buffers, offsets and lengths aligned to the device's block size; 4 KiB covers
+/// the devices we run on.
+const ALIGN: usize = 4096;
+
+thread_local! {
+    /// A page-aligned staging buffer per blocking thread for O_DIRECT writes.
+    static STAGING: RefCell<Option<memmap2::MmapMut>> = const { RefCell::new(None) };
 }
 
 impl ChunkStore {
@@ -81,6 +94,7 @@ impl ChunkStore {
             quarantine,
             count: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            direct: AtomicBool::new(true),
         };
         let (count, bytes) = store.scan_usage();
         store.count.store(count, Ordering::Relaxed);
@@ -144,8 +158,7 @@ impl ChunkStore {
             .tmp
             .join(format!("{}.{:016x}", id.to_hex(), rand::random::<u64>()));
         let result = (|| {
-            let mut f = File::create(&tmp).map_err(|e| io_err("create", &tmp, e))?;
-            f.write_all(data).map_err(|e| io_err("write", &tmp, e))?;
+            let f = self.write_file(&tmp, data)?;
             f.sync_data().map_err(|e| io_err("fsync", &tmp, e))?;
             fs::rename(&tmp, &path).map_err(|e| io_err("rename", &path, e))?;
             sync_dir(&dir).map_err(|e| io_err("fsync", &dir, e))
@@ -159,6 +172,43 @@ impl ChunkStore {
         metrics::counter!(m::CHUNK_STORE_OPS, "op" => "put").increment(1);
         metrics::counter!(m::CHUNK_STORE_WRITTEN_BYTES).increment(data.len() as u64);
         Ok(true)
+    }
+
+    /// Writes `data` to a new file. The block-aligned bulk goes with O_DIRECT from a
+    /// page-aligned buffer, skipping the page cache (the kernel's copy into it costs more CPU
+    /// than the copy into our buffer); the unaligned tail, and filesystems without O_DIRECT,
+    /// use ordinary writes. The caller fsyncs the returned file.
+    fn write_file(&self, path: &Path, data: &[u8]) -> Result<File, ChunkStoreError> {
+        let aligned = data.len() / ALIGN * ALIGN;
+        if aligned > 0 && self.direct.load(Ordering::Relaxed) {
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+            {
+                Ok(f) => {
+                    direct_write(&f, &data[..aligned]).map_err(|e| io_err("write", path, e))?;
+                    drop(f);
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(|e| io_err("open", path, e))?;
+                    f.write_all_at(&data[aligned..], aligned as u64)
+                        .map_err(|e| io_err("write", path, e))?;
+                    return Ok(f);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::info!(path = %path.display(), "filesystem refuses O_DIRECT; using buffered writes");
+                    self.direct.store(false, Ordering::Relaxed);
+                    let _ = fs::remove_file(path);
+                }
+                Err(e) => return Err(io_err("create", path, e)),
+            }
+        }
+        let mut f = File::create(path).map_err(|e| io_err("create", path, e))?;
+        f.write_all(data).map_err(|e| io_err("write", path, e))?;
+        Ok(f)
     }
 
     /// Reads a whole chunk and verifies it. A mismatch quarantines the file and is an error.
@@ -199,6 +249,29 @@ impl ChunkStore {
     }
 }
 
+/// Writes block-aligned `data` at offset 0 of an O_DIRECT file through the thread's staging
+/// buffer, in pieces of at most the buffer's size.
+fn direct_write(f: &File, data: &[u8]) -> io::Result<()> {
+    const STAGE: usize = 4 << 20;
+    STAGING.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(memmap2::MmapMut::map_anon(STAGE)?);
+        }
+        let buf = slot
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no staging buffer"))?;
+        let mut done = 0;
+        while done < data.len() {
+            let n = (data.len() - done).min(STAGE);
+            buf[..n].copy_from_slice(&data[done..done + n]);
+            f.write_all_at(&buf[..n], done as u64)?;
+            done += n;
+        }
+        Ok(())
+    })
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -236,7 +309,12 @@ mod tests {
         bytes[5000] ^= 1;
         fs::write(store.path_of(&id), &bytes).expect("corrupt");
         assert!(matches!(store.get(&id), Err(ChunkStoreError::Corrupt(_))));
-        assert!(dir.path().join("chunks/.quarantine").join(id.to_hex()).exists());
+        assert!(
+            dir.path()
+                .join("chunks/.quarantine")
+                .join(id.to_hex())
+                .exists()
+        );
         assert!(matches!(store.get(&id), Err(ChunkStoreError::Missing(_))));
     }
 
@@ -253,6 +331,11 @@ mod tests {
         }
         let store = ChunkStore::open(dir.path()).expect("reopen");
         assert_eq!(store.usage(), (5, 500));
-        assert_eq!(fs::read_dir(dir.path().join("chunks/.tmp")).expect("ls").count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("chunks/.tmp"))
+                .expect("ls")
+                .count(),
+            0
+        );
     }
 }

@@ -81,7 +81,11 @@ pub async fn run(
     write_node_file(&dir, grpc_addr, metrics_addr, &ctx.config.node_id)?;
     banner(&ctx.config, mode, grpc_addr, metrics_addr, &first);
 
+    // Large HTTP/2 windows: the default 64 KiB window throttles multi-MiB chunk streams.
     let server = tonic::transport::Server::builder()
+        .initial_stream_window_size(16 * 1024 * 1024)
+        .initial_connection_window_size(64 * 1024 * 1024)
+        .tcp_nodelay(true)
         .add_service(storage)
         .add_service(admin)
         .add_service(health_service)

@@ -19,6 +19,9 @@ use crate::metrics as m;
 
 pub struct NodeSupervisor;
 
+/// Stop reasons of a session actor that ended its session on purpose.
+pub const PLANNED_STOPS: &[&str] = &["completed", "aborted", "session expired"];
+
 pub enum SupervisorMsg {
     /// The actor of an open session, spawned (and recovered) if it is not running.
     Session(SessionId, RpcReplyPort<NodeResult<ActorRef<SessionMsg>>>),
@@ -41,7 +44,7 @@ impl SupervisorState {
         myself: &ActorRef<SupervisorMsg>,
         id: SessionId,
     ) -> NodeResult<ActorRef<SessionMsg>> {
-        if !self.ctx.sm.session(&id)?.is_some() {
+        if self.ctx.sm.session(&id)?.is_none() {
             return Err(strata_cluster::Rejection::SessionNotFound.into());
         }
         let args = SessionArgs {
@@ -139,14 +142,26 @@ impl Actor for NodeSupervisor {
         st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match evt {
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
-                if st.forget_actor(&cell).is_none()
-                    && st
-                        .janitor
-                        .as_ref()
-                        .is_some_and(|j| j.get_id() == cell.get_id())
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                let planned = reason
+                    .as_deref()
+                    .is_some_and(|r| PLANNED_STOPS.contains(&r));
+                if let Some(id) = st.forget_actor(&cell) {
+                    if !planned && st.ctx.sm.session(&id)?.is_some() {
+                        // Killed or stopped by someone else while its upload is open: bring it back.
+                        metrics::counter!(m::ACTOR_RESTARTS).increment(1);
+                        tracing::warn!(session = %id, ?reason, "upload session actor stopped unexpectedly; restarting it");
+                        if let Err(e) = st.spawn_session(&myself, id).await {
+                            tracing::warn!(session = %id, error = %e, "session not restarted");
+                        }
+                    }
+                } else if st
+                    .janitor
+                    .as_ref()
+                    .is_some_and(|j| j.get_id() == cell.get_id())
+                    && reason.as_deref() != Some("shutdown")
                 {
-                    tracing::warn!("janitor stopped; restarting it");
+                    tracing::warn!(?reason, "janitor stopped; restarting it");
                     st.spawn_janitor(&myself).await?;
                 }
             }

@@ -28,10 +28,12 @@ use crate::error::{NodeError, NodeResult};
 use crate::metrics as m;
 
 /// Chunks of one PutChunks stream being verified and written at once.
-const PUT_WINDOW: usize = 4;
+const PUT_WINDOW: usize = 8;
 /// Largest data piece of one Get message (clients' default message limit is 4 MiB).
 const GET_PIECE: usize = 1024 * 1024;
 const DEFAULT_PAGE: u32 = 1000;
+/// Chunks of one download read ahead of the one being sent.
+const GET_READ_AHEAD: usize = 3;
 
 pub struct StorageService {
     ctx: Arc<Context>,
@@ -546,10 +548,15 @@ async fn stream_range(
         let ctx = ctx.clone();
         tokio::task::spawn_blocking(move || ctx.store.get(&id))
     };
-    let mut next = wanted.first().map(|c| read(c.id));
-    for (i, c) in wanted.iter().enumerate() {
-        let Some(task) = next.take() else { break };
-        next = wanted.get(i + 1).map(|n| read(n.id));
+    // Up to GET_READ_AHEAD chunks are read and verified while earlier ones are sent.
+    let mut ahead = std::collections::VecDeque::new();
+    let mut next_read = 0;
+    for c in &wanted {
+        while next_read < wanted.len() && ahead.len() < GET_READ_AHEAD {
+            ahead.push_back(read(wanted[next_read].id));
+            next_read += 1;
+        }
+        let Some(task) = ahead.pop_front() else { break };
         let data = match task.await {
             Ok(Ok(d)) => d,
             Ok(Err(e)) => {

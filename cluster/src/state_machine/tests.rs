@@ -1,0 +1,496 @@
+//! State machine tests: scenarios, and a property test that runs random command sequences and
+//! checks determinism and the reference-count invariants after every step.
+
+use std::collections::{BTreeMap, HashMap};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::query::ListQuery;
+
+fn sm() -> (tempfile::TempDir, StateMachine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sm = StateMachine::open(&dir.path().join("meta")).expect("open");
+    (dir, sm)
+}
+
+fn chunk_bytes(i: u8) -> Vec<u8> {
+    vec![i; 100 + i as usize]
+}
+
+fn entry(i: u8) -> ManifestEntry {
+    let b = chunk_bytes(i);
+    ManifestEntry {
+        id: ChunkId::of(&b),
+        len: b.len() as u32,
+    }
+}
+
+fn sid(n: u8) -> SessionId {
+    SessionId::from_bytes([n; 16])
+}
+
+fn bucket() -> BucketName {
+    BucketName::new("bucket").expect("bucket")
+}
+
+fn key(n: u8) -> ObjectKey {
+    ObjectKey::new(&format!("dir/key{n}")).expect("key")
+}
+
+fn open(s: SessionId, tenant: u64, k: u8, chunks: &[u8]) -> Command {
+    let manifest: Vec<ManifestEntry> = chunks.iter().map(|c| entry(*c)).collect();
+    Command::OpenSession {
+        session: s,
+        tenant: TenantId(tenant),
+        bucket: bucket(),
+        key: key(k),
+        size: manifest.iter().map(|e| e.len as u64).sum(),
+        manifest: Some(manifest),
+        content_type: String::new(),
+        now_ms: 1,
+    }
+}
+
+fn add_all(sm: &StateMachine, s: SessionId, tenant: u64, chunks: &[u8]) {
+    let mut offset = 0;
+    for c in chunks {
+        let e = entry(*c);
+        let r = sm.apply(&Command::AddChunk {
+            session: s,
+            tenant: TenantId(tenant),
+            offset,
+            id: e.id,
+            len: e.len,
+            cv: None,
+            now_ms: 2,
+        });
+        assert!(r.is_ok(), "{r:?}");
+        offset += e.len as u64;
+    }
+}
+
+#[test]
+fn upload_complete_read_back() {
+    let (_d, sm) = sm();
+    let s = sid(1);
+    let Response::SessionOpened {
+        existing, resumed, ..
+    } = sm.apply(&open(s, 1, 0, &[1, 2, 3])).expect("open")
+    else {
+        panic!()
+    };
+    assert!(existing.is_empty() && !resumed);
+    add_all(&sm, s, 1, &[1, 2, 3]);
+    let Response::Committed(view) = sm
+        .apply(&Command::CompleteSession {
+            session: s,
+            tenant: TenantId(1),
+            file_hash: [9; 32],
+            now_ms: 3,
+        })
+        .expect("complete")
+    else {
+        panic!()
+    };
+    assert_eq!(
+        view.info.size,
+        entry(1).len as u64 + entry(2).len as u64 + entry(3).len as u64
+    );
+    let v = sm
+        .version(TenantId(1), &bucket(), &key(0), view.info.version)
+        .expect("read")
+        .expect("version");
+    assert_eq!(v.chunks.len(), 3);
+    assert_eq!(v.chunks[1].offset, entry(1).len as u64);
+    assert!(
+        sm.session(&s).expect("read").is_none(),
+        "completed session is gone"
+    );
+    assert_eq!(sm.chunk_refs(&entry(2).id).expect("refs"), 1);
+}
+
+#[test]
+fn incomplete_sessions_cannot_complete_and_change_nothing() {
+    let (_d, sm) = sm();
+    let s = sid(1);
+    sm.apply(&open(s, 1, 0, &[1, 2])).expect("open");
+    add_all(&sm, s, 1, &[1]);
+    let before: Vec<_> = sm
+        .tree
+        .iter()
+        .map(|kv| kv.expect("kv"))
+        .filter(|(k, _)| !k.starts_with(b"m"))
+        .collect();
+    let err = sm
+        .apply(&Command::CompleteSession {
+            session: s,
+            tenant: TenantId(1),
+            file_hash: [0; 32],
+            now_ms: 3,
+        })
+        .expect_err("incomplete");
+    assert!(
+        matches!(err, ApplyError::Rejected(Rejection::Incomplete(ref gaps)) if gaps.len() == 1 && gaps[0].offset == entry(1).len as u64)
+    );
+    let after: Vec<_> = sm
+        .tree
+        .iter()
+        .map(|kv| kv.expect("kv"))
+        .filter(|(k, _)| !k.starts_with(b"m"))
+        .collect();
+    assert_eq!(before, after, "a refused command changed state");
+    // Another tenant cannot complete or abort it.
+    assert!(matches!(
+        sm.apply(&Command::AbortSession {
+            session: s,
+            tenant: Some(TenantId(2)),
+            idle_before_ms: None
+        }),
+        Err(ApplyError::Rejected(Rejection::SessionNotFound))
+    ));
+}
+
+#[test]
+fn dedup_and_resume() {
+    let (_d, sm) = sm();
+    sm.apply(&open(sid(1), 1, 0, &[1, 2])).expect("open");
+    add_all(&sm, sid(1), 1, &[1, 2]);
+    sm.apply(&Command::CompleteSession {
+        session: sid(1),
+        tenant: TenantId(1),
+        file_hash: [0; 32],
+        now_ms: 3,
+    })
+    .expect("complete");
+
+    // Same tenant, chunks 2 and 3: chunk 2 (index 0) is already held.
+    let Response::SessionOpened {
+        existing,
+        bytes_present,
+        ..
+    } = sm.apply(&open(sid(2), 1, 1, &[2, 3])).expect("open")
+    else {
+        panic!()
+    };
+    assert_eq!(existing, vec![0]);
+    assert_eq!(bytes_present, entry(2).len as u64);
+    // Another tenant sees nothing.
+    let Response::SessionOpened { existing, .. } =
+        sm.apply(&open(sid(3), 2, 1, &[2, 3])).expect("open")
+    else {
+        panic!()
+    };
+    assert!(existing.is_empty());
+    // Opening the same file again resumes the open session.
+    let Response::SessionOpened {
+        session,
+        resumed,
+        existing,
+        ..
+    } = sm.apply(&open(sid(4), 1, 1, &[2, 3])).expect("open")
+    else {
+        panic!()
+    };
+    assert_eq!((session, resumed, existing), (sid(2), true, vec![0]));
+}
+
+#[test]
+fn trash_purge_and_collection() {
+    let (_d, sm) = sm();
+    sm.apply(&open(sid(1), 1, 0, &[1, 2])).expect("open");
+    add_all(&sm, sid(1), 1, &[1, 2]);
+    sm.apply(&Command::CompleteSession {
+        session: sid(1),
+        tenant: TenantId(1),
+        file_hash: [0; 32],
+        now_ms: 3,
+    })
+    .expect("complete");
+    let t = TenantId(1);
+    sm.apply(&Command::TrashObject {
+        tenant: t,
+        bucket: bucket(),
+        key: key(0),
+        now_ms: 10,
+        purge_at_ms: 100,
+    })
+    .expect("trash");
+    let b = bucket();
+    let q = |trash| ListQuery {
+        tenant: t,
+        bucket: &b,
+        prefix: "",
+        delimiter: "",
+        limit: 10,
+        start: None,
+        trash,
+    };
+    assert!(sm.list(&q(false)).expect("list").objects.is_empty());
+    assert_eq!(sm.list(&q(true)).expect("list").objects.len(), 1);
+    assert_eq!(sm.trash_due(99, 10).expect("due").len(), 0);
+    assert_eq!(sm.trash_due(100, 10).expect("due").len(), 1);
+    // Too early: nothing happens.
+    assert_eq!(
+        sm.apply(&Command::PurgeObject {
+            tenant: t,
+            bucket: bucket(),
+            key: key(0),
+            now_ms: 50
+        })
+        .expect("purge"),
+        Response::Purged { versions: 0 }
+    );
+    assert!(sm.gc_queue(10).expect("gc").is_empty());
+    assert_eq!(
+        sm.apply(&Command::PurgeObject {
+            tenant: t,
+            bucket: bucket(),
+            key: key(0),
+            now_ms: 100
+        })
+        .expect("purge"),
+        Response::Purged { versions: 1 }
+    );
+    let mut gc = sm.gc_queue(10).expect("gc");
+    gc.sort();
+    let mut want = vec![entry(1).id, entry(2).id];
+    want.sort();
+    assert_eq!(gc, want);
+    // Re-referencing a queued chunk takes it out of the queue.
+    sm.apply(&open(sid(2), 1, 1, &[1])).expect("open");
+    add_all(&sm, sid(2), 1, &[1]);
+    assert_eq!(sm.gc_queue(10).expect("gc"), vec![entry(2).id]);
+    sm.apply(&Command::ChunkCollected { id: entry(2).id })
+        .expect("collected");
+    assert!(sm.gc_queue(10).expect("gc").is_empty());
+}
+
+#[test]
+fn overlapping_chunks_without_manifest_are_refused() {
+    let (_d, sm) = sm();
+    let s = sid(1);
+    sm.apply(&Command::OpenSession {
+        session: s,
+        tenant: TenantId(1),
+        bucket: bucket(),
+        key: key(0),
+        size: 1000,
+        manifest: None,
+        content_type: String::new(),
+        now_ms: 1,
+    })
+    .expect("open");
+    let add = |offset, len| Command::AddChunk {
+        session: s,
+        tenant: TenantId(1),
+        offset,
+        id: ChunkId::of(&[offset as u8]),
+        len,
+        cv: None,
+        now_ms: 2,
+    };
+    sm.apply(&add(100, 100)).expect("first");
+    assert!(matches!(
+        sm.apply(&add(150, 10)),
+        Err(ApplyError::Rejected(Rejection::ChunkOverlap { .. }))
+    ));
+    assert!(matches!(
+        sm.apply(&add(50, 60)),
+        Err(ApplyError::Rejected(Rejection::ChunkOverlap { .. }))
+    ));
+    assert!(matches!(
+        sm.apply(&add(950, 60)),
+        Err(ApplyError::Rejected(Rejection::ChunkOutOfBounds { .. }))
+    ));
+    sm.apply(&add(200, 100)).expect("adjacent");
+    sm.apply(&add(0, 100)).expect("before");
+}
+
+/// Operations of the model test, over small spaces so they collide often.
+#[derive(Debug, Clone)]
+enum Op {
+    Upload {
+        tenant: u64,
+        key: u8,
+        chunks: Vec<u8>,
+        added: usize,
+        complete: bool,
+    },
+    Abort {
+        session: u8,
+    },
+    Trash {
+        tenant: u64,
+        key: u8,
+    },
+    Untrash {
+        tenant: u64,
+        key: u8,
+    },
+    Purge {
+        tenant: u64,
+        key: u8,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (1u64..3, 0u8..3, proptest::collection::vec(0u8..6, 0..5), 0usize..6, any::<bool>())
+            .prop_map(|(tenant, key, chunks, added, complete)| Op::Upload { tenant, key, chunks, added, complete }),
+        1 => (0u8..20).prop_map(|session| Op::Abort { session }),
+        1 => (1u64..3, 0u8..3).prop_map(|(tenant, key)| Op::Trash { tenant, key }),
+        1 => (1u64..3, 0u8..3).prop_map(|(tenant, key)| Op::Untrash { tenant, key }),
+        1 => (1u64..3, 0u8..3).prop_map(|(tenant, key)| Op::Purge { tenant, key }),
+    ]
+}
+
+/// Turns an op into the commands a node would propose (session ids numbered in order).
+fn commands(ops: &[Op]) -> Vec<Command> {
+    let mut out = Vec::new();
+    let mut next = 0u8;
+    for op in ops {
+        match op {
+            Op::Upload {
+                tenant,
+                key: k,
+                chunks,
+                added,
+                complete,
+            } => {
+                next += 1;
+                let s = sid(next);
+                out.push(open(s, *tenant, *k, chunks));
+                let mut offset = 0;
+                for c in chunks.iter().take(*added) {
+                    let e = entry(*c);
+                    out.push(Command::AddChunk {
+                        session: s,
+                        tenant: TenantId(*tenant),
+                        offset,
+                        id: e.id,
+                        len: e.len,
+                        cv: None,
+                        now_ms: 2,
+                    });
+                    offset += e.len as u64;
+                }
+                if *complete {
+                    out.push(Command::CompleteSession {
+                        session: s,
+                        tenant: TenantId(*tenant),
+                        file_hash: [0; 32],
+                        now_ms: 3,
+                    });
+                }
+            }
+            Op::Abort { session } => out.push(Command::AbortSession {
+                session: sid(*session),
+                tenant: None,
+                idle_before_ms: None,
+            }),
+            Op::Trash { tenant, key: k } => out.push(Command::TrashObject {
+                tenant: TenantId(*tenant),
+                bucket: bucket(),
+                key: key(*k),
+                now_ms: 5,
+                purge_at_ms: 6,
+            }),
+            Op::Untrash { tenant, key: k } => out.push(Command::UntrashObject {
+                tenant: TenantId(*tenant),
+                bucket: bucket(),
+                key: key(*k),
+            }),
+            Op::Purge { tenant, key: k } => out.push(Command::PurgeObject {
+                tenant: TenantId(*tenant),
+                bucket: bucket(),
+                key: key(*k),
+                now_ms: 10,
+            }),
+        }
+    }
+    out
+}
+
+/// Checks that reference counts match the references that exist.
+fn check_refs(sm: &StateMachine) -> Result<(), TestCaseError> {
+    let mut expected: HashMap<(ChunkId, u64), u64> = HashMap::new();
+    for kv in sm.tree.iter() {
+        let (k, v) = kv.expect("kv");
+        match k[0] {
+            keys::VERSION => {
+                let tenant = keys::be_u64(&k, 1).expect("tenant");
+                let rec: VersionRecord = decode("version", &v).expect("decode");
+                for c in rec.chunks {
+                    *expected.entry((c.id, tenant)).or_default() += 1;
+                }
+            }
+            keys::SESSION_CHUNK => {
+                let s = SessionId::from_bytes(k[1..17].try_into().expect("sid"));
+                let rec = sm
+                    .session(&s)
+                    .expect("read")
+                    .expect("a session chunk without its session");
+                let c: SessionChunk = decode("session chunk", &v).expect("decode");
+                *expected.entry((c.id, rec.tenant.0)).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+    let mut global: HashMap<ChunkId, u64> = HashMap::new();
+    for ((id, t), n) in &expected {
+        let meta = sm
+            .tenant_chunk(id, TenantId(*t))
+            .expect("read")
+            .expect("missing tenant ref record");
+        prop_assert_eq!(meta.refs, *n, "tenant refs of {:?}", id);
+        *global.entry(*id).or_default() += n;
+    }
+    for c in 0..6 {
+        let id = entry(c).id;
+        let want = global.get(&id).copied().unwrap_or(0);
+        prop_assert_eq!(
+            sm.chunk_refs(&id).expect("refs"),
+            want,
+            "global refs of chunk {}",
+            c
+        );
+        let queued = sm.gc_queue(100).expect("gc").contains(&id);
+        if want > 0 {
+            prop_assert!(!queued, "referenced chunk {} is queued for collection", c);
+        }
+        for t in 1..3 {
+            if !expected.contains_key(&(id, t)) {
+                prop_assert!(
+                    sm.tenant_chunk(&id, TenantId(t)).expect("read").is_none(),
+                    "stale tenant ref record"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn dump(sm: &StateMachine) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    sm.tree
+        .iter()
+        .map(|kv| kv.expect("kv"))
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn random_histories_keep_refcounts_and_are_deterministic(ops in proptest::collection::vec(op(), 1..25)) {
+        let (_d1, a) = sm();
+        let (_d2, b) = sm();
+        for cmd in commands(&ops) {
+            let ra = a.apply(&cmd).map_err(|e| e.to_string());
+            let rb = b.apply(&cmd).map_err(|e| e.to_string());
+            prop_assert_eq!(ra, rb);
+            check_refs(&a)?;
+        }
+        prop_assert_eq!(dump(&a), dump(&b));
+    }
+}
