@@ -102,7 +102,7 @@ impl StateMachine {
                 break;
             }
             let tenant = TenantId(keys::be_u64(&k, 9).unwrap_or(0));
-            let rest = &k[17..];
+            let Some(rest) = k.get(17..) else { continue };
             let Some(nul) = rest.iter().position(|b| *b == 0) else {
                 continue;
             };

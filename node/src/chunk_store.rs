@@ -233,6 +233,22 @@ impl ChunkStore {
         Ok(Bytes::from(data))
     }
 
+    /// Every chunk id held, in no particular order (a walk of the directories).
+    pub fn ids(&self) -> Vec<ChunkId> {
+        let mut out = Vec::new();
+        for sub in fs::read_dir(&self.root).into_iter().flatten().flatten() {
+            if sub.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            for f in fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+                if let Some(id) = f.file_name().to_str().and_then(ChunkId::from_hex) {
+                    out.push(id);
+                }
+            }
+        }
+        out
+    }
+
     /// Removes a chunk's file (no error if it is already gone).
     pub fn delete(&self, id: &ChunkId) -> Result<(), ChunkStoreError> {
         let path = self.path_of(id);

@@ -26,6 +26,8 @@ pub struct JanitorState {
     ctx: Arc<Context>,
     supervisor: ActorRef<SupervisorMsg>,
     last_sweep: Option<Instant>,
+    /// Whether this run of the node has looked for orphan chunk files yet.
+    orphans_checked: bool,
 }
 
 impl Actor for Janitor {
@@ -39,10 +41,13 @@ impl Actor for Janitor {
         (ctx, supervisor): Self::Arguments,
     ) -> Result<JanitorState, ActorProcessingErr> {
         myself.send_interval(ctx.config.janitor_interval, || JanitorMsg::Sweep(None));
+        // The first sweep runs at start (it also looks for orphan chunk files).
+        myself.cast(JanitorMsg::Sweep(None))?;
         Ok(JanitorState {
             ctx,
             supervisor,
             last_sweep: None,
+            orphans_checked: false,
         })
     }
 
@@ -58,6 +63,22 @@ impl Actor for Janitor {
             .last_sweep
             .is_some_and(|t| t.elapsed() < st.ctx.config.janitor_interval / 2);
         if reply.is_some() || !recent {
+            if !st.orphans_checked {
+                match collect_orphans(&st.ctx).await {
+                    Ok(n) => {
+                        st.orphans_checked = true;
+                        if n > 0 {
+                            tracing::info!(
+                                chunks = n,
+                                "deleted orphan chunk files left by an earlier crash"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "orphan chunk check failed; retrying next interval")
+                    }
+                }
+            }
             if let Err(e) = sweep(st).await {
                 tracing::warn!(error = %e, "janitor sweep failed; retrying next interval");
             }
@@ -68,6 +89,26 @@ impl Actor for Janitor {
         }
         Ok(())
     }
+}
+
+/// Deletes chunk files nothing references and the GC queue does not know: a crash between a
+/// chunk's durable write and its AddChunk leaves one (it was never acknowledged). Runs once
+/// per node start. A write in progress holds the chunk's lock until its AddChunk is applied, so
+/// checking the references under that lock never races with it.
+async fn collect_orphans(ctx: &Arc<Context>) -> anyhow::Result<usize> {
+    let c = ctx.clone();
+    let ids = tokio::task::spawn_blocking(move || c.store.ids()).await?;
+    let mut deleted = 0;
+    for id in ids {
+        let _lock = ctx.lock_chunk(&id).await;
+        if ctx.sm.chunk_refs(&id)? == 0 {
+            let c = ctx.clone();
+            tokio::task::spawn_blocking(move || c.store.delete(&id)).await??;
+            metrics::counter!(m::CHUNKS_COLLECTED).increment(1);
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
 }
 
 async fn sweep(st: &JanitorState) -> anyhow::Result<()> {

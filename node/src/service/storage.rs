@@ -572,8 +572,8 @@ async fn stream_range(
                 return;
             }
         };
-        let lo = start.saturating_sub(c.offset) as usize;
-        let hi = ((end - c.offset) as usize).min(data.len());
+        let hi = (end.saturating_sub(c.offset) as usize).min(data.len());
+        let lo = (start.saturating_sub(c.offset) as usize).min(hi);
         let mut piece = data.slice(lo..hi);
         while !piece.is_empty() {
             let part = piece.split_to(piece.len().min(GET_PIECE));
