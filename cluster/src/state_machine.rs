@@ -498,7 +498,7 @@ fn add_chunk(
     now_ms: i64,
 ) -> Result<Response, ApplyError> {
     let mut rec = load_session(tx, session, Some(tenant))?;
-    let end = offset + len as u64;
+    let end = offset.saturating_add(len as u64);
     if end > rec.size {
         return Err(Rejection::ChunkOutOfBounds {
             offset,
@@ -585,7 +585,7 @@ pub fn gaps(chunks: &[(u64, SessionChunk)], size: u64) -> Vec<Gap> {
                 len: offset - at,
             });
         }
-        at = at.max(offset + c.len as u64);
+        at = at.max(offset.saturating_add(c.len as u64));
     }
     if at < size {
         out.push(Gap {

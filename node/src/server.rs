@@ -21,6 +21,9 @@ use crate::service::admin::{AdminService, create_tenant};
 use crate::service::storage::StorageService;
 use crate::{auth, metrics};
 
+/// How long a stopping node waits for in-flight requests.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How the node was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -81,6 +84,7 @@ pub async fn run(
     write_node_file(&dir, grpc_addr, metrics_addr, &ctx.config.node_id)?;
     banner(&ctx.config, mode, grpc_addr, metrics_addr, &first);
 
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     // Large HTTP/2 windows: the default 64 KiB window throttles multi-MiB chunk streams.
     let server = tonic::transport::Server::builder()
         .initial_stream_window_size(16 * 1024 * 1024)
@@ -90,9 +94,27 @@ pub async fn run(
         .add_service(admin)
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown);
-    let result = server.await;
-    tracing::info!("shutting down: requests drained, stopping actors");
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+    // After the signal, in-flight requests get DRAIN_TIMEOUT to finish (a client holding a
+    // stream open must not keep the node from stopping).
+    let drain_deadline = async move {
+        let _ = stop_rx.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let result = tokio::select! {
+        r = server => {
+            tracing::info!("requests drained");
+            r
+        }
+        _ = drain_deadline => {
+            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "requests still running after the drain timeout; stopping anyway");
+            Ok(())
+        }
+    };
+    tracing::info!("shutting down: stopping actors, flushing metadata");
     supervisor.stop(Some("shutdown".into()));
     let _ = supervisor_handle.await;
     ctx.sm.flush().await?;

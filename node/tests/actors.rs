@@ -47,7 +47,7 @@ async fn killed_session_actor_is_restarted_with_its_state() {
         size: whole.len() as u64,
         manifest: Some(manifest),
         content_type: String::new(),
-        now_ms: 1,
+        now_ms: strata_node::context::now_ms(),
     })
     .await
     .expect("open");

@@ -482,3 +482,38 @@ async fn ranges_past_the_end_are_out_of_range() {
         Code::NotFound
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_sizes_and_offsets_are_refused() {
+    let node = Node::start();
+    let mut s = node.storage().await;
+    assert_eq!(
+        code(create(&mut s, "bucket", "huge", u64::MAX, vec![]).await),
+        Code::InvalidArgument
+    );
+    let up = create(&mut s, "bucket", "ok", 1 << 40, vec![])
+        .await
+        .expect("create 1 TiB session");
+    let d = b"abc".to_vec();
+    let id = *blake3::hash(&d).as_bytes();
+    for offset in [u64::MAX - 1, (1 << 40) - 2] {
+        let err = put_raw(&mut s, &up.session_id, vec![(offset, id, d.clone())])
+            .await
+            .expect_err("past the end");
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "offset {offset}: {err:?}"
+        );
+    }
+    assert_eq!(node.status().await.chunk_count, 0);
+    // A manifest that does not add up to the size.
+    let m = vec![pb::ChunkRef {
+        id: id.to_vec().into(),
+        len: 3,
+    }];
+    assert_eq!(
+        code(create(&mut s, "bucket", "sum", 4, m).await),
+        Code::InvalidArgument
+    );
+}

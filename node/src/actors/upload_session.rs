@@ -262,7 +262,7 @@ impl SessionState {
                 "chunk at offset {offset} is {len} bytes, over the {max}-byte limit"
             )));
         }
-        let end = offset + len as u64;
+        let end = offset.saturating_add(len as u64);
         if end > self.rec.size {
             return Err(Rejection::ChunkOutOfBounds {
                 offset,

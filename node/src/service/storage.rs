@@ -32,6 +32,8 @@ const PUT_WINDOW: usize = 8;
 /// Largest data piece of one Get message (clients' default message limit is 4 MiB).
 const GET_PIECE: usize = 1024 * 1024;
 const DEFAULT_PAGE: u32 = 1000;
+/// Largest object: 1 PiB (keeps every offset arithmetic far from overflow).
+const MAX_OBJECT_BYTES: u64 = 1 << 50;
 /// Chunks of one download read ahead of the one being sent.
 const GET_READ_AHEAD: usize = 3;
 
@@ -97,6 +99,12 @@ impl pb::storage_server::Storage for StorageService {
             let key = convert::key(&r.key)?;
             let max_chunk = self.ctx.config.max_chunk_bytes;
             let manifest = convert::manifest(&r.manifest, max_chunk)?;
+            if r.size > MAX_OBJECT_BYTES {
+                return Err(NodeError::InvalidArgument(format!(
+                    "size {} is over the {MAX_OBJECT_BYTES}-byte (1 PiB) object limit",
+                    r.size
+                )));
+            }
             if r.content_type.len() > 256 {
                 return Err(NodeError::InvalidArgument(
                     "content_type is longer than 256 bytes".into(),
