@@ -7,11 +7,11 @@
 //! whole store is one directory that can live on its own disk. All methods block: call them
 //! from spawn_blocking.
 
-use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -68,10 +68,14 @@ pub struct ChunkStore {
 /// the devices we run on.
 const ALIGN: usize = 4096;
 
-thread_local! {
-    /// A page-aligned staging buffer per blocking thread for O_DIRECT writes.
-    static STAGING: RefCell<Option<memmap2::MmapMut>> = const { RefCell::new(None) };
-}
+/// Size of one staging buffer; larger chunks are written through it in pieces.
+const STAGE: usize = 4 << 20;
+/// Staging buffers kept for reuse; more may exist while more writes run at once.
+const STAGING_KEPT: usize = 8;
+
+/// Page-aligned staging buffers for O_DIRECT writes, shared by all writer threads so resident
+/// memory follows the number of concurrent writes, not the number of threads.
+static STAGING: Mutex<Vec<memmap2::MmapMut>> = Mutex::new(Vec::new());
 
 impl ChunkStore {
     /// Opens (creating if needed) the store under `dir`, counting what it holds.
@@ -268,24 +272,27 @@ impl ChunkStore {
 /// Writes block-aligned `data` at offset 0 of an O_DIRECT file through the thread's staging
 /// buffer, in pieces of at most the buffer's size.
 fn direct_write(f: &File, data: &[u8]) -> io::Result<()> {
-    const STAGE: usize = 4 << 20;
-    STAGING.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(memmap2::MmapMut::map_anon(STAGE)?);
+    let pooled = STAGING.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    let mut buf = match pooled {
+        Some(b) => b,
+        None => memmap2::MmapMut::map_anon(STAGE)?,
+    };
+    let mut result = Ok(());
+    let mut done = 0;
+    while done < data.len() {
+        let n = (data.len() - done).min(STAGE);
+        buf[..n].copy_from_slice(&data[done..done + n]);
+        if let Err(e) = f.write_all_at(&buf[..n], done as u64) {
+            result = Err(e);
+            break;
         }
-        let buf = slot
-            .as_mut()
-            .ok_or_else(|| io::Error::other("no staging buffer"))?;
-        let mut done = 0;
-        while done < data.len() {
-            let n = (data.len() - done).min(STAGE);
-            buf[..n].copy_from_slice(&data[done..done + n]);
-            f.write_all_at(&buf[..n], done as u64)?;
-            done += n;
-        }
-        Ok(())
-    })
+        done += n;
+    }
+    let mut pool = STAGING.lock().unwrap_or_else(|p| p.into_inner());
+    if pool.len() < STAGING_KEPT {
+        pool.push(buf);
+    }
+    result
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
