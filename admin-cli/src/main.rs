@@ -509,6 +509,15 @@ async fn download_to_file(
     path: &Path,
     progress: &dyn Progress,
 ) -> anyhow::Result<transfer::DownloadReport> {
+    // A device, pipe or socket (e.g. /dev/null) is written in place: there is nothing to
+    // rename over, and replacing it would be wrong.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        return transfer::download(storage, req, &mut out, progress).await;
+    }
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -115,3 +115,32 @@ fn errors_are_one_line_with_non_zero_exit() {
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json error");
     assert!(v["error"].as_str().expect("error").contains("not found"));
 }
+
+#[test]
+fn get_to_a_device_writes_in_place() {
+    let node = Node::start();
+    let src = write_file(node.root.path(), "f", &data(100_000, 3));
+    let put = node.cli(&["put", src.to_str().expect("path"), "devices/f"]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let got = node.cli(&["get", "devices/f", "-o", "/dev/null"]);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::metadata("/dev/null")
+            .expect("stat")
+            .file_type()
+            .is_char_device(),
+        "/dev/null was replaced"
+    );
+    let stdout = node.cli(&["get", "devices/f", "-o", "-"]);
+    assert!(stdout.status.success());
+    assert_eq!(stdout.stdout.len(), 100_000);
+}
