@@ -12,6 +12,7 @@ pub mod ids;
 mod keys;
 pub mod names;
 pub mod query;
+pub mod raft;
 pub mod records;
 pub mod state_machine;
 

@@ -104,7 +104,7 @@ pub struct TrashState {
 }
 
 /// What a caller sees of an object version.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectView {
     pub bucket: BucketName,
     pub key: ObjectKey,

@@ -18,22 +18,26 @@ use crate::records::*;
 pub struct StateMachine {
     pub(crate) db: sled::Db,
     pub(crate) tree: sled::Tree,
-    write: Mutex<()>,
+    pub(crate) write: Mutex<()>,
 }
 
 impl StateMachine {
     pub fn open(path: &Path) -> Result<StateMachine, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(64 * 1024 * 1024)
-            .flush_every_ms(Some(500))
-            .open()?;
+        StateMachine::with_db(open_db(path)?)
+    }
+
+    /// The state machine in an open sled database (which the Raft log store may share).
+    pub fn with_db(db: sled::Db) -> Result<StateMachine, StoreError> {
         let tree = db.open_tree("state")?;
         Ok(StateMachine {
             db,
             tree,
             write: Mutex::new(()),
         })
+    }
+
+    pub fn db(&self) -> &sled::Db {
+        &self.db
     }
 
     /// Makes every applied command durable.
@@ -51,11 +55,30 @@ impl StateMachine {
             .unwrap_or(0))
     }
 
+    /// Applies a command outside Raft (tests, tools): counts it in the `applied` counter.
     pub fn apply(&self, cmd: &Command) -> Result<Response, ApplyError> {
         let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let mut tx = Txn::new(&self.tree);
         let applied = self.applied()? + 1;
-        tx.put_raw(keys::meta("applied"), applied.to_be_bytes().to_vec());
+        let meta = [(keys::meta("applied"), applied.to_be_bytes().to_vec())];
+        self.apply_locked(Some(cmd), &meta)
+    }
+
+    /// Applies `cmd` (or nothing, for Raft's blank and membership entries) and writes `meta`
+    /// (e.g. the Raft log id now applied) in the same atomic batch, also when the command is
+    /// refused. The caller holds the write lock.
+    pub(crate) fn apply_locked(
+        &self,
+        cmd: Option<&Command>,
+        meta: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<Response, ApplyError> {
+        let mut tx = Txn::new(&self.tree);
+        for (k, v) in meta {
+            tx.put_raw(k.clone(), v.clone());
+        }
+        let Some(cmd) = cmd else {
+            tx.commit()?;
+            return Ok(Response::Done);
+        };
         let out = match cmd {
             Command::CreateTenant {
                 name,
@@ -142,14 +165,25 @@ impl StateMachine {
             }
             Err(ApplyError::Rejected(r)) => {
                 // A refused command changes nothing but still counts as applied.
-                let mut only_index = Txn::new(&self.tree);
-                only_index.put_raw(keys::meta("applied"), applied.to_be_bytes().to_vec());
-                only_index.commit()?;
+                let mut only_meta = Txn::new(&self.tree);
+                for (k, v) in meta {
+                    only_meta.put_raw(k.clone(), v.clone());
+                }
+                only_meta.commit()?;
                 Err(ApplyError::Rejected(r))
             }
             Err(e) => Err(e),
         }
     }
+}
+
+/// Opens the node's metadata database.
+pub fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    Ok(sled::Config::new()
+        .path(path)
+        .cache_capacity(64 * 1024 * 1024)
+        .flush_every_ms(Some(500))
+        .open()?)
 }
 
 /// Reads through pending writes; commits them as one batch.
