@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "proto/strata/v1/storage.proto",
                 "proto/strata/v1/admin.proto",
+                "proto/strata/v1/cluster.proto",
             ],
             &["proto"],
         )?;

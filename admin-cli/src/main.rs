@@ -91,6 +91,10 @@ enum Cmd {
         /// List the trash instead.
         #[arg(long)]
         trash: bool,
+        /// Read this node's replica without a consistency check (faster; works without a
+        /// quorum; may miss the latest writes).
+        #[arg(long)]
+        stale: bool,
     },
     /// Show an object's metadata.
     Stat {
@@ -289,6 +293,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             path,
             recursive,
             trash,
+            stale,
         } => {
             let (bucket, prefix) = match path.split_once('/') {
                 Some((b, p)) => (b.to_owned(), p.to_owned()),
@@ -310,6 +315,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         page_size: 1000,
                         page_token: token.clone(),
                         trash: *trash,
+                        stale: *stale,
                     })
                     .await
                     .map_err(|s| status_error("list", s))?

@@ -177,6 +177,9 @@ impl StateMachine {
     }
 }
 
+/// The metadata database handle (sled), shared by the state machine and the Raft log.
+pub type MetaDb = sled::Db;
+
 /// Opens the node's metadata database.
 pub fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
     Ok(sled::Config::new()

@@ -21,6 +21,9 @@ pub const KEYS: &[&str] = &[
     "trash_retention",
     "janitor_interval",
     "log",
+    "advertise",
+    "join",
+    "cluster_secret",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +52,13 @@ pub struct Config {
     pub janitor_interval: Duration,
     /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "strata_node=debug".
     pub log: String,
+    /// The gRPC URL other nodes use to reach this one (default: http://<listen>).
+    pub advertise: String,
+    /// gRPC URL of a cluster member to join at first start (empty: do not join).
+    pub join: String,
+    /// The secret members present to each other. Created by the node that initializes the
+    /// cluster (saved in <data_dir>/cluster.secret); a joining node must be given it.
+    pub cluster_secret: String,
 }
 
 impl Default for Config {
@@ -64,6 +74,9 @@ impl Default for Config {
             trash_retention: Duration::from_secs(7 * 24 * 3600),
             janitor_interval: Duration::from_secs(30),
             log: "info".into(),
+            advertise: String::new(),
+            join: String::new(),
+            cluster_secret: String::new(),
         }
     }
 }
@@ -79,6 +92,10 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<String>,
 }
 
 pub const MAX_CHUNK_LIMIT: u32 = 64 * 1024 * 1024;

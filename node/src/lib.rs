@@ -11,5 +11,6 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod metrics;
+pub mod raft;
 pub mod server;
 pub mod service;

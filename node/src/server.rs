@@ -7,8 +7,12 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use ractor::Actor;
+use std::time::Duration;
+
+use strata_cluster::state_machine::open_db;
 use strata_cluster::{Command, StateMachine, TokenHash};
 use strata_proto::v1::admin_server::AdminServer;
+use strata_proto::v1::cluster_server::ClusterServer;
 use strata_proto::v1::storage_server::StorageServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -17,6 +21,8 @@ use crate::actors::supervisor::NodeSupervisor;
 use crate::chunk_store::ChunkStore;
 use crate::config::Config;
 use crate::context::{Context, now_ms};
+use crate::raft::Cluster;
+use crate::raft::service::ClusterService;
 use crate::service::admin::{AdminService, create_tenant};
 use crate::service::storage::StorageService;
 use crate::{auth, metrics};
@@ -43,6 +49,7 @@ pub struct FirstRun {
 pub async fn run(
     config: Config,
     mode: Mode,
+    init: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let dir = config.data_dir.clone();
@@ -50,16 +57,36 @@ pub async fn run(
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     let store = ChunkStore::open(&dir)
         .with_context(|| format!("cannot open chunk store in {}", dir.display()))?;
-    let sm = StateMachine::open(&dir.join("meta"))
+    let db = open_db(&dir.join("meta"))
         .with_context(|| format!("cannot open metadata in {}", dir.join("meta").display()))?;
+    let sm = Arc::new(StateMachine::with_db(db.clone())?);
 
     let grpc = bind(config.listen, mode).await?;
     let grpc_addr = grpc.local_addr()?;
     let metrics_addr = free_addr(config.metrics_listen, mode).await?;
     metrics::install(metrics_addr)?;
 
-    let ctx = Arc::new(Context::new(config, store, sm));
-    let first = first_run(&ctx, mode).await?;
+    let advertise = if config.advertise.is_empty() {
+        format!("http://{grpc_addr}")
+    } else {
+        config.advertise.clone()
+    };
+    if config.advertise.is_empty() && grpc_addr.ip().is_unspecified() {
+        tracing::warn!(
+            "listening on {grpc_addr} without `advertise`: other nodes will be told {advertise}, which they cannot reach"
+        );
+    }
+    let secret_file = dir.join("cluster.secret");
+    let secret = if !config.cluster_secret.is_empty() {
+        config.cluster_secret.clone()
+    } else {
+        std::fs::read_to_string(&secret_file)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let cluster = Cluster::start(&dir, &db, sm.clone(), advertise, secret.clone()).await?;
+    let join = config.join.clone();
+    let ctx = Arc::new(Context::new(config, store, sm, cluster));
     let (supervisor, supervisor_handle) =
         Actor::spawn(Some("node-supervisor".into()), NodeSupervisor, ctx.clone())
             .await
@@ -73,6 +100,9 @@ pub async fn run(
         ctx.clone(),
         format!("http://{grpc_addr}"),
     ));
+    let internal = ClusterServer::new(ClusterService::new(ctx.clone()))
+        .max_decoding_message_size(256 * 1024 * 1024)
+        .max_encoding_message_size(256 * 1024 * 1024);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<StorageServer<StorageService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
@@ -80,9 +110,6 @@ pub async fn run(
         .register_encoded_file_descriptor_set(strata_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-
-    write_node_file(&dir, grpc_addr, metrics_addr, &ctx.config.node_id)?;
-    banner(&ctx.config, mode, grpc_addr, metrics_addr, &first);
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     // Large HTTP/2 windows: the default 64 KiB window throttles multi-MiB chunk streams.
@@ -92,12 +119,28 @@ pub async fn run(
         .tcp_nodelay(true)
         .add_service(storage)
         .add_service(admin)
+        .add_service(internal)
         .add_service(health_service)
         .add_service(reflection)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
+    // Serve at once: a joining node must be reachable while the leader replicates to it.
+    let server = tokio::spawn(server);
+
+    let bootstrapped = bootstrap(&ctx, mode, init, &join, &secret_file).await?;
+    let first = if bootstrapped {
+        first_run(&ctx, mode).await?
+    } else {
+        FirstRun {
+            admin_token: None,
+            tenant_token: None,
+        }
+    };
+    write_node_file(&dir, grpc_addr, metrics_addr, &ctx.config.node_id)?;
+    banner(&ctx.config, mode, grpc_addr, metrics_addr, &first);
+
     // After the signal, in-flight requests get DRAIN_TIMEOUT to finish (a client holding a
     // stream open must not keep the node from stopping).
     let drain_deadline = async move {
@@ -107,19 +150,83 @@ pub async fn run(
     let result = tokio::select! {
         r = server => {
             tracing::info!("requests drained");
-            r
+            r.map_err(|e| anyhow::anyhow!("server task: {e}"))?
         }
         _ = drain_deadline => {
             tracing::warn!(timeout = ?DRAIN_TIMEOUT, "requests still running after the drain timeout; stopping anyway");
             Ok(())
         }
     };
-    tracing::info!("shutting down: stopping actors, flushing metadata");
+    tracing::info!("shutting down: stopping actors and raft, flushing metadata");
     supervisor.stop(Some("shutdown".into()));
     let _ = supervisor_handle.await;
+    let _ = ctx.cluster.raft.shutdown().await;
     ctx.sm.flush().await?;
     let _ = std::fs::remove_file(dir.join("node.json"));
     result.context("gRPC server failed")
+}
+
+/// Brings an uninitialized node into a cluster: joins through `join`, or (dev mode, --init)
+/// starts a new one-node cluster with a fresh secret. Returns whether this node created the
+/// cluster (and so should create the first-run credentials).
+async fn bootstrap(
+    ctx: &Context,
+    mode: Mode,
+    init: bool,
+    join: &str,
+    secret_file: &Path,
+) -> anyhow::Result<bool> {
+    let cluster = &ctx.cluster;
+    if cluster.is_initialized().await {
+        if cluster.peers.secret().is_empty() {
+            anyhow::bail!(
+                "this node belongs to a cluster but has no cluster secret: restore {} or set cluster_secret",
+                secret_file.display()
+            );
+        }
+        return Ok(mode == Mode::Dev);
+    }
+    if !join.is_empty() {
+        let secret = cluster.peers.secret();
+        if secret.is_empty() {
+            anyhow::bail!(
+                "joining {join} needs the cluster secret: set cluster_secret (STRATA_CLUSTER_SECRET) to the content of the first node's cluster.secret"
+            );
+        }
+        write_secret(secret_file, &secret)?;
+        tracing::info!(via = join, "joining the cluster");
+        cluster.join(join, Duration::from_secs(120)).await?;
+        return Ok(false);
+    }
+    if mode == Mode::Dev || init {
+        if cluster.peers.secret().is_empty() {
+            let secret = auth::new_token().replacen("stk_", "sks_", 1);
+            write_secret(secret_file, &secret)?;
+            cluster.peers.set_secret(secret);
+        }
+        cluster.init_single().await?;
+        tracing::info!(raft_id = cluster.id, "initialized a new cluster");
+        return Ok(true);
+    }
+    println!(
+        "This node is not part of a cluster yet. Start it with --init to create one, or with --join <url> and the cluster secret to join one."
+    );
+    Ok(false)
+}
+
+/// A single-node context on `config.data_dir`, initialized and leading, without gRPC: for
+/// tests and tools that drive the actors directly.
+pub async fn open_single_node(config: Config) -> anyhow::Result<Arc<Context>> {
+    let dir = config.data_dir.clone();
+    std::fs::create_dir_all(&dir)?;
+    let store = ChunkStore::open(&dir)?;
+    let db = open_db(&dir.join("meta"))?;
+    let sm = Arc::new(StateMachine::with_db(db.clone())?);
+    let secret = auth::new_token();
+    let cluster =
+        Cluster::start(&dir, &db, sm.clone(), "http://127.0.0.1:1".into(), secret).await?;
+    cluster.init_single().await?;
+    Ok(Arc::new(Context::new(config, store, sm, cluster)))
 }
 
 async fn bind(addr: SocketAddr, mode: Mode) -> anyhow::Result<TcpListener> {

@@ -1,18 +1,15 @@
 //! The supervisor restarts a session actor that dies mid-upload, and the new actor recovers the
 //! session from the state machine.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ractor::Actor;
 use strata_cluster::records::ManifestEntry;
-use strata_cluster::{ChunkId, Command, SessionId, StateMachine, TenantId};
+use strata_cluster::{ChunkId, Command, SessionId, TenantId};
 use strata_node::actors::supervisor::{NodeSupervisor, call, session_actor};
 use strata_node::actors::upload_session::SessionMsg;
-use strata_node::chunk_store::ChunkStore;
 use strata_node::config::Config;
-use strata_node::context::Context;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_session_actor_is_restarted_with_its_state() {
@@ -21,9 +18,9 @@ async fn killed_session_actor_is_restarted_with_its_state() {
         data_dir: dir.path().to_owned(),
         ..Config::default()
     };
-    let store = ChunkStore::open(dir.path()).expect("store");
-    let sm = StateMachine::open(&dir.path().join("meta")).expect("sm");
-    let ctx = Arc::new(Context::new(config, store, sm));
+    let ctx = strata_node::server::open_single_node(config)
+        .await
+        .expect("single node");
     let (sup, _handle) = Actor::spawn(None, NodeSupervisor, ctx.clone())
         .await
         .expect("supervisor");

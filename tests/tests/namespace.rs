@@ -187,6 +187,7 @@ async fn listing_with_folders_and_pages() {
             page_size,
             page_token,
             trash: false,
+            stale: false,
         };
 
     // Folders at the top.

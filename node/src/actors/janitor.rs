@@ -14,6 +14,8 @@ use crate::metrics as m;
 
 /// Work items handled per sweep and step.
 const BATCH: usize = 1000;
+/// Sweeps between two orphan chunk checks (also run at start).
+const ORPHAN_CHECK_EVERY: u32 = 20;
 
 pub struct Janitor;
 
@@ -26,8 +28,8 @@ pub struct JanitorState {
     ctx: Arc<Context>,
     supervisor: ActorRef<SupervisorMsg>,
     last_sweep: Option<Instant>,
-    /// Whether this run of the node has looked for orphan chunk files yet.
-    orphans_checked: bool,
+    /// Sweeps until the next orphan chunk check (0: at the next sweep).
+    orphan_countdown: u32,
 }
 
 impl Actor for Janitor {
@@ -47,7 +49,7 @@ impl Actor for Janitor {
             ctx,
             supervisor,
             last_sweep: None,
-            orphans_checked: false,
+            orphan_countdown: 0,
         })
     }
 
@@ -63,10 +65,10 @@ impl Actor for Janitor {
             .last_sweep
             .is_some_and(|t| t.elapsed() < st.ctx.config.janitor_interval / 2);
         if reply.is_some() || !recent {
-            if !st.orphans_checked {
+            if st.orphan_countdown == 0 {
                 match collect_orphans(&st.ctx).await {
                     Ok(n) => {
-                        st.orphans_checked = true;
+                        st.orphan_countdown = ORPHAN_CHECK_EVERY;
                         if n > 0 {
                             tracing::info!(
                                 chunks = n,
@@ -93,7 +95,7 @@ impl Actor for Janitor {
 
 /// Deletes chunk files nothing references and the GC queue does not know: a crash between a
 /// chunk's durable write and its AddChunk leaves one (it was never acknowledged). Runs once
-/// per node start. A write in progress holds the chunk's lock until its AddChunk is applied, so
+/// per node start and every ORPHAN_CHECK_EVERY sweeps. A write in progress holds the chunk's lock until its AddChunk is applied, so
 /// checking the references under that lock never races with it.
 async fn collect_orphans(ctx: &Arc<Context>) -> anyhow::Result<usize> {
     let c = ctx.clone();
@@ -115,8 +117,16 @@ async fn sweep(st: &JanitorState) -> anyhow::Result<()> {
     let ctx = &st.ctx;
     let now = now_ms();
 
+    // Expiry and purge are cluster-wide decisions: the leader's janitor makes them (any node
+    // could, the commands are idempotent, but one proposer avoids duplicate work).
+    let leader = ctx.cluster.is_leader();
     let idle_before = now - ctx.config.session_idle_timeout.as_millis() as i64;
-    for session in ctx.sm.idle_sessions(idle_before)?.into_iter().take(BATCH) {
+    let idle = if leader {
+        ctx.sm.idle_sessions(idle_before)?
+    } else {
+        Vec::new()
+    };
+    for session in idle.into_iter().take(BATCH) {
         let _ = st.supervisor.cast(SupervisorMsg::Forget(session));
         let cmd = Command::AbortSession {
             session,
@@ -132,7 +142,12 @@ async fn sweep(st: &JanitorState) -> anyhow::Result<()> {
         }
     }
 
-    for (tenant, bucket, key) in ctx.sm.trash_due(now, BATCH)? {
+    let due = if leader {
+        ctx.sm.trash_due(now, BATCH)?
+    } else {
+        Vec::new()
+    };
+    for (tenant, bucket, key) in due {
         let cmd = Command::PurgeObject {
             tenant,
             bucket: bucket.clone(),
@@ -151,9 +166,18 @@ async fn sweep(st: &JanitorState) -> anyhow::Result<()> {
             continue; // referenced again since it was queued; apply already dequeued it
         }
         let c = ctx.clone();
-        tokio::task::spawn_blocking(move || c.store.delete(&id)).await??;
-        ctx.propose(Command::ChunkCollected { id }).await?;
-        metrics::counter!(m::CHUNKS_COLLECTED).increment(1);
+        if tokio::task::spawn_blocking(move || c.store.contains(&id).then(|| c.store.delete(&id)))
+            .await?
+            .transpose()?
+            .is_some()
+        {
+            metrics::counter!(m::CHUNKS_COLLECTED).increment(1);
+        }
+        // Every node deletes its own copy; the leader then drops the queue entry. A node that
+        // misses the entry finds the file in its next orphan check.
+        if leader {
+            ctx.propose(Command::ChunkCollected { id }).await?;
+        }
     }
 
     let (chunks, bytes) = ctx.store.usage();

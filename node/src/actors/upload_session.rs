@@ -408,17 +408,17 @@ impl SessionState {
         if let Some(h) = file_hash::combine(&pieces) {
             return Ok(h);
         }
-        let ctx = self.ctx.clone();
-        let ids: Vec<ChunkId> = self.present.values().map(|c| c.id).collect();
-        tokio::task::spawn_blocking(move || {
-            let mut hasher = blake3::Hasher::new();
-            for id in ids {
-                hasher.update(&ctx.store.get(&id)?);
-            }
-            Ok(*hasher.finalize().as_bytes())
-        })
-        .await
-        .map_err(|e| NodeError::Internal(format!("hash task: {e}")))?
+        let mut hasher = blake3::Hasher::new();
+        for id in self.present.values().map(|c| c.id) {
+            let data = self.ctx.read_chunk(id).await?;
+            hasher = tokio::task::spawn_blocking(move || {
+                hasher.update(&data);
+                hasher
+            })
+            .await
+            .map_err(|e| NodeError::Internal(format!("hash task: {e}")))?;
+        }
+        Ok(*hasher.finalize().as_bytes())
     }
 }
 

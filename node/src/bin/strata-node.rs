@@ -24,6 +24,15 @@ struct Cli {
     /// This node's name.
     #[arg(long, global = true)]
     node_id: Option<String>,
+    /// The URL other nodes use to reach this one (default: http://<listen>).
+    #[arg(long, global = true)]
+    advertise: Option<String>,
+    /// Join the cluster that the node at this URL belongs to (needs the cluster secret).
+    #[arg(long, global = true)]
+    join: Option<String>,
+    /// Create a new cluster with this node as its first member (run mode; dev always does).
+    #[arg(long, global = true)]
+    init: bool,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -51,6 +60,8 @@ fn main() -> anyhow::Result<()> {
         data_dir: cli.data_dir,
         listen: cli.listen,
         metrics_listen: cli.metrics_listen,
+        advertise: cli.advertise,
+        join: cli.join,
     };
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     tracing_subscriber::fmt()
@@ -64,7 +75,7 @@ fn main() -> anyhow::Result<()> {
         _ => Mode::Run,
     };
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(server::run(config, mode, shutdown_signal()))
+    runtime.block_on(server::run(config, mode, cli.init, shutdown_signal()))
 }
 
 async fn shutdown_signal() {

@@ -180,6 +180,7 @@ impl pb::storage_server::Storage for StorageService {
     ) -> Result<Response<pb::UploadProgress>, Status> {
         observe("GetUpload", async {
             let tenant = self.tenant(&req)?;
+            self.ctx.linearize().await?;
             let id = convert::session_id(&req.get_ref().session_id)?;
             let rec = match self.ctx.sm.session(&id)? {
                 Some(rec) if rec.tenant == tenant => rec,
@@ -257,6 +258,7 @@ impl pb::storage_server::Storage for StorageService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<Self::GetStream>, Status> {
         observe("Get", async {
             let tenant = self.tenant(&req)?;
+            self.ctx.linearize().await?;
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
             let (rec, version_count) = self.find_version(tenant, &bucket, &key, r.version)?;
@@ -298,6 +300,7 @@ impl pb::storage_server::Storage for StorageService {
     ) -> Result<Response<pb::ObjectInfo>, Status> {
         observe("Stat", async {
             let tenant = self.tenant(&req)?;
+            self.ctx.linearize().await?;
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
             let (rec, count) = self.find_version(tenant, &bucket, &key, r.version)?;
@@ -319,6 +322,9 @@ impl pb::storage_server::Storage for StorageService {
         observe("List", async {
             let tenant = self.tenant(&req)?;
             let r = req.get_ref();
+            if !r.stale {
+                self.ctx.linearize().await?;
+            }
             let bucket = convert::bucket(&r.bucket)?;
             if !self.ctx.sm.bucket_exists(tenant, &bucket)? {
                 return Err(NodeError::NotFound(format!("bucket {bucket} not found")));
@@ -367,6 +373,7 @@ impl pb::storage_server::Storage for StorageService {
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
         observe("ListVersions", async {
             let tenant = self.tenant(&req)?;
+            self.ctx.linearize().await?;
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
             let head = self
@@ -554,7 +561,7 @@ async fn stream_range(
         .collect();
     let read = |id| {
         let ctx = ctx.clone();
-        tokio::task::spawn_blocking(move || ctx.store.get(&id))
+        tokio::spawn(async move { ctx.read_chunk(id).await })
     };
     // Up to GET_READ_AHEAD chunks are read and verified while earlier ones are sent.
     let mut ahead = std::collections::VecDeque::new();
@@ -568,7 +575,6 @@ async fn stream_range(
         let data = match task.await {
             Ok(Ok(d)) => d,
             Ok(Err(e)) => {
-                let e = NodeError::from(e);
                 tracing::error!(error = %e, "download failed");
                 let _ = tx.send(Err(e.into())).await;
                 return;
