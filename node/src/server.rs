@@ -50,6 +50,7 @@ pub async fn run(
     config: Config,
     mode: Mode,
     init: bool,
+    dev_nodes: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let dir = config.data_dir.clone();
@@ -140,6 +141,11 @@ pub async fn run(
     };
     write_node_file(&dir, grpc_addr, metrics_addr, &ctx.config.node_id)?;
     banner(&ctx.config, mode, grpc_addr, metrics_addr, &first);
+    let _peers = if mode == Mode::Dev && dev_nodes > 1 {
+        DevPeers::start(&ctx, dev_nodes).await?
+    } else {
+        DevPeers(Vec::new())
+    };
 
     // After the signal, in-flight requests get DRAIN_TIMEOUT to finish (a client holding a
     // stream open must not keep the node from stopping).
@@ -212,6 +218,120 @@ async fn bootstrap(
         "This node is not part of a cluster yet. Start it with --init to create one, or with --join <url> and the cluster secret to join one."
     );
     Ok(false)
+}
+
+/// The other nodes of `strata-node dev --nodes N`: child processes of this one, stopped with it.
+struct DevPeers(Vec<std::process::Child>);
+
+impl DevPeers {
+    async fn start(ctx: &Context, n: usize) -> anyhow::Result<DevPeers> {
+        let base = ctx
+            .config
+            .data_dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let exe = std::env::current_exe()?;
+        let mut children = Vec::new();
+        for k in 2..=n {
+            let dir = base.join(format!("node-{k}"));
+            std::fs::create_dir_all(&dir)?;
+            let log = std::fs::File::create(dir.join("node.log"))?;
+            let listen = std::net::SocketAddr::new(
+                ctx.config.listen.ip(),
+                ctx.config.listen.port().saturating_add(k as u16 - 1),
+            );
+            let metrics = std::net::SocketAddr::new(
+                ctx.config.metrics_listen.ip(),
+                ctx.config
+                    .metrics_listen
+                    .port()
+                    .saturating_add(k as u16 - 1),
+            );
+            let child = std::process::Command::new(&exe)
+                .arg("dev")
+                .arg("--data-dir")
+                .arg(&dir)
+                .args([
+                    "--listen",
+                    &listen.to_string(),
+                    "--metrics-listen",
+                    &metrics.to_string(),
+                ])
+                .args([
+                    "--node-id",
+                    &format!("node-{k}"),
+                    "--join",
+                    &ctx.cluster.addr,
+                ])
+                .env("STRATA_CLUSTER_SECRET", ctx.cluster.peers.secret())
+                .env("STRATA_LOG", &ctx.config.log)
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("cannot start node {k}"))?;
+            children.push(child);
+        }
+        let mut peers = DevPeers(children);
+        // Wait until every node has joined as a voter.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let voters = ctx
+                .cluster
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .count();
+            if voters >= n {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "the cluster has {voters} of {n} voters after 120s; see {}/node-*/node.log",
+                    base.display()
+                );
+            }
+            for (i, c) in peers.0.iter_mut().enumerate() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    anyhow::bail!(
+                        "node {} exited ({status}); see {}/node-{}/node.log",
+                        i + 2,
+                        base.display(),
+                        i + 2
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for k in 2..=n {
+            let file = base.join(format!("node-{k}")).join("node.json");
+            while !file.exists() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        println!();
+        println!(
+            "A {n}-node cluster is running (Raft leader: node-1 at first). Every node serves every call:"
+        );
+        for k in 1..=n {
+            let info = std::fs::read_to_string(base.join(format!("node-{k}")).join("node.json"))
+                .unwrap_or_default();
+            println!("  node-{k}: {}", info.trim());
+        }
+        Ok(peers)
+    }
+}
+
+impl Drop for DevPeers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// A single-node context on `config.data_dir`, initialized and leading, without gRPC: for

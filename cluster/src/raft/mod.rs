@@ -1,4 +1,5 @@
 //! Raft (openraft 0.9, storage-v2) over sled: the replicated log of metadata commands.
+#![allow(clippy::result_large_err)] // openraft's StorageError is large; it is what the traits return
 //!
 //! The log store (`log_store.rs`) and the state machine adapter (`sm_store.rs`) share the
 //! node's sled database. Entries carry `Command`s; applying one gives a `CommandResult`, the

@@ -43,7 +43,12 @@ enum Cmd {
     Run,
     /// Run a single-node Strata on embedded defaults: data in ./data, gRPC on 127.0.0.1:7400 or
     /// the first free port after it, a "default" tenant whose token is printed once.
-    Dev,
+    Dev {
+        /// Start this many nodes on loopback (separate data dirs under the data dir, ports after
+        /// the first node's) and form one cluster.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+    },
     /// Print the default configuration as TOML.
     Config,
 }
@@ -55,7 +60,11 @@ fn main() -> anyhow::Result<()> {
         print!("{}", Config::default_toml());
         return Ok(());
     }
-    let overrides = Overrides {
+    let dev_nodes = match command {
+        Cmd::Dev { nodes } => nodes,
+        _ => 1,
+    };
+    let mut overrides = Overrides {
         node_id: cli.node_id,
         data_dir: cli.data_dir,
         listen: cli.listen,
@@ -63,6 +72,14 @@ fn main() -> anyhow::Result<()> {
         advertise: cli.advertise,
         join: cli.join,
     };
+    if dev_nodes > 1 {
+        // A local multi-node cluster keeps each node's data in <data dir>/node-<n>.
+        let base = overrides
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        overrides.data_dir = Some(base.join("node-1"));
+    }
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -71,11 +88,17 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let mode = match command {
-        Cmd::Dev => Mode::Dev,
+        Cmd::Dev { .. } => Mode::Dev,
         _ => Mode::Run,
     };
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(server::run(config, mode, cli.init, shutdown_signal()))
+    runtime.block_on(server::run(
+        config,
+        mode,
+        cli.init,
+        dev_nodes,
+        shutdown_signal(),
+    ))
 }
 
 async fn shutdown_signal() {
