@@ -110,6 +110,11 @@ enum Cmd {
     Versions { path: String },
     /// Node status (admin).
     Status,
+    /// Cluster membership (admin): add or remove nodes.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
     /// Tenants (admin).
     Tenant {
         #[command(subcommand)]
@@ -117,6 +122,15 @@ enum Cmd {
     },
     /// Print shell completions (bash, zsh, fish, ...).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Add the node serving at ADDRESS (started with this cluster's secret): it joins as a
+    /// learner and becomes a voter once it has caught up.
+    Join { address: String },
+    /// Remove a node by its Raft id (see `strata status`). The last voter cannot be removed.
+    Remove { raft_id: u64 },
 }
 
 #[derive(Subcommand)]
@@ -451,7 +465,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     json!({ "node_id": s.node_id, "version": s.version, "uptime_seconds": s.uptime_seconds,
                     "grpc_address": s.grpc_address, "data_dir": s.data_dir, "disk_total_bytes": s.disk_total_bytes,
                     "disk_free_bytes": s.disk_free_bytes, "chunk_count": s.chunk_count, "chunk_bytes": s.chunk_bytes,
-                    "open_sessions": s.open_sessions, "object_count": s.object_count, "tenant_count": s.tenant_count })
+                    "open_sessions": s.open_sessions, "object_count": s.object_count, "tenant_count": s.tenant_count,
+                    "raft": { "id": s.raft_id, "role": s.raft_role, "term": s.term, "leader_id": s.leader_id,
+                        "last_log_index": s.last_log_index, "applied_index": s.applied_index },
+                    "nodes": s.nodes.iter().map(|n| json!({ "raft_id": n.raft_id, "address": n.address, "role": n.role,
+                        "voter": n.voter, "matched_index": n.matched_index, "lag": n.lag })).collect::<Vec<_>>() })
                 );
             } else {
                 let used = s.disk_total_bytes.saturating_sub(s.disk_free_bytes);
@@ -473,6 +491,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "objects     {} in {} tenant(s); {} upload(s) open",
                     s.object_count, s.tenant_count, s.open_sessions
                 );
+                println!(
+                    "raft        id {} {}, term {}, log {} applied {}",
+                    s.raft_id, s.raft_role, s.term, s.last_log_index, s.applied_index
+                );
+                println!();
+                println!(
+                    "{:<20}  {:<28}  {:<8}  {:>10}  {:>6}",
+                    "RAFT ID", "ADDRESS", "ROLE", "MATCHED", "LAG"
+                );
+                for n in &s.nodes {
+                    println!(
+                        "{:<20}  {:<28}  {:<8}  {:>10}  {:>6}",
+                        n.raft_id, n.address, n.role, n.matched_index, n.lag
+                    );
+                }
+            }
+        }
+        Cmd::Node { cmd } => {
+            let mut admin = cli.admin().await?;
+            match cmd {
+                NodeCmd::Join { address } => {
+                    let r = admin
+                        .add_node(pb::AddNodeRequest {
+                            address: address.clone(),
+                        })
+                        .await
+                        .map_err(|s| status_error("node join", s))?
+                        .into_inner();
+                    if cli.json {
+                        println!("{}", json!({ "raft_id": r.raft_id, "address": address }));
+                    } else {
+                        println!("node {} at {address} joined as a voter", r.raft_id);
+                    }
+                }
+                NodeCmd::Remove { raft_id } => {
+                    admin
+                        .remove_node(pb::RemoveNodeRequest { raft_id: *raft_id })
+                        .await
+                        .map_err(|s| status_error("node remove", s))?;
+                    if cli.json {
+                        println!("{}", json!({ "removed": raft_id }));
+                    } else {
+                        println!("node {raft_id} removed from the cluster");
+                    }
+                }
             }
         }
         Cmd::Tenant {

@@ -24,6 +24,7 @@ pub const KEYS: &[&str] = &[
     "advertise",
     "join",
     "cluster_secret",
+    "raft_snapshot_logs",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +60,8 @@ pub struct Config {
     /// The secret members present to each other. Created by the node that initializes the
     /// cluster (saved in <data_dir>/cluster.secret); a joining node must be given it.
     pub cluster_secret: String,
+    /// Raft takes a snapshot (and compacts its log) after this many entries.
+    pub raft_snapshot_logs: u64,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             advertise: String::new(),
             join: String::new(),
             cluster_secret: String::new(),
+            raft_snapshot_logs: 5000,
         }
     }
 }
@@ -126,6 +130,9 @@ impl Config {
         }
         if self.max_inflight_bytes < u64::from(self.max_chunk_bytes) {
             anyhow::bail!("max_inflight_bytes must be at least max_chunk_bytes");
+        }
+        if self.raft_snapshot_logs < 10 {
+            anyhow::bail!("raft_snapshot_logs must be at least 10");
         }
         if self.janitor_interval.is_zero() {
             anyhow::bail!("janitor_interval must be greater than zero");

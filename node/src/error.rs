@@ -79,6 +79,24 @@ impl NodeError {
         }
     }
 
+    /// A status from another node, kept with its code.
+    pub fn from_status(s: tonic::Status) -> NodeError {
+        let m = s.message().to_owned();
+        match s.code() {
+            Code::InvalidArgument => NodeError::InvalidArgument(m),
+            Code::NotFound => NodeError::NotFound(m),
+            Code::FailedPrecondition => NodeError::FailedPrecondition(m),
+            Code::Unauthenticated => NodeError::Unauthenticated(m),
+            Code::PermissionDenied => NodeError::PermissionDenied(m),
+            Code::OutOfRange => NodeError::OutOfRange(m),
+            Code::ResourceExhausted => NodeError::ResourceExhausted(m),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                NodeError::Unavailable(m)
+            }
+            _ => NodeError::Internal(m),
+        }
+    }
+
     pub fn missing_chunk(id: &ChunkId) -> NodeError {
         NodeError::ChunkStore(ChunkStoreError::Missing(*id))
     }

@@ -85,7 +85,15 @@ pub async fn run(
             .map(|s| s.trim().to_owned())
             .unwrap_or_default()
     };
-    let cluster = Cluster::start(&dir, &db, sm.clone(), advertise, secret.clone()).await?;
+    let cluster = Cluster::start(
+        &dir,
+        config.raft_snapshot_logs,
+        &db,
+        sm.clone(),
+        advertise,
+        secret.clone(),
+    )
+    .await?;
     let join = config.join.clone();
     let ctx = Arc::new(Context::new(config, store, sm, cluster));
     let (supervisor, supervisor_handle) =
@@ -343,8 +351,15 @@ pub async fn open_single_node(config: Config) -> anyhow::Result<Arc<Context>> {
     let db = open_db(&dir.join("meta"))?;
     let sm = Arc::new(StateMachine::with_db(db.clone())?);
     let secret = auth::new_token();
-    let cluster =
-        Cluster::start(&dir, &db, sm.clone(), "http://127.0.0.1:1".into(), secret).await?;
+    let cluster = Cluster::start(
+        &dir,
+        config.raft_snapshot_logs,
+        &db,
+        sm.clone(),
+        "http://127.0.0.1:1".into(),
+        secret,
+    )
+    .await?;
     cluster.init_single().await?;
     Ok(Arc::new(Context::new(config, store, sm, cluster)))
 }

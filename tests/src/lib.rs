@@ -36,7 +36,17 @@ pub struct Node {
     pub tenant_token: String,
     pub admin_token: String,
     env: Vec<(String, String)>,
+    /// The gRPC port, kept across restarts so the other members can still reach the node.
+    port: u16,
     child: Option<Child>,
+}
+
+/// A free loopback port (bound and released; the node binds it again right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 impl Node {
@@ -67,6 +77,7 @@ impl Node {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            port: free_port(),
             child: None,
         };
         node.spawn();
@@ -85,7 +96,12 @@ impl Node {
         cmd.arg("dev")
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
             .env("STRATA_LOG", "info,strata_node=debug")
             .stdout(Stdio::null())
             .stderr(log);
@@ -113,8 +129,10 @@ impl Node {
         };
         self.endpoint = info["grpc"].as_str().expect("grpc").to_owned();
         self.metrics = info["metrics"].as_str().expect("metrics").to_owned();
-        self.tenant_token = read_token(&self.data_dir.join("tenant.token"));
-        self.admin_token = read_token(&self.data_dir.join("admin.token"));
+        if self.tenant_token.is_empty() {
+            self.tenant_token = read_token(&self.data_dir.join("tenant.token"));
+            self.admin_token = read_token(&self.data_dir.join("admin.token"));
+        }
         self.child = Some(child);
     }
 
@@ -192,6 +210,62 @@ impl Node {
             .env_remove("STRATA_TOKEN_FILE")
             .output()
             .expect("run strata")
+    }
+}
+
+/// A cluster of real nodes on loopback: the first initializes it, the others join.
+pub struct TestCluster {
+    pub nodes: Vec<Node>,
+}
+
+impl TestCluster {
+    pub fn start(n: usize, env: &[(&str, &str)]) -> TestCluster {
+        let first = Node::start_with(env);
+        let secret = std::fs::read_to_string(first.data_dir.join("cluster.secret"))
+            .expect("cluster.secret")
+            .trim()
+            .to_owned();
+        let mut nodes = vec![first];
+        for _ in 1..n {
+            let node = TestCluster::joiner(&nodes[0], &secret, env);
+            nodes.push(node);
+        }
+        TestCluster { nodes }
+    }
+
+    /// Starts a node that joins through `via` with `secret`, carrying `via`'s tokens.
+    pub fn joiner(via: &Node, secret: &str, env: &[(&str, &str)]) -> Node {
+        let mut all: Vec<(&str, &str)> = env.to_vec();
+        all.push(("STRATA_JOIN", via.endpoint.as_str()));
+        all.push(("STRATA_CLUSTER_SECRET", secret));
+        let mut node = Node::start_with(&all);
+        node.tenant_token = via.tenant_token.clone();
+        node.admin_token = via.admin_token.clone();
+        node
+    }
+
+    /// Index of the node that currently leads (as a live node reports it).
+    pub async fn leader(&mut self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for i in 0..self.nodes.len() {
+                if !self.nodes[i].is_running() {
+                    continue;
+                }
+                if let Ok(mut admin) = client::connect(&self.nodes[i].endpoint)
+                    .await
+                    .and_then(|c| client::admin(c, &self.nodes[i].admin_token))
+                {
+                    if let Ok(s) = admin.status(pb::StatusRequest {}).await {
+                        if s.get_ref().raft_role == "leader" {
+                            return i;
+                        }
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within 20s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use network::{NetworkFactory, Peers};
 pub const QUORUM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Raft timing: heartbeats every 150 ms, elections after 800 to 1600 ms of silence.
-fn raft_config() -> anyhow::Result<openraft::Config> {
+fn raft_config(snapshot_logs: u64) -> anyhow::Result<openraft::Config> {
     let c = openraft::Config {
         cluster_name: "strata".into(),
         heartbeat_interval: 150,
@@ -31,8 +31,8 @@ fn raft_config() -> anyhow::Result<openraft::Config> {
         election_timeout_max: 1600,
         install_snapshot_timeout: 2000,
         max_payload_entries: 512,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
-        max_in_snapshot_log_to_keep: 1000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs),
+        max_in_snapshot_log_to_keep: (snapshot_logs / 5).min(1000),
         purge_batch_size: 256,
         ..Default::default()
     };
@@ -63,6 +63,7 @@ fn raft_id(dir: &Path) -> anyhow::Result<NodeId> {
 impl Cluster {
     pub async fn start(
         dir: &Path,
+        snapshot_logs: u64,
         db: &strata_cluster::state_machine::MetaDb,
         sm: Arc<StateMachine>,
         addr: String,
@@ -74,7 +75,7 @@ impl Cluster {
         let sm_store = SmStore::new(sm).map_err(|e| anyhow::anyhow!("raft state machine: {e}"))?;
         let raft = Raft::new(
             id,
-            Arc::new(raft_config()?),
+            Arc::new(raft_config(snapshot_logs)?),
             NetworkFactory {
                 peers: peers.clone(),
             },
@@ -175,6 +176,66 @@ impl Cluster {
         .map_err(|_| unavailable("membership change timed out".into()))?
         .map_err(|e| unavailable(e.to_string()))?;
         Ok(())
+    }
+
+    /// Removes a node (on the leader) through joint consensus. The last voter stays.
+    pub async fn remove_node(&self, id: NodeId) -> NodeResult<()> {
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let is_voter = membership.voter_ids().any(|v| v == id);
+        let is_node = membership.get_node(&id).is_some();
+        if !is_node {
+            return Err(NodeError::NotFound(format!(
+                "node {id} is not a member of this cluster"
+            )));
+        }
+        if is_voter && membership.voter_ids().count() == 1 {
+            return Err(NodeError::FailedPrecondition(format!(
+                "node {id} is the cluster's last voter: removing it would leave no one to hold the metadata"
+            )));
+        }
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters([id].into())
+        } else {
+            ChangeMembers::RemoveNodes([id].into())
+        };
+        tokio::time::timeout(
+            QUORUM_TIMEOUT * 4,
+            self.raft.change_membership(change, false),
+        )
+        .await
+        .map_err(|_| NodeError::Unavailable("membership change timed out (no quorum?)".into()))?
+        .map_err(|e| NodeError::Unavailable(format!("cannot remove node {id}: {e}")))?;
+        Ok(())
+    }
+
+    /// Runs a membership change on the leader, forwarding it there from a follower.
+    pub async fn on_leader<T, L, F>(&self, local: L, remote: F) -> NodeResult<T>
+    where
+        L: std::future::Future<Output = NodeResult<T>>,
+        F: AsyncFnOnce(network::PeerClient) -> Result<T, tonic::Status>,
+    {
+        if self.is_leader() {
+            return local.await;
+        }
+        let Some((leader, addr)) = self.leader() else {
+            return Err(NodeError::Unavailable(
+                "no leader is known: the cluster has no quorum; retry".into(),
+            ));
+        };
+        if leader == self.id {
+            return local.await;
+        }
+        let client = self
+            .peers
+            .client(&addr)
+            .map_err(|s| NodeError::Unavailable(s.message().to_owned()))?;
+        remote(client).await.map_err(NodeError::from_status)
     }
 
     /// The leader's address, if one is known.

@@ -151,6 +151,36 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(pb::JoinResponse { leader_id: c.id }))
     }
 
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::RemoveResponse>, Status> {
+        self.check(&req)?;
+        let id = req.get_ref().raft_id;
+        let c = &self.ctx.cluster;
+        c.on_leader(c.remove_node(id), async move |mut client| {
+            client
+                .remove(pb::RemoveRequest { raft_id: id })
+                .await
+                .map(|r| r.into_inner())
+                .map(|_| ())
+        })
+        .await
+        .map_err(Status::from)?;
+        Ok(Response::new(pb::RemoveResponse {}))
+    }
+
+    async fn metrics(
+        &self,
+        req: Request<pb::MetricsRequest>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        self.check(&req)?;
+        let m = self.ctx.cluster.raft.metrics().borrow().clone();
+        Ok(Response::new(pb::RaftPayload {
+            data: encode(&m).into(),
+        }))
+    }
+
     type FetchChunkStream =
         Pin<Box<dyn Stream<Item = Result<pb::FetchChunkResponse, Status>> + Send>>;
 

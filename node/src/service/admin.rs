@@ -17,6 +17,78 @@ pub struct AdminService {
 }
 
 impl AdminService {
+    /// Raft state of this node and the member table as the leader sees it (asked of the
+    /// leader when this node is not it; left partial if the leader cannot be reached).
+    async fn raft_status(&self) -> pb::StatusResponse {
+        let c = &self.ctx.cluster;
+        let mine = c.raft.metrics().borrow().clone();
+        let leader_view = if mine.state.is_leader() {
+            Some(mine.clone())
+        } else if let Some((_, addr)) = c.leader() {
+            match c.peers.client(&addr) {
+                Ok(mut client) => match client.metrics(pb::MetricsRequest {}).await {
+                    Ok(r) => crate::raft::network::decode::<
+                        openraft::RaftMetrics<u64, openraft::BasicNode>,
+                    >(&r.into_inner().data)
+                    .ok(),
+                    Err(_) => None,
+                },
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let view = leader_view.as_ref().unwrap_or(&mine);
+        let membership = view.membership_config.membership();
+        let last = view.last_log_index.unwrap_or(0);
+        let nodes = membership
+            .nodes()
+            .map(|(id, node)| {
+                let voter = membership.voter_ids().any(|v| v == *id);
+                let matched = view
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).copied().flatten())
+                    .map(|l| l.index)
+                    .or(if Some(*id) == view.current_leader {
+                        view.last_log_index
+                    } else {
+                        None
+                    })
+                    .unwrap_or(0);
+                let role = if Some(*id) == view.current_leader {
+                    "leader"
+                } else if voter {
+                    "follower"
+                } else {
+                    "learner"
+                };
+                pb::ClusterNode {
+                    raft_id: *id,
+                    address: node.addr.clone(),
+                    role: role.into(),
+                    voter,
+                    matched_index: matched,
+                    lag: if leader_view.is_some() {
+                        last.saturating_sub(matched)
+                    } else {
+                        0
+                    },
+                }
+            })
+            .collect();
+        pb::StatusResponse {
+            raft_id: c.id,
+            raft_role: format!("{:?}", mine.state).to_lowercase(),
+            term: mine.current_term,
+            leader_id: mine.current_leader.unwrap_or(0),
+            last_log_index: mine.last_log_index.unwrap_or(0),
+            applied_index: mine.last_applied.map_or(0, |l| l.index),
+            nodes,
+            ..Default::default()
+        }
+    }
+
     pub fn new(ctx: Arc<Context>, grpc_address: String) -> Self {
         AdminService { ctx, grpc_address }
     }
@@ -78,7 +150,58 @@ impl pb::admin_server::Admin for AdminService {
                 open_sessions: counts.sessions,
                 object_count: counts.objects,
                 tenant_count: counts.tenants,
+                ..self.raft_status().await
             })
+        })
+        .await
+    }
+
+    async fn add_node(
+        &self,
+        req: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::AddNodeResponse>, Status> {
+        observe("AddNode", async {
+            auth::admin(&self.ctx.sm, req.metadata())?;
+            let address = req.get_ref().address.trim().to_owned();
+            if !(address.starts_with("http://") || address.starts_with("https://")) {
+                return Err(NodeError::InvalidArgument(format!("address {address:?} must be a URL like http://host:7400")));
+            }
+            let c = &self.ctx.cluster;
+            let mut client = c.peers.client(&address).map_err(NodeError::from_status)?;
+            let who = client
+                .identify(pb::IdentifyRequest {})
+                .await
+                .map_err(|s| match s.code() {
+                    tonic::Code::Unauthenticated => NodeError::FailedPrecondition(format!(
+                        "{address} does not know this cluster's secret: start it with cluster_secret set to this cluster's"
+                    )),
+                    _ => NodeError::Unavailable(format!("cannot reach {address}: {}", s.message())),
+                })?
+                .into_inner();
+            let join = pb::JoinRequest { raft_id: who.raft_id, address: who.address.clone() };
+            let local = c.add_node(who.raft_id, &who.address);
+            c.on_leader(local, async move |mut leader| leader.join(join).await.map(|_| ())).await?;
+            Ok(pb::AddNodeResponse { raft_id: who.raft_id })
+        })
+        .await
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        observe("RemoveNode", async {
+            auth::admin(&self.ctx.sm, req.metadata())?;
+            let id = req.get_ref().raft_id;
+            let c = &self.ctx.cluster;
+            c.on_leader(c.remove_node(id), async move |mut leader| {
+                leader
+                    .remove(pb::RemoveRequest { raft_id: id })
+                    .await
+                    .map(|_| ())
+            })
+            .await?;
+            Ok(pb::RemoveNodeResponse {})
         })
         .await
     }
