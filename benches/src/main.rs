@@ -62,6 +62,14 @@ struct Args {
     /// the median, since the disk's speed varies from minute to minute.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Metadata mode: instead of the transfer benchmark, commit this many CompleteUploads of
+    /// 1-byte files (sessions and chunks are prepared first, untimed) with --concurrency
+    /// clients spread over --endpoints, and report commits/s and latency.
+    #[arg(long)]
+    metadata: Option<usize>,
+    /// Comma-separated gRPC endpoints for metadata mode (default: the --data-dir node's).
+    #[arg(long)]
+    endpoints: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -291,6 +299,144 @@ async fn download_all(
     Ok((start.elapsed(), lat, bytes))
 }
 
+/// CompleteUpload throughput: each commit is one durable Raft entry (quorum-flushed).
+async fn metadata_bench(
+    endpoints: &[String],
+    token: &str,
+    n: usize,
+    concurrency: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut clients = Vec::new();
+    for e in endpoints {
+        clients.push(client::storage(client::connect(e).await?, token)?);
+    }
+    let run = format!(
+        "{:x}",
+        std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64
+    );
+    // Prepare: one open session per file, its single byte already durable.
+    let prep_start = Instant::now();
+    let sessions = Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(n)));
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (mut s, sessions, next, run) = (
+            clients[w % clients.len()].clone(),
+            sessions.clone(),
+            next.clone(),
+            run.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let byte = [(i % 251) as u8];
+                let id = bytes::Bytes::copy_from_slice(blake3::hash(&byte).as_bytes());
+                let up = s
+                    .create_upload(pb::CreateUploadRequest {
+                        bucket: "metabench".into(),
+                        key: format!("{run}/{i}"),
+                        size: 1,
+                        manifest: vec![pb::ChunkRef {
+                            id: id.clone(),
+                            len: 1,
+                        }],
+                        content_type: String::new(),
+                    })
+                    .await?
+                    .into_inner();
+                if up.existing.is_empty() {
+                    let msg = pb::PutChunkRequest {
+                        session_id: up.session_id.clone(),
+                        offset: 0,
+                        id,
+                        data: bytes::Bytes::copy_from_slice(&byte),
+                    };
+                    let mut acks = s
+                        .put_chunks(futures::stream::iter(vec![msg]))
+                        .await?
+                        .into_inner();
+                    while let Some(a) = futures::StreamExt::next(&mut acks).await {
+                        a?;
+                    }
+                }
+                sessions
+                    .lock()
+                    .await
+                    .push((up.session_id, blake3::hash(&byte)));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let prep = prep_start.elapsed();
+    // Timed: the CompleteUploads.
+    let sessions = Arc::new(std::mem::take(&mut *sessions.lock().await));
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (mut s, sessions, next) = (
+            clients[w % clients.len()].clone(),
+            sessions.clone(),
+            next.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some((sid, hash)) = sessions.get(i) else {
+                    return Ok::<_, anyhow::Error>(lat);
+                };
+                let t = Instant::now();
+                s.complete_upload(pb::CompleteUploadRequest {
+                    session_id: sid.clone(),
+                    file_hash: bytes::Bytes::copy_from_slice(hash.as_bytes()),
+                })
+                .await?;
+                lat.push(t.elapsed().as_secs_f64());
+            }
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let wall = start.elapsed();
+    lat.sort_by(f64::total_cmp);
+    let rate = n as f64 / wall.as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "commits": n, "concurrency": concurrency, "endpoints": endpoints, "seconds": wall.as_secs_f64(),
+            "commits_per_s": rate, "p50_s": percentile(&lat, 0.5), "p99_s": percentile(&lat, 0.99),
+            "prepare_uploads_per_s": n as f64 / prep.as_secs_f64() })
+        );
+    } else {
+        println!(
+            "strata-bench metadata: {n} CompleteUpload commits of 1-byte files, {concurrency} clients over {} endpoint(s)",
+            endpoints.len()
+        );
+        println!(
+            "  commits/s        {rate:8.0}   (each acknowledged only once durable on a quorum; concurrent commits share Raft entries)"
+        );
+        println!(
+            "  latency          p50 {:.2} ms  p99 {:.2} ms",
+            percentile(&lat, 0.5) * 1e3,
+            percentile(&lat, 0.99) * 1e3
+        );
+        println!(
+            "  prepare          {:8.0} uploads/s (CreateUpload + PutChunks, untimed above)",
+            n as f64 / prep.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -313,6 +459,17 @@ async fn main() -> anyhow::Result<()> {
             .to_owned(),
     };
     let pid = node["pid"].as_u64().unwrap_or(0) as u32;
+    if let Some(n) = args.metadata {
+        let endpoints: Vec<String> = match &args.endpoints {
+            Some(list) => list
+                .split(',')
+                .map(|e| e.trim().to_owned())
+                .filter(|e| !e.is_empty())
+                .collect(),
+            None => vec![endpoint.clone()],
+        };
+        return metadata_bench(&endpoints, &token, n, args.concurrency.max(1), args.json).await;
+    }
 
     let raw_hash = {
         let buf = vec![7u8; 64 << 20];

@@ -78,15 +78,9 @@ pub enum Command {
     ChunkCollected {
         id: ChunkId,
     },
-}
-
-impl Command {
-    /// Commands a client waits for and that must survive a crash once acknowledged (an
-    /// acknowledged chunk must still be in its session after a crash). Only the collector's
-    /// bookkeeping may be lost: it is redone.
-    pub fn needs_flush(&self) -> bool {
-        !matches!(self, Command::ChunkCollected { .. })
-    }
+    /// Several commands in one Raft entry (concurrent writes batched by the proposer). They
+    /// apply in order, atomically; each gets its own result.
+    Batch(Vec<Command>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,4 +104,6 @@ pub enum Response {
     Purged {
         versions: u32,
     },
+    /// The results of a `Command::Batch`, in order.
+    Batch(Vec<Result<Response, crate::error::Rejection>>),
 }

@@ -75,16 +75,55 @@ impl StateMachine {
         for (k, v) in meta {
             tx.put_raw(k.clone(), v.clone());
         }
-        let Some(cmd) = cmd else {
-            tx.commit()?;
-            return Ok(Response::Done);
-        };
         let out = match cmd {
+            None => Ok(Response::Done),
+            Some(cmd) => apply_one(&mut tx, cmd),
+        };
+        match out {
+            Ok(resp) => {
+                tx.commit()?;
+                Ok(resp)
+            }
+            Err(ApplyError::Rejected(r)) => {
+                // A refused command changes nothing but still counts as applied.
+                let mut only_meta = Txn::new(&self.tree);
+                for (k, v) in meta {
+                    only_meta.put_raw(k.clone(), v.clone());
+                }
+                only_meta.commit()?;
+                Err(ApplyError::Rejected(r))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Applies one command inside `tx`. A batch applies its commands in order, each seeing the
+/// ones before it; a refused command in a batch is rolled back alone and its refusal becomes
+/// its result, so the batch as a whole commits atomically.
+fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
+    {
+        let out = match cmd {
+            Command::Batch(cmds) => {
+                let mut results = Vec::with_capacity(cmds.len());
+                for c in cmds {
+                    let savepoint = tx.pending.clone();
+                    match apply_one(tx, c) {
+                        Ok(r) => results.push(Ok(r)),
+                        Err(ApplyError::Rejected(r)) => {
+                            tx.pending = savepoint;
+                            results.push(Err(r));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(Response::Batch(results))
+            }
             Command::CreateTenant {
                 name,
                 token,
                 now_ms,
-            } => create_tenant(&mut tx, name, token, *now_ms),
+            } => create_tenant(tx, name, token, *now_ms),
             Command::CreateAdminToken { token, now_ms } => {
                 let rec = TokenRecord {
                     principal: Principal::Admin,
@@ -103,7 +142,7 @@ impl StateMachine {
                 content_type,
                 now_ms,
             } => open_session(
-                &mut tx,
+                tx,
                 session,
                 *tenant,
                 bucket,
@@ -121,36 +160,36 @@ impl StateMachine {
                 len,
                 cv,
                 now_ms,
-            } => add_chunk(&mut tx, session, *tenant, *offset, id, *len, *cv, *now_ms),
+            } => add_chunk(tx, session, *tenant, *offset, id, *len, *cv, *now_ms),
             Command::CompleteSession {
                 session,
                 tenant,
                 file_hash,
                 now_ms,
-            } => complete_session(&mut tx, session, *tenant, file_hash, *now_ms),
+            } => complete_session(tx, session, *tenant, file_hash, *now_ms),
             Command::AbortSession {
                 session,
                 tenant,
                 idle_before_ms,
-            } => abort_session(&mut tx, session, *tenant, *idle_before_ms),
+            } => abort_session(tx, session, *tenant, *idle_before_ms),
             Command::TrashObject {
                 tenant,
                 bucket,
                 key,
                 now_ms,
                 purge_at_ms,
-            } => trash_object(&mut tx, *tenant, bucket, key, *now_ms, *purge_at_ms),
+            } => trash_object(tx, *tenant, bucket, key, *now_ms, *purge_at_ms),
             Command::UntrashObject {
                 tenant,
                 bucket,
                 key,
-            } => untrash_object(&mut tx, *tenant, bucket, key),
+            } => untrash_object(tx, *tenant, bucket, key),
             Command::PurgeObject {
                 tenant,
                 bucket,
                 key,
                 now_ms,
-            } => purge_object(&mut tx, *tenant, bucket, key, *now_ms),
+            } => purge_object(tx, *tenant, bucket, key, *now_ms),
             Command::ChunkCollected { id } => {
                 if tx.get_u64(&keys::chunk_global(id))? == 0 {
                     tx.del(keys::gc(id));
@@ -158,22 +197,7 @@ impl StateMachine {
                 Ok(Response::Done)
             }
         };
-        match out {
-            Ok(resp) => {
-                tx.commit()?;
-                Ok(resp)
-            }
-            Err(ApplyError::Rejected(r)) => {
-                // A refused command changes nothing but still counts as applied.
-                let mut only_meta = Txn::new(&self.tree);
-                for (k, v) in meta {
-                    only_meta.put_raw(k.clone(), v.clone());
-                }
-                only_meta.commit()?;
-                Err(ApplyError::Rejected(r))
-            }
-            Err(e) => Err(e),
-        }
+        out
     }
 }
 
@@ -258,6 +282,65 @@ impl<'a> Txn<'a> {
             .filter(|(_, live)| *live)
             .map(|(k, _)| k)
             .collect())
+    }
+
+    /// The last live key under `prefix` strictly before `key`, with its value.
+    fn prev_before(
+        &self,
+        prefix: &[u8],
+        key: &[u8],
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut from_tree = None;
+        for kv in self.tree.range(prefix.to_vec()..key.to_vec()).rev() {
+            let (k, v) = kv?;
+            match self.pending.get(k.as_ref()) {
+                Some(None) => continue, // deleted in this transaction
+                _ => {
+                    from_tree = Some((k.to_vec(), v.to_vec()));
+                    break;
+                }
+            }
+        }
+        let from_pending = self
+            .pending
+            .range(prefix.to_vec()..key.to_vec())
+            .rev()
+            .find(|(_, v)| v.is_some())
+            .map(|(k, v)| (k.clone(), v.clone().unwrap_or_default()));
+        let best = match (from_tree, from_pending) {
+            (Some(t), Some(p)) => Some(if p.0 >= t.0 {
+                p
+            } else {
+                (t.0.clone(), self.get_raw(&t.0)?.unwrap_or(t.1))
+            }),
+            (t, p) => p.or(t),
+        };
+        Ok(best.filter(|(k, _)| k.starts_with(prefix)))
+    }
+
+    /// The first live key under `prefix` at or after `key`.
+    fn next_from(&self, prefix: &[u8], key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut from_tree = None;
+        for kv in self.tree.range(key.to_vec()..) {
+            let (k, _) = kv?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if !matches!(self.pending.get(k.as_ref()), Some(None)) {
+                from_tree = Some(k.to_vec());
+                break;
+            }
+        }
+        let from_pending = self
+            .pending
+            .range(key.to_vec()..)
+            .find(|(_, v)| v.is_some())
+            .map(|(k, _)| k.clone());
+        let best = match (from_tree, from_pending) {
+            (Some(t), Some(p)) => Some(t.min(p)),
+            (t, p) => t.or(p),
+        };
+        Ok(best.filter(|k| k.starts_with(prefix)))
     }
 
     fn commit(self) -> Result<(), StoreError> {
@@ -581,20 +664,14 @@ fn add_chunk(
     }
     // Without a manifest, chunks may come at any offsets: refuse overlaps with neighbours.
     let prefix = keys::session_chunk_prefix(session);
-    let before = tx
-        .tree
-        .range(prefix.clone()..key.clone())
-        .next_back()
-        .transpose()?;
-    if let Some((k, v)) = before.filter(|(k, _)| k.starts_with(&prefix)) {
+    if let Some((k, v)) = tx.prev_before(&prefix, &key)? {
         let prev_off = keys::be_u64(&k, prefix.len()).unwrap_or(0);
         let prev: SessionChunk = decode("session chunk", &v)?;
         if prev_off + prev.len as u64 > offset {
             return Err(Rejection::ChunkOverlap { offset }.into());
         }
     }
-    let after = tx.tree.range(key.clone()..).next().transpose()?;
-    if let Some((k, _)) = after.filter(|(k, _)| k.starts_with(&prefix))
+    if let Some(k) = tx.next_from(&prefix, &key)?
         && keys::be_u64(&k, prefix.len()).unwrap_or(u64::MAX) < end
     {
         return Err(Rejection::ChunkOverlap { offset }.into());

@@ -36,6 +36,8 @@ pub struct Node {
     pub tenant_token: String,
     pub admin_token: String,
     env: Vec<(String, String)>,
+    /// `dev` (creates or joins a cluster) or `run` (waits to be added with `strata node join`).
+    mode: &'static str,
     /// The gRPC port, kept across restarts so the other members can still reach the node.
     port: u16,
     child: Option<Child>,
@@ -77,6 +79,31 @@ impl Node {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            mode: "dev",
+            port: free_port(),
+            child: None,
+        };
+        node.spawn();
+        node
+    }
+
+    /// Starts a node in `run` mode with the cluster secret and no cluster: it serves the
+    /// internal API and waits to be added (`strata node join` / Admin AddNode).
+    pub fn start_unjoined(secret: &str, tokens_from: &Node) -> Node {
+        let root = tempfile::Builder::new()
+            .prefix("strata-test-")
+            .tempdir()
+            .expect("tempdir");
+        let data_dir = root.path().join("data");
+        let mut node = Node {
+            root,
+            data_dir,
+            endpoint: String::new(),
+            metrics: String::new(),
+            tenant_token: tokens_from.tenant_token.clone(),
+            admin_token: tokens_from.admin_token.clone(),
+            env: vec![("STRATA_CLUSTER_SECRET".into(), secret.into())],
+            mode: "run",
             port: free_port(),
             child: None,
         };
@@ -93,7 +120,7 @@ impl Node {
             .open(self.root.path().join("node.log"))
             .expect("node log");
         let mut cmd = Command::new(bin("strata-node"));
-        cmd.arg("dev")
+        cmd.arg(self.mode)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args([

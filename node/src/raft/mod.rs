@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use strata_cluster::raft::{CommandResult, LogStore, NodeId, Raft, SmStore};
-use strata_cluster::{Command, StateMachine};
+use strata_cluster::{Command, Response, StateMachine};
 use strata_proto::v1 as pb;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{NodeError, NodeResult};
 use network::{NetworkFactory, Peers};
@@ -44,6 +45,77 @@ pub struct Cluster {
     pub id: NodeId,
     pub addr: String,
     pub peers: Peers,
+    batcher: mpsc::UnboundedSender<Proposal>,
+}
+
+/// Commands proposed at once from concurrent requests share one Raft entry, at most this many.
+const MAX_BATCH: usize = 256;
+/// Batches being committed at once (more requests queue and form the next batches).
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// A command waiting for the batcher, and where its result goes.
+struct Proposal {
+    cmd: Command,
+    reply: oneshot::Sender<NodeResult<(CommandResult, u64)>>,
+}
+
+/// The part of the cluster handle that writes: cheap to clone into batch tasks.
+#[derive(Clone)]
+struct Writer {
+    raft: Raft,
+    id: NodeId,
+    peers: Peers,
+}
+
+/// Groups concurrent proposals into `Command::Batch` entries: one Raft entry, one log flush
+/// and one replication round for the whole group.
+async fn batcher(writer: Writer, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else { return };
+        let mut group = vec![first];
+        while group.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if group.len() == 1 {
+                if let Some(p) = group.pop() {
+                    let _ = p.reply.send(writer.write(p.cmd).await);
+                }
+                return;
+            }
+            let n = group.len();
+            let batch = Command::Batch(group.iter().map(|p| p.cmd.clone()).collect());
+            match writer.write(batch).await {
+                Ok((Ok(Response::Batch(results)), index)) if results.len() == n => {
+                    for (p, r) in group.into_iter().zip(results) {
+                        let _ = p.reply.send(Ok((r, index)));
+                    }
+                }
+                Ok((other, _)) => {
+                    for p in group {
+                        let _ = p.reply.send(Err(NodeError::Internal(format!(
+                            "unexpected batch result: {other:?}"
+                        ))));
+                    }
+                }
+                Err(e) => {
+                    let status = tonic::Status::from(e);
+                    for p in group {
+                        let _ = p.reply.send(Err(NodeError::from_status(status.clone())));
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Reads this node's Raft id from `<data>/raft-id`, choosing a random one at first start.
@@ -84,11 +156,19 @@ impl Cluster {
         )
         .await
         .map_err(|e| anyhow::anyhow!("cannot start raft: {e}"))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = Writer {
+            raft: raft.clone(),
+            id,
+            peers: peers.clone(),
+        };
+        tokio::spawn(batcher(writer, rx));
         Ok(Cluster {
             raft,
             id,
             addr,
             peers,
+            batcher: tx,
         })
     }
 
@@ -257,65 +337,15 @@ impl Cluster {
         m.state.is_leader() && m.millis_since_quorum_ack.is_none_or(|ms| ms > 2 * 1600)
     }
 
-    /// Commits `cmd` through Raft from any node: on a follower it is forwarded to the leader.
-    /// Returns the command's result and its log index.
+    /// Commits `cmd` through Raft from any node (on a follower it is forwarded to the
+    /// leader), batched with concurrent proposals. Returns its result and log index.
     pub async fn write(&self, cmd: Command) -> NodeResult<(CommandResult, u64)> {
-        let until = Instant::now() + QUORUM_TIMEOUT;
-        let no_quorum = || {
-            NodeError::Unavailable("the metadata cluster has no quorum (no leader, or too few nodes reachable): the write was not committed; retry".into())
-        };
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(no_quorum());
-            }
-            if self.leader_without_quorum() {
-                return Err(no_quorum());
-            }
-            match tokio::time::timeout(left, self.raft.client_write(cmd.clone())).await {
-                Err(_) => return Err(no_quorum()),
-                Ok(Ok(resp)) => return Ok((resp.data, resp.log_id.index)),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                    match f.leader_node {
-                        Some(node) if f.leader_id != Some(self.id) => {
-                            match self.forward(&node.addr, &cmd, left).await {
-                                Ok(r) => return Ok(r),
-                                Err(e) => {
-                                    tracing::debug!(error = %e, "forwarding to the leader failed; retrying")
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Ok(Err(e)) => {
-                    return Err(NodeError::Unavailable(format!(
-                        "metadata write failed: {e}"
-                    )));
-                }
-            }
-        }
-    }
-
-    async fn forward(
-        &self,
-        leader: &str,
-        cmd: &Command,
-        left: Duration,
-    ) -> Result<(CommandResult, u64), String> {
-        let mut client = self.peers.client(leader).map_err(|s| s.to_string())?;
-        let mut req = tonic::Request::new(pb::RaftPayload {
-            data: network::encode(cmd).into(),
-        });
-        req.set_timeout(left);
-        let reply = client
-            .propose(req)
-            .await
-            .map_err(|s| s.message().to_owned())?
-            .into_inner();
-        let result: Result<(CommandResult, u64), String> = network::decode(&reply.data)?;
-        result
+        let (reply, rx) = oneshot::channel();
+        self.batcher
+            .send(Proposal { cmd, reply })
+            .map_err(|_| NodeError::Unavailable("the node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| NodeError::Unavailable("the node is shutting down".into()))?
     }
 
     /// Waits until this node has applied the log up to `index`.
@@ -375,5 +405,73 @@ impl Cluster {
 
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state.is_leader()
+    }
+}
+
+impl Writer {
+    /// Whether this node leads and has not heard from a quorum recently.
+    fn leader_without_quorum(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state.is_leader() && m.millis_since_quorum_ack.is_none_or(|ms| ms > 2 * 1600)
+    }
+
+    /// Commits `cmd` (one Raft entry), forwarding it to the leader from a follower.
+    async fn write(&self, cmd: Command) -> NodeResult<(CommandResult, u64)> {
+        let until = Instant::now() + QUORUM_TIMEOUT;
+        let no_quorum = || {
+            NodeError::Unavailable("the metadata cluster has no quorum (no leader, or too few nodes reachable): the write was not committed; retry".into())
+        };
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(no_quorum());
+            }
+            if self.leader_without_quorum() {
+                return Err(no_quorum());
+            }
+            match tokio::time::timeout(left, self.raft.client_write(cmd.clone())).await {
+                Err(_) => return Err(no_quorum()),
+                Ok(Ok(resp)) => return Ok((resp.data, resp.log_id.index)),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    match f.leader_node {
+                        Some(node) if f.leader_id != Some(self.id) => {
+                            match self.forward(&node.addr, &cmd, left).await {
+                                Ok(r) => return Ok(r),
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "forwarding to the leader failed; retrying")
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Err(e)) => {
+                    return Err(NodeError::Unavailable(format!(
+                        "metadata write failed: {e}"
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: &str,
+        cmd: &Command,
+        left: Duration,
+    ) -> Result<(CommandResult, u64), String> {
+        let mut client = self.peers.client(leader).map_err(|s| s.to_string())?;
+        let mut req = tonic::Request::new(pb::RaftPayload {
+            data: network::encode(cmd).into(),
+        });
+        req.set_timeout(left);
+        let reply = client
+            .propose(req)
+            .await
+            .map_err(|s| s.message().to_owned())?
+            .into_inner();
+        let result: Result<(CommandResult, u64), String> = network::decode(&reply.data)?;
+        result
     }
 }
