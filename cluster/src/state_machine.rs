@@ -103,7 +103,7 @@ impl StateMachine {
 /// its result, so the batch as a whole commits atomically.
 fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
     {
-        let out = match cmd {
+        match cmd {
             Command::Batch(cmds) => {
                 let mut results = Vec::with_capacity(cmds.len());
                 for c in cmds {
@@ -196,8 +196,7 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                 }
                 Ok(Response::Done)
             }
-        };
-        out
+        }
     }
 }
 

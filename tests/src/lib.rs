@@ -282,12 +282,10 @@ impl TestCluster {
                 if let Ok(mut admin) = client::connect(&self.nodes[i].endpoint)
                     .await
                     .and_then(|c| client::admin(c, &self.nodes[i].admin_token))
+                    && let Ok(s) = admin.status(pb::StatusRequest {}).await
+                    && s.get_ref().raft_role == "leader"
                 {
-                    if let Ok(s) = admin.status(pb::StatusRequest {}).await {
-                        if s.get_ref().raft_role == "leader" {
-                            return i;
-                        }
-                    }
+                    return i;
                 }
             }
             assert!(Instant::now() < deadline, "no leader within 20s");
