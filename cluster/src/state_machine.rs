@@ -212,6 +212,9 @@ pub fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
         .open()?)
 }
 
+/// A raw key and value of the state tree.
+type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// Reads through pending writes; commits them as one batch.
 struct Txn<'a> {
     tree: &'a sled::Tree,
@@ -288,7 +291,7 @@ impl<'a> Txn<'a> {
         &self,
         prefix: &[u8],
         key: &[u8],
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Option<KeyValue>, StoreError> {
         let mut from_tree = None;
         for kv in self.tree.range(prefix.to_vec()..key.to_vec()).rev() {
             let (k, v) = kv?;

@@ -356,6 +356,9 @@ async fn membership_errors_are_clear() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 }
 
+/// Keys whose upload committed, with their bytes.
+type Committed = Vec<(String, Vec<u8>)>;
+
 /// Uploads small files in a loop through the given endpoints until told to stop; returns the
 /// keys whose CompleteUpload returned OK, with their bytes, and the number of failed attempts.
 fn writer(
@@ -363,7 +366,7 @@ fn writer(
     token: String,
     tag: usize,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<(Vec<(String, Vec<u8>)>, usize)> {
+) -> tokio::task::JoinHandle<(Committed, usize)> {
     tokio::spawn(async move {
         let dir = tempfile::tempdir().expect("tmp");
         let mut ok = Vec::new();
