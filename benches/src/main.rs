@@ -308,42 +308,84 @@ async fn download_all(
 async fn failover_bench(dirs: &str, token: &str, json: bool) -> anyhow::Result<()> {
     let mut nodes = Vec::new();
     for d in dirs.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(d).join("node.json"))?)?;
-        let admin_token = std::fs::read_to_string(Path::new(dirs.split(',').next().unwrap_or(d)).join("admin.token"))?.trim().to_owned();
-        nodes.push((info["grpc"].as_str().unwrap_or_default().to_owned(), info["pid"].as_u64().unwrap_or(0), admin_token));
+        let info: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(Path::new(d).join("node.json"))?)?;
+        let admin_token = std::fs::read_to_string(
+            Path::new(dirs.split(',').next().unwrap_or(d)).join("admin.token"),
+        )?
+        .trim()
+        .to_owned();
+        nodes.push((
+            info["grpc"].as_str().unwrap_or_default().to_owned(),
+            info["pid"].as_u64().unwrap_or(0),
+            admin_token,
+        ));
     }
-    anyhow::ensure!(nodes.len() >= 3, "--failover needs the data dirs of at least three nodes");
+    anyhow::ensure!(
+        nodes.len() >= 3,
+        "--failover needs the data dirs of at least three nodes"
+    );
     let (first, _, admin_token) = &nodes[0];
-    let status = client::admin(client::connect(first).await?, admin_token)?.status(pb::StatusRequest {}).await?.into_inner();
-    let leader_addr = status.nodes.iter().find(|n| n.role == "leader").map(|n| n.address.clone()).context("no leader")?;
-    let leader = nodes.iter().position(|n| n.0 == leader_addr).context("the leader is not among --failover's nodes")?;
+    let status = client::admin(client::connect(first).await?, admin_token)?
+        .status(pb::StatusRequest {})
+        .await?
+        .into_inner();
+    let leader_addr = status
+        .nodes
+        .iter()
+        .find(|n| n.role == "leader")
+        .map(|n| n.address.clone())
+        .context("no leader")?;
+    let leader = nodes
+        .iter()
+        .position(|n| n.0 == leader_addr)
+        .context("the leader is not among --failover's nodes")?;
     let survivor = nodes[(leader + 1) % nodes.len()].0.clone();
     let mut s = client::storage(client::connect(&survivor).await?, token)?;
-    std::process::Command::new("kill").args(["-9", &nodes[leader].1.to_string()]).status()?;
+    std::process::Command::new("kill")
+        .args(["-9", &nodes[leader].1.to_string()])
+        .status()?;
     let killed = Instant::now();
     let mut attempts = 0;
     loop {
         attempts += 1;
         let r = async {
             let up = s
-                .create_upload(pb::CreateUploadRequest { bucket: "failover".into(), key: format!("k{attempts}"), size: 0, ..Default::default() })
+                .create_upload(pb::CreateUploadRequest {
+                    bucket: "failover".into(),
+                    key: format!("k{attempts}"),
+                    size: 0,
+                    ..Default::default()
+                })
                 .await?
                 .into_inner();
-            s.complete_upload(pb::CompleteUploadRequest { session_id: up.session_id, file_hash: bytes::Bytes::copy_from_slice(blake3::hash(b"").as_bytes()) })
-                .await
+            s.complete_upload(pb::CompleteUploadRequest {
+                session_id: up.session_id,
+                file_hash: bytes::Bytes::copy_from_slice(blake3::hash(b"").as_bytes()),
+            })
+            .await
         }
         .await;
         if r.is_ok() {
             break;
         }
-        anyhow::ensure!(killed.elapsed() < Duration::from_secs(60), "no write succeeded within 60s of the kill");
+        anyhow::ensure!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no write succeeded within 60s of the kill"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let took = killed.elapsed();
     if json {
-        println!("{}", serde_json::json!({ "killed_leader": leader_addr, "wrote_through": survivor, "failover_s": took.as_secs_f64(), "attempts": attempts }));
+        println!(
+            "{}",
+            serde_json::json!({ "killed_leader": leader_addr, "wrote_through": survivor, "failover_s": took.as_secs_f64(), "attempts": attempts })
+        );
     } else {
-        println!("strata-bench failover: killed leader {leader_addr} (SIGKILL); first successful write through {survivor} after {:.0} ms ({attempts} attempts)", took.as_secs_f64() * 1e3);
+        println!(
+            "strata-bench failover: killed leader {leader_addr} (SIGKILL); first successful write through {survivor} after {:.0} ms ({attempts} attempts)",
+            took.as_secs_f64() * 1e3
+        );
     }
     Ok(())
 }

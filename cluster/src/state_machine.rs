@@ -287,11 +287,7 @@ impl<'a> Txn<'a> {
     }
 
     /// The last live key under `prefix` strictly before `key`, with its value.
-    fn prev_before(
-        &self,
-        prefix: &[u8],
-        key: &[u8],
-    ) -> Result<Option<KeyValue>, StoreError> {
+    fn prev_before(&self, prefix: &[u8], key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
         let mut from_tree = None;
         for kv in self.tree.range(prefix.to_vec()..key.to_vec()).rev() {
             let (k, v) = kv?;

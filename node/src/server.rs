@@ -138,15 +138,21 @@ pub async fn run(
     // Serve at once: a joining node must be reachable while the leader replicates to it.
     let server = tokio::spawn(server);
 
-    let bootstrapped = bootstrap(&ctx, mode, init, &join, &secret_file).await?;
-    let first = if bootstrapped {
-        first_run(&ctx, mode).await?
-    } else {
-        FirstRun {
-            admin_token: None,
-            tenant_token: None,
-        }
+    let member = bootstrap(&ctx, mode, init, &join, &secret_file).await?;
+    let mut first = FirstRun {
+        admin_token: None,
+        tenant_token: None,
     };
+    // The node that creates a cluster (dev, --init) also creates its first credentials; after
+    // a read barrier, so a restarted node whose replica lags never makes a second set.
+    if member && join.is_empty() && (mode == Mode::Dev || init) {
+        match ctx.linearize().await {
+            Ok(()) => first = first_run(&ctx, mode).await?,
+            Err(e) => {
+                tracing::warn!(error = %e, "first-run credentials not checked: no quorum yet")
+            }
+        }
+    }
     write_node_file(&dir, grpc_addr, metrics_addr, &ctx.config.node_id)?;
     banner(&ctx.config, mode, grpc_addr, metrics_addr, &first);
     let _peers = if mode == Mode::Dev && dev_nodes > 1 {
@@ -181,8 +187,8 @@ pub async fn run(
 }
 
 /// Brings an uninitialized node into a cluster: joins through `join`, or (dev mode, --init)
-/// starts a new one-node cluster with a fresh secret. Returns whether this node created the
-/// cluster (and so should create the first-run credentials).
+/// starts a new one-node cluster with a fresh secret. Returns whether the node is now a
+/// member of a cluster.
 async fn bootstrap(
     ctx: &Context,
     mode: Mode,
@@ -198,7 +204,7 @@ async fn bootstrap(
                 secret_file.display()
             );
         }
-        return Ok(mode == Mode::Dev);
+        return Ok(true);
     }
     if !join.is_empty() {
         let secret = cluster.peers.secret();
@@ -210,7 +216,7 @@ async fn bootstrap(
         write_secret(secret_file, &secret)?;
         tracing::info!(via = join, "joining the cluster");
         cluster.join(join, Duration::from_secs(120)).await?;
-        return Ok(false);
+        return Ok(true);
     }
     if mode == Mode::Dev || init {
         if cluster.peers.secret().is_empty() {

@@ -338,7 +338,9 @@ impl Cluster {
     /// Whether this node leads and has heard from a quorum recently.
     fn leader_without_quorum(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
-        m.state.is_leader() && m.millis_since_quorum_ack.is_none_or(|ms| ms > 2 * ELECTION_TIMEOUT_MAX_MS)
+        m.state.is_leader()
+            && m.millis_since_quorum_ack
+                .is_none_or(|ms| ms > 2 * ELECTION_TIMEOUT_MAX_MS)
     }
 
     /// Commits `cmd` through Raft from any node (on a follower it is forwarded to the
@@ -416,7 +418,9 @@ impl Writer {
     /// Whether this node leads and has not heard from a quorum recently.
     fn leader_without_quorum(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
-        m.state.is_leader() && m.millis_since_quorum_ack.is_none_or(|ms| ms > 2 * ELECTION_TIMEOUT_MAX_MS)
+        m.state.is_leader()
+            && m.millis_since_quorum_ack
+                .is_none_or(|ms| ms > 2 * ELECTION_TIMEOUT_MAX_MS)
     }
 
     /// Commits `cmd` (one Raft entry), forwarding it to the leader from a follower.
