@@ -14,7 +14,16 @@ if [ "$(id -u)" != 0 ]; then
   echo "tests/run.sh: the disk-fault tests mount tmpfs filesystems and need root" >&2
   exit 1
 fi
-need mount || { apt-get update -qq && apt-get install -y -qq mount; }
+# Debian packages the tests use: mount(8) for the tmpfs tests, prometheus and promtool for the
+# metrics tests (a real Prometheus scrapes a local cluster).
+missing=()
+need mount || missing+=(mount)
+need prometheus && need promtool || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
 
 if ! need cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest" >&2

@@ -10,6 +10,7 @@ pub mod chunk_store;
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod raft;
 pub mod server;

@@ -1,7 +1,5 @@
 //! Metric names (all `strata_*`, units in the name) and the Prometheus exporter.
 
-use std::net::SocketAddr;
-
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
@@ -22,17 +20,26 @@ pub const TRASH_PURGED: &str = "strata_trash_purged_total";
 pub const CHUNKS_COLLECTED: &str = "strata_chunks_collected_total";
 pub const ACTOR_RESTARTS: &str = "strata_actor_restarts_total";
 pub const UPTIME: &str = "strata_uptime_seconds";
+pub const DISK_TOTAL: &str = "strata_disk_total_bytes";
+pub const DISK_FREE: &str = "strata_disk_free_bytes";
+pub const RAFT_TERM: &str = "strata_raft_term";
+pub const RAFT_IS_LEADER: &str = "strata_raft_is_leader";
+pub const RAFT_HAS_LEADER: &str = "strata_raft_has_leader";
+pub const RAFT_LAST_LOG_INDEX: &str = "strata_raft_last_log_index";
+pub const RAFT_APPLIED_INDEX: &str = "strata_raft_applied_index";
+pub const RAFT_APPLY_LAG: &str = "strata_raft_apply_lag_entries";
+pub const RAFT_VOTERS: &str = "strata_raft_voters";
+pub const RAFT_MAX_FOLLOWER_LAG: &str = "strata_raft_max_follower_lag_entries";
 
-/// Installs the global recorder and serves /metrics on `addr`.
-pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
+/// Installs the global recorder; the handle renders the Prometheus text (see `http.rs`).
+pub fn install() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
     let latency_buckets = [
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     ];
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets)?
-        .install()
-        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     describe();
     // Series appear in the output once touched: start the unlabelled ones at zero so alerts
     // and dashboards see them before the first event.
@@ -52,7 +59,39 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
     for name in [CHUNK_STORE_CHUNKS, CHUNK_STORE_BYTES, SESSIONS_OPEN, UPTIME] {
         metrics::gauge!(name).set(0.0);
     }
-    Ok(())
+    Ok(handle)
+}
+
+/// Copies Raft's state into gauges whenever it changes.
+pub async fn follow_raft(raft: strata_cluster::raft::Raft) {
+    let mut rx = raft.metrics();
+    loop {
+        let m = rx.borrow_and_update().clone();
+        metrics::gauge!(RAFT_TERM).set(m.current_term as f64);
+        metrics::gauge!(RAFT_IS_LEADER).set(if m.state.is_leader() { 1.0 } else { 0.0 });
+        metrics::gauge!(RAFT_HAS_LEADER).set(if m.current_leader.is_some() { 1.0 } else { 0.0 });
+        let last = m.last_log_index.unwrap_or(0);
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        metrics::gauge!(RAFT_LAST_LOG_INDEX).set(last as f64);
+        metrics::gauge!(RAFT_APPLIED_INDEX).set(applied as f64);
+        metrics::gauge!(RAFT_APPLY_LAG).set(last.saturating_sub(applied) as f64);
+        metrics::gauge!(RAFT_VOTERS)
+            .set(m.membership_config.membership().voter_ids().count() as f64);
+        let follower_lag = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.values()
+                    .map(|matched| last.saturating_sub(matched.map_or(0, |l| l.index)))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        metrics::gauge!(RAFT_MAX_FOLLOWER_LAG).set(follower_lag as f64);
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 fn describe() {
@@ -108,4 +147,34 @@ fn describe() {
         "actors restarted by their supervisor after a failure"
     );
     describe_gauge!(UPTIME, Unit::Seconds, "seconds since the node started");
+    describe_gauge!(
+        DISK_TOTAL,
+        Unit::Bytes,
+        "size of the filesystem holding the data directory"
+    );
+    describe_gauge!(
+        DISK_FREE,
+        Unit::Bytes,
+        "free space on the filesystem holding the data directory"
+    );
+    describe_gauge!(RAFT_TERM, "current Raft term");
+    describe_gauge!(RAFT_IS_LEADER, "1 if this node is the Raft leader");
+    describe_gauge!(RAFT_HAS_LEADER, "1 if this node knows a Raft leader");
+    describe_gauge!(
+        RAFT_LAST_LOG_INDEX,
+        "index of the last entry in this node's Raft log"
+    );
+    describe_gauge!(
+        RAFT_APPLIED_INDEX,
+        "index of the last Raft entry applied to this node's state machine"
+    );
+    describe_gauge!(
+        RAFT_APPLY_LAG,
+        "Raft entries in the log not yet applied on this node"
+    );
+    describe_gauge!(RAFT_VOTERS, "voting members of the Raft group");
+    describe_gauge!(
+        RAFT_MAX_FOLLOWER_LAG,
+        "largest replication lag of a follower, in entries (leader only; 0 elsewhere)"
+    );
 }

@@ -64,8 +64,9 @@ pub async fn run(
 
     let grpc = bind(config.listen, mode).await?;
     let grpc_addr = grpc.local_addr()?;
-    let metrics_addr = free_addr(config.metrics_listen, mode).await?;
-    metrics::install(metrics_addr)?;
+    let metrics_listener = bind(config.metrics_listen, mode).await?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    let metrics_handle = metrics::install()?;
 
     let advertise = if config.advertise.is_empty() {
         format!("http://{grpc_addr}")
@@ -137,6 +138,12 @@ pub async fn run(
         });
     // Serve at once: a joining node must be reachable while the leader replicates to it.
     let server = tokio::spawn(server);
+    tokio::spawn(crate::http::serve(
+        metrics_listener,
+        metrics_handle,
+        ctx.clone(),
+    ));
+    tokio::spawn(metrics::follow_raft(ctx.cluster.raft.clone()));
 
     let member = bootstrap(&ctx, mode, init, &join, &secret_file).await?;
     let mut first = FirstRun {
@@ -393,12 +400,6 @@ async fn bind(addr: SocketAddr, mode: Mode) -> anyhow::Result<TcpListener> {
         },
         last.map(|e| e.to_string()).unwrap_or_default()
     ))
-}
-
-/// A free address for the metrics listener (which binds it itself).
-async fn free_addr(addr: SocketAddr, mode: Mode) -> anyhow::Result<SocketAddr> {
-    let l = bind(addr, mode).await?;
-    Ok(l.local_addr()?)
 }
 
 async fn first_run(ctx: &Context, mode: Mode) -> anyhow::Result<FirstRun> {

@@ -478,3 +478,40 @@ pub async fn complete(
         .await
         .map(|r| r.into_inner())
 }
+
+/// A minimal HTTP/1.0 GET over loopback; returns (status code, body), or (0, the error) when
+/// nothing answers.
+pub async fn http_get(url: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut conn = match tokio::net::TcpStream::connect(host).await {
+        Ok(c) => c,
+        Err(e) => return (0, format!("connect {host}: {e}")),
+    };
+    let mut buf = String::new();
+    let exchanged = async {
+        conn.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await?;
+        conn.read_to_string(&mut buf).await
+    }
+    .await;
+    if let Err(e) = exchanged {
+        return (0, format!("GET {url}: {e}"));
+    }
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The metrics endpoint's base URL (without /metrics).
+pub fn http_base(node: &Node) -> String {
+    node.metrics.trim_end_matches("/metrics").to_owned()
+}

@@ -84,7 +84,7 @@ async fn a_corrupt_chunk_is_never_served() {
             .expect("first chunk")
             == bytes[..4 << 20]
     );
-    let metrics = http_get(&node.metrics).await;
+    let (_, metrics) = http_get(&node.metrics).await;
     assert!(
         metrics.contains("strata_chunk_corrupt_total 1"),
         "{metrics}"
@@ -127,19 +127,4 @@ async fn orphan_chunk_files_are_collected_at_start() {
             .expect("get")
             == bytes
     );
-}
-
-async fn http_get(url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').expect("path");
-    let mut conn = tokio::net::TcpStream::connect(host)
-        .await
-        .expect("connect metrics");
-    conn.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut buf = String::new();
-    conn.read_to_string(&mut buf).await.expect("read");
-    buf
 }

@@ -60,7 +60,7 @@ async fn metrics_count_requests_and_bytes() {
     let node = Node::start();
     let mut s = node.storage().await;
     put(&mut s, node.root.path(), "m-bucket", "k", &data(123_456, 1)).await;
-    let body = http_get(&node.metrics).await;
+    let (_, body) = http_get(&node.metrics).await;
     for needle in [
         "strata_upload_bytes_total 123456",
         "strata_grpc_requests_total{method=\"CompleteUpload\",code=\"Ok\"} 1",
@@ -68,20 +68,4 @@ async fn metrics_count_requests_and_bytes() {
     ] {
         assert!(body.contains(needle), "metrics lack {needle:?}:\n{body}");
     }
-}
-
-/// A minimal HTTP/1.0 GET over loopback (the metrics endpoint is plain HTTP).
-async fn http_get(url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').expect("path");
-    let mut conn = tokio::net::TcpStream::connect(host)
-        .await
-        .expect("connect metrics");
-    conn.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut buf = String::new();
-    conn.read_to_string(&mut buf).await.expect("read");
-    buf
 }
