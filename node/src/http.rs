@@ -56,7 +56,7 @@ async fn metrics(State(s): State<Http>) -> impl IntoResponse {
 async fn health(State(s): State<Http>) -> impl IntoResponse {
     let m = s.ctx.cluster.raft.metrics().borrow().clone();
     let role = format!("{:?}", m.state).to_lowercase();
-    let (code, serving, why) = if !m.running_state.is_ok() {
+    let (code, serving, why) = if m.running_state.is_err() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             false,

@@ -176,3 +176,43 @@ async fn prometheus_scrapes_the_cluster_and_sees_uploads() {
     .await;
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// The dashboard and the alert rules only use metrics the node defines.
+#[test]
+fn dashboard_and_alerts_use_existing_metrics() {
+    let root = repo_root();
+    let source = std::fs::read_to_string(root.join("node/src/metrics.rs")).expect("metrics.rs");
+    let names = |text: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while let Some(at) = text[i..].find("strata_") {
+            let start = i + at;
+            let end = start
+                + bytes[start..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || **b == b'_')
+                    .count();
+            out.push(text[start..end].to_owned());
+            i = end;
+        }
+        out
+    };
+    let defined: Vec<String> = names(&source);
+    let dashboard = std::fs::read_to_string(root.join("deploy/grafana/strata-dashboard.json"))
+        .expect("dashboard");
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| !p.is_empty()));
+    let alerts =
+        std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).expect("alerts");
+    for used in names(&dashboard).into_iter().chain(names(&alerts)) {
+        let base = used
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count");
+        assert!(
+            defined.iter().any(|d| d == base),
+            "{used} is not a metric the node defines"
+        );
+    }
+}
