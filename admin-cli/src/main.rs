@@ -110,6 +110,16 @@ enum Cmd {
     Versions { path: String },
     /// Node status (admin).
     Status,
+    /// Buckets of your tenant (tenant token).
+    Bucket {
+        #[command(subcommand)]
+        cmd: BucketCmd,
+    },
+    /// Tenant tokens (admin): create, list, revoke.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
     /// Cluster membership (admin): add or remove nodes.
     Node {
         #[command(subcommand)]
@@ -122,6 +132,26 @@ enum Cmd {
     },
     /// Print shell completions (bash, zsh, fish, ...).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum BucketCmd {
+    /// Create a bucket (uploads also create missing buckets).
+    Create { name: String },
+    /// List your buckets.
+    List,
+    /// Delete an empty bucket.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// A new token for an existing tenant (shown once).
+    Create { tenant: String },
+    /// Every token's id, tenant and creation time (never the token itself).
+    List,
+    /// Revoke a token by the id `strata token list` shows.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -505,6 +535,112 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "{:<20}  {:<28}  {:<8}  {:>10}  {:>6}",
                         n.raft_id, n.address, n.role, n.matched_index, n.lag
                     );
+                }
+            }
+        }
+        Cmd::Bucket { cmd } => {
+            let mut storage = cli.storage().await?;
+            match cmd {
+                BucketCmd::Create { name } => {
+                    let b = storage
+                        .create_bucket(pb::BucketRequest {
+                            bucket: name.clone(),
+                        })
+                        .await
+                        .map_err(|s| status_error("bucket create", s))?
+                        .into_inner();
+                    if cli.json {
+                        println!(
+                            "{}",
+                            json!({ "bucket": b.bucket, "created_at_ms": b.created_at_ms })
+                        );
+                    } else {
+                        println!("created bucket {}", b.bucket);
+                    }
+                }
+                BucketCmd::List => {
+                    let r = storage
+                        .list_buckets(pb::ListBucketsRequest {})
+                        .await
+                        .map_err(|s| status_error("bucket list", s))?
+                        .into_inner();
+                    if cli.json {
+                        println!("{}", json!(r.buckets.iter().map(|b| json!({ "bucket": b.bucket, "created_at_ms": b.created_at_ms })).collect::<Vec<_>>()));
+                    } else {
+                        println!("{:<40}  CREATED", "BUCKET");
+                        for b in &r.buckets {
+                            println!("{:<40}  {}", b.bucket, time(b.created_at_ms));
+                        }
+                    }
+                }
+                BucketCmd::Delete { name } => {
+                    storage
+                        .delete_bucket(pb::BucketRequest {
+                            bucket: name.clone(),
+                        })
+                        .await
+                        .map_err(|s| status_error("bucket delete", s))?;
+                    if cli.json {
+                        println!("{}", json!({ "deleted": name }));
+                    } else {
+                        println!("deleted bucket {name}");
+                    }
+                }
+            }
+        }
+        Cmd::Token { cmd } => {
+            let mut admin = cli.admin().await?;
+            match cmd {
+                TokenCmd::Create { tenant } => {
+                    let r = admin
+                        .create_token(pb::CreateTokenRequest {
+                            tenant: tenant.clone(),
+                        })
+                        .await
+                        .map_err(|s| status_error("token create", s))?
+                        .into_inner();
+                    if cli.json {
+                        println!(
+                            "{}",
+                            json!({ "tenant": r.name, "tenant_id": r.tenant_id, "token": r.token })
+                        );
+                    } else {
+                        println!(
+                            "new token for tenant {}: {}  (shown once: store it now)",
+                            r.name, r.token
+                        );
+                    }
+                }
+                TokenCmd::List => {
+                    let r = admin
+                        .list_tokens(pb::ListTokensRequest {})
+                        .await
+                        .map_err(|s| status_error("token list", s))?
+                        .into_inner();
+                    if cli.json {
+                        println!("{}", json!(r.tokens.iter().map(|t| json!({ "id": t.id, "tenant": t.tenant, "admin": t.admin, "created_at_ms": t.created_at_ms })).collect::<Vec<_>>()));
+                    } else {
+                        println!("{:<18}  {:<24}  CREATED", "ID", "FOR");
+                        for t in &r.tokens {
+                            let who = if t.admin {
+                                "(admin)".to_owned()
+                            } else {
+                                t.tenant.clone()
+                            };
+                            println!("{:<18}  {:<24}  {}", t.id, who, time(t.created_at_ms));
+                        }
+                    }
+                }
+                TokenCmd::Revoke { id } => {
+                    admin
+                        .revoke_token(pb::RevokeTokenRequest { id: id.clone() })
+                        .await
+                        .map_err(|s| status_error("token revoke", s))?;
+                    if cli.json {
+                        println!("{}", json!({ "revoked": id }));
+                    } else {
+                        println!("revoked token {id}");
+                    }
                 }
             }
         }

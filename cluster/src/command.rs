@@ -81,6 +81,25 @@ pub enum Command {
     /// Several commands in one Raft entry (concurrent writes batched by the proposer). They
     /// apply in order, atomically; each gets its own result.
     Batch(Vec<Command>),
+    /// Another token for an existing tenant.
+    CreateToken {
+        tenant_name: String,
+        token: TokenHash,
+        now_ms: i64,
+    },
+    RevokeToken {
+        token: TokenHash,
+    },
+    CreateBucket {
+        tenant: TenantId,
+        bucket: BucketName,
+        now_ms: i64,
+    },
+    /// Deletes an empty bucket (no live or trashed keys).
+    DeleteBucket {
+        tenant: TenantId,
+        bucket: BucketName,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +123,7 @@ pub enum Response {
     Purged {
         versions: u32,
     },
+    TokenCreated(TenantId),
     /// The results of a `Command::Batch`, in order.
     Batch(Vec<Result<Response, crate::error::Rejection>>),
 }

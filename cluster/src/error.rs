@@ -47,6 +47,14 @@ pub enum Rejection {
     Incomplete(Vec<Gap>),
     #[error("tenant name {0:?} is already taken")]
     TenantExists(String),
+    #[error("tenant {0:?} not found")]
+    TenantNotFound(String),
+    #[error("bucket already exists")]
+    BucketExists,
+    #[error("bucket is not empty ({0} key(s), live or in the trash): delete them first")]
+    BucketNotEmpty(u64),
+    #[error("token not found")]
+    TokenNotFound,
 }
 
 /// Failure of the state machine itself (not a refusal): the node cannot serve metadata.

@@ -285,6 +285,57 @@ impl StateMachine {
     }
 }
 
+/// A token as an operator sees it: never the token itself, only an id derived from its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenView {
+    pub hash: TokenHash,
+    pub principal: Principal,
+    pub tenant_name: Option<String>,
+    pub created_at_ms: i64,
+}
+
+impl StateMachine {
+    /// Every token (admin and tenant), by hash order.
+    pub fn tokens(&self) -> Result<Vec<TokenView>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix([keys::TOKEN]) {
+            let (k, v) = kv?;
+            let Some(hash) = k.get(1..33).and_then(|h| <[u8; 32]>::try_from(h).ok()) else {
+                continue;
+            };
+            let rec: TokenRecord = decode("token", &v)?;
+            let tenant_name = match rec.principal {
+                Principal::Tenant(t) => self.tenant(t)?.map(|r| r.name),
+                Principal::Admin => None,
+            };
+            out.push(TokenView {
+                hash: TokenHash(hash),
+                principal: rec.principal,
+                tenant_name,
+                created_at_ms: rec.created_at_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A tenant's buckets with their creation times, in name order.
+    pub fn buckets(&self, tenant: TenantId) -> Result<Vec<(BucketName, i64)>, StoreError> {
+        let prefix = [&[keys::BUCKET][..], &tenant.0.to_be_bytes()].concat();
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let rec: BucketRecord = decode("bucket", &v)?;
+            if let Some(name) = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|n| BucketName::new(n).ok())
+            {
+                out.push((name, rec.created_at_ms));
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl StateMachine {
     /// Whether any admin token exists (a fresh node creates one at first start).
     pub fn has_admin_token(&self) -> Result<bool, StoreError> {

@@ -119,6 +119,61 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                 }
                 Ok(Response::Batch(results))
             }
+            Command::CreateToken {
+                tenant_name,
+                token,
+                now_ms,
+            } => {
+                let name_key = keys::meta(&format!("tenant-name/{tenant_name}"));
+                let Some(id) = tx.get_raw(&name_key)?.and_then(|v| keys::be_u64(&v, 0)) else {
+                    return Err(Rejection::TenantNotFound(tenant_name.clone()).into());
+                };
+                let rec = TokenRecord {
+                    principal: Principal::Tenant(TenantId(id)),
+                    created_at_ms: *now_ms,
+                };
+                tx.put(keys::token(&token.0), &rec);
+                Ok(Response::TokenCreated(TenantId(id)))
+            }
+            Command::RevokeToken { token } => {
+                if tx.get_raw(&keys::token(&token.0))?.is_none() {
+                    return Err(Rejection::TokenNotFound.into());
+                }
+                tx.del(keys::token(&token.0));
+                Ok(Response::Done)
+            }
+            Command::CreateBucket {
+                tenant,
+                bucket,
+                now_ms,
+            } => {
+                let key = keys::bucket(*tenant, bucket);
+                if tx.get_raw(&key)?.is_some() {
+                    return Err(Rejection::BucketExists.into());
+                }
+                tx.put(
+                    key,
+                    &BucketRecord {
+                        created_at_ms: *now_ms,
+                    },
+                );
+                Ok(Response::Done)
+            }
+            Command::DeleteBucket { tenant, bucket } => {
+                let key = keys::bucket(*tenant, bucket);
+                if tx.get_raw(&key)?.is_none() {
+                    return Err(Rejection::BucketNotFound.into());
+                }
+                let keys_in = tx
+                    .tree
+                    .scan_prefix(keys::object_prefix(*tenant, bucket))
+                    .count() as u64;
+                if keys_in > 0 {
+                    return Err(Rejection::BucketNotEmpty(keys_in).into());
+                }
+                tx.del(key);
+                Ok(Response::Done)
+            }
             Command::CreateTenant {
                 name,
                 token,

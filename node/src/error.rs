@@ -65,7 +65,9 @@ impl NodeError {
                 | Rejection::ChunkOverlap { .. }
                 | Rejection::ManifestMismatch { .. }
                 | Rejection::ManifestSize { .. } => Code::InvalidArgument,
-                Rejection::TenantExists(_) => Code::AlreadyExists,
+                Rejection::TenantExists(_) | Rejection::BucketExists => Code::AlreadyExists,
+                Rejection::TenantNotFound(_) | Rejection::TokenNotFound => Code::NotFound,
+                Rejection::BucketNotEmpty(_) => Code::FailedPrecondition,
             },
             NodeError::Metadata(_) => Code::Unavailable,
             NodeError::ChunkStore(e) => match e {

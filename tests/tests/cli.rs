@@ -144,3 +144,103 @@ fn get_to_a_device_writes_in_place() {
     assert!(stdout.status.success());
     assert_eq!(stdout.stdout.len(), 100_000);
 }
+
+#[test]
+fn buckets_and_tokens() {
+    let node = Node::start();
+    let made = ok(node.cli(&["--json", "bucket", "create", "photos"]));
+    assert_eq!(made["bucket"], "photos");
+    let dup = node.cli(&["bucket", "create", "photos"]);
+    assert!(
+        !dup.status.success() && String::from_utf8_lossy(&dup.stderr).contains("AlreadyExists")
+    );
+    let src = write_file(node.root.path(), "f", b"hello");
+    ok(node.cli(&[
+        "--json",
+        "put",
+        src.to_str().expect("path"),
+        "docs/hello.txt",
+    ]));
+    let list = ok(node.cli(&["--json", "bucket", "list"]));
+    let names: Vec<&str> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|b| b["bucket"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, vec!["docs", "photos"]);
+    let busy = node.cli(&["bucket", "delete", "docs"]);
+    assert!(
+        !busy.status.success() && String::from_utf8_lossy(&busy.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    ok(node.cli(&["--json", "bucket", "delete", "photos"]));
+    let missing = node.cli(&["bucket", "delete", "photos"]);
+    assert!(
+        !missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("NotFound")
+    );
+
+    // Tokens: a second token for the default tenant works, is listed, and stops working once revoked.
+    let made = ok(node.cli(&["--json", "token", "create", "default"]));
+    let token = made["token"].as_str().expect("token").to_owned();
+    let with_new = |args: &[&str]| {
+        std::process::Command::new(bin("strata"))
+            .args(args)
+            .env("STRATA_ENDPOINT", &node.endpoint)
+            .env("STRATA_TOKEN", &token)
+            .output()
+            .expect("run")
+    };
+    assert!(with_new(&["stat", "docs/hello.txt"]).status.success());
+    let tokens = ok(node.cli(&["--json", "token", "list"]));
+    let all = tokens.as_array().expect("array");
+    assert_eq!(all.len(), 3, "{tokens}");
+    assert_eq!(all.iter().filter(|t| t["admin"] == true).count(), 1);
+    let new_id = all
+        .iter()
+        .map(|t| t["id"].as_str().expect("id").to_owned())
+        .find(|id| {
+            blake3::hash(token.as_bytes())
+                .to_hex()
+                .starts_with(id.as_str())
+        })
+        .expect("new token listed");
+    ok(node.cli(&["--json", "token", "revoke", &new_id]));
+    let refused = with_new(&["stat", "docs/hello.txt"]);
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated")
+    );
+    assert!(!node.cli(&["token", "create", "nobody"]).status.success());
+    // The last admin token cannot be revoked.
+    let admin_id = all
+        .iter()
+        .find(|t| t["admin"] == true)
+        .and_then(|t| t["id"].as_str())
+        .expect("admin id")
+        .to_owned();
+    let last = node.cli(&["token", "revoke", &admin_id]);
+    assert!(
+        !last.status.success()
+            && String::from_utf8_lossy(&last.stderr).contains("last admin token")
+    );
+    // Wrong admin token, unknown node, unreachable endpoint: one-line errors.
+    assert!(
+        !node
+            .cli(&["--admin-token", "stk_x", "token", "list"])
+            .status
+            .success()
+    );
+    let unknown = node.cli(&["node", "remove", "12345"]);
+    assert!(
+        !unknown.status.success()
+            && String::from_utf8_lossy(&unknown.stderr).contains("not a member")
+    );
+    assert!(
+        !node
+            .cli(&["--endpoint", "http://127.0.0.1:1", "bucket", "list"])
+            .status
+            .success()
+    );
+}

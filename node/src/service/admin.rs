@@ -156,6 +156,108 @@ impl pb::admin_server::Admin for AdminService {
         .await
     }
 
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTenantResponse>, Status> {
+        observe("CreateToken", async {
+            auth::admin(&self.ctx.sm, req.metadata())?;
+            let name = req.get_ref().tenant.clone();
+            check_tenant_name(&name)?;
+            let token = auth::new_token();
+            let cmd = Command::CreateToken {
+                tenant_name: name.clone(),
+                token: TokenHash::of(&token),
+                now_ms: now_ms(),
+            };
+            match self.ctx.propose(cmd).await? {
+                SmResponse::TokenCreated(id) => Ok(pb::CreateTenantResponse {
+                    tenant_id: id.0,
+                    name,
+                    token,
+                }),
+                other => Err(NodeError::Internal(format!(
+                    "unexpected response to CreateToken: {other:?}"
+                ))),
+            }
+        })
+        .await
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        observe("ListTokens", async {
+            auth::admin(&self.ctx.sm, req.metadata())?;
+            self.ctx.linearize().await?;
+            let tokens = self
+                .ctx
+                .sm
+                .tokens()?
+                .into_iter()
+                .map(|t| pb::TokenInfo {
+                    id: hex::encode(&t.hash.0[..8]),
+                    tenant: t.tenant_name.unwrap_or_default(),
+                    admin: t.principal == strata_cluster::records::Principal::Admin,
+                    created_at_ms: t.created_at_ms,
+                })
+                .collect();
+            Ok(pb::ListTokensResponse { tokens })
+        })
+        .await
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        observe("RevokeToken", async {
+            auth::admin(&self.ctx.sm, req.metadata())?;
+            let id = req.get_ref().id.trim().to_lowercase();
+            if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(NodeError::InvalidArgument(format!(
+                    "token id {id:?} must be hex digits from `strata token list`"
+                )));
+            }
+            self.ctx.linearize().await?;
+            let matches: Vec<_> = self
+                .ctx
+                .sm
+                .tokens()?
+                .into_iter()
+                .filter(|t| hex::encode(t.hash.0).starts_with(&id))
+                .collect();
+            let token = match matches.as_slice() {
+                [one] => one.clone(),
+                [] => return Err(NodeError::NotFound(format!("no token with id {id}"))),
+                _ => {
+                    return Err(NodeError::InvalidArgument(format!(
+                        "token id {id} is ambiguous: give more digits"
+                    )));
+                }
+            };
+            let admins = self
+                .ctx
+                .sm
+                .tokens()?
+                .iter()
+                .filter(|t| t.principal == strata_cluster::records::Principal::Admin)
+                .count();
+            if token.principal == strata_cluster::records::Principal::Admin && admins == 1 {
+                return Err(NodeError::FailedPrecondition(
+                    "this is the last admin token: revoking it would lock every operator out"
+                        .into(),
+                ));
+            }
+            self.ctx
+                .propose(Command::RevokeToken { token: token.hash })
+                .await?;
+            Ok(pb::RevokeTokenResponse {})
+        })
+        .await
+    }
+
     async fn add_node(
         &self,
         req: Request<pb::AddNodeRequest>,

@@ -434,6 +434,82 @@ impl pb::storage_server::Storage for StorageService {
         .await
     }
 
+    async fn create_bucket(
+        &self,
+        req: Request<pb::BucketRequest>,
+    ) -> Result<Response<pb::BucketInfo>, Status> {
+        observe("CreateBucket", async {
+            let tenant = self.tenant(&req)?;
+            let bucket = convert::bucket(&req.get_ref().bucket)?;
+            let now = now_ms();
+            match self
+                .ctx
+                .propose(Command::CreateBucket {
+                    tenant,
+                    bucket: bucket.clone(),
+                    now_ms: now,
+                })
+                .await
+            {
+                Ok(_) => Ok(pb::BucketInfo {
+                    bucket: bucket.to_string(),
+                    created_at_ms: now,
+                }),
+                Err(NodeError::Rejected(Rejection::BucketExists)) => {
+                    Err(NodeError::Rejected(Rejection::BucketExists))
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn list_buckets(
+        &self,
+        req: Request<pb::ListBucketsRequest>,
+    ) -> Result<Response<pb::ListBucketsResponse>, Status> {
+        observe("ListBuckets", async {
+            let tenant = self.tenant(&req)?;
+            self.ctx.linearize().await?;
+            let buckets = self.ctx.sm.buckets(tenant)?;
+            Ok(pb::ListBucketsResponse {
+                buckets: buckets
+                    .into_iter()
+                    .map(|(b, t)| pb::BucketInfo {
+                        bucket: b.to_string(),
+                        created_at_ms: t,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: Request<pb::BucketRequest>,
+    ) -> Result<Response<pb::DeleteBucketResponse>, Status> {
+        observe("DeleteBucket", async {
+            let tenant = self.tenant(&req)?;
+            let bucket = convert::bucket(&req.get_ref().bucket)?;
+            match self
+                .ctx
+                .propose(Command::DeleteBucket {
+                    tenant,
+                    bucket: bucket.clone(),
+                })
+                .await
+            {
+                Ok(_) => Ok(pb::DeleteBucketResponse {}),
+                Err(NodeError::Rejected(Rejection::BucketNotFound)) => {
+                    Err(NodeError::NotFound(format!("bucket {bucket} not found")))
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
     async fn undelete(
         &self,
         req: Request<pb::UndeleteRequest>,
