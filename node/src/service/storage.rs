@@ -442,24 +442,17 @@ impl pb::storage_server::Storage for StorageService {
             let tenant = self.tenant(&req)?;
             let bucket = convert::bucket(&req.get_ref().bucket)?;
             let now = now_ms();
-            match self
-                .ctx
+            self.ctx
                 .propose(Command::CreateBucket {
                     tenant,
                     bucket: bucket.clone(),
                     now_ms: now,
                 })
-                .await
-            {
-                Ok(_) => Ok(pb::BucketInfo {
-                    bucket: bucket.to_string(),
-                    created_at_ms: now,
-                }),
-                Err(NodeError::Rejected(Rejection::BucketExists)) => {
-                    Err(NodeError::Rejected(Rejection::BucketExists))
-                }
-                Err(e) => Err(e),
-            }
+                .await?;
+            Ok(pb::BucketInfo {
+                bucket: bucket.to_string(),
+                created_at_ms: now,
+            })
         })
         .await
     }
