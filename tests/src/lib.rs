@@ -515,3 +515,19 @@ pub async fn http_get(url: &str) -> (u16, String) {
 pub fn http_base(node: &Node) -> String {
     node.metrics.trim_end_matches("/metrics").to_owned()
 }
+
+/// Stat of the current version of bucket/key.
+pub async fn stat(
+    storage: &mut Storage,
+    bucket: &str,
+    key: &str,
+) -> Result<pb::ObjectInfo, tonic::Status> {
+    storage
+        .stat(pb::StatRequest {
+            bucket: bucket.into(),
+            key: key.into(),
+            version: 0,
+        })
+        .await
+        .map(|r| r.into_inner())
+}

@@ -209,17 +209,7 @@ async fn incomplete_and_mismatched_uploads_create_no_version() {
             err.message()
         );
     }
-    assert_eq!(
-        code(
-            s.stat(pb::StatRequest {
-                bucket: "bad".into(),
-                key: "partial".into(),
-                version: 0
-            })
-            .await
-        ),
-        Code::NotFound
-    );
+    assert_eq!(code(stat(&mut s, "bad", "partial").await), Code::NotFound);
 
     put_raw(&mut s, &up.session_id, chunks[1..].to_vec())
         .await
@@ -229,17 +219,7 @@ async fn incomplete_and_mismatched_uploads_create_no_version() {
         .expect_err("hash mismatch");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("BLAKE3"), "{}", err.message());
-    assert_eq!(
-        code(
-            s.stat(pb::StatRequest {
-                bucket: "bad".into(),
-                key: "partial".into(),
-                version: 0
-            })
-            .await
-        ),
-        Code::NotFound
-    );
+    assert_eq!(code(stat(&mut s, "bad", "partial").await), Code::NotFound);
     // The session stays usable: the right hash completes it.
     complete(&mut s, &up.session_id, &bytes)
         .await
@@ -268,14 +248,7 @@ async fn bad_keys_and_buckets_are_invalid_arguments() {
         assert_eq!(err.code(), Code::InvalidArgument, "key {key:?}");
         assert!(!err.message().is_empty());
         assert_eq!(
-            code(
-                s.stat(pb::StatRequest {
-                    bucket: "bucket".into(),
-                    key: key.into(),
-                    version: 0
-                })
-                .await
-            ),
+            code(stat(&mut s, "bucket", key).await),
             Code::InvalidArgument
         );
     }
@@ -323,29 +296,14 @@ async fn tokens_and_tenants_are_enforced() {
     assert_eq!(err.code(), Code::Unauthenticated);
     let mut forged = node.storage_as("stk_0000").await;
     assert_eq!(
-        code(
-            forged
-                .stat(pb::StatRequest {
-                    bucket: "shared-name".into(),
-                    key: "secret".into(),
-                    version: 0
-                })
-                .await
-        ),
+        code(stat(&mut forged, "shared-name", "secret").await),
         Code::Unauthenticated
     );
 
     let bob_token = node.new_tenant("bob").await;
     let mut bob = node.storage_as(&bob_token).await;
     assert_eq!(
-        code(
-            bob.stat(pb::StatRequest {
-                bucket: "shared-name".into(),
-                key: "secret".into(),
-                version: 0
-            })
-            .await
-        ),
+        code(stat(&mut bob, "shared-name", "secret").await),
         Code::NotFound
     );
     assert!(
@@ -427,15 +385,7 @@ async fn tokens_and_tenants_are_enforced() {
     // Admin and tenant tokens are not interchangeable.
     let mut as_admin = node.storage_as(&node.admin_token).await;
     assert_eq!(
-        code(
-            as_admin
-                .stat(pb::StatRequest {
-                    bucket: "shared-name".into(),
-                    key: "secret".into(),
-                    version: 0
-                })
-                .await
-        ),
+        code(stat(&mut as_admin, "shared-name", "secret").await),
         Code::PermissionDenied
     );
     let mut admin_as_tenant = strata_admin::client::admin(

@@ -91,17 +91,7 @@ async fn full_disk_is_resource_exhausted_and_the_node_stays_up() {
             .expect("read while full")
             == small
     );
-    assert_eq!(
-        code(
-            s.stat(pb::StatRequest {
-                bucket: "full".into(),
-                key: "big".into(),
-                version: 0
-            })
-            .await
-        ),
-        Code::NotFound
-    );
+    assert_eq!(code(stat(&mut s, "full", "big").await), Code::NotFound);
 
     // Aborting the failed upload frees its chunks; then writes work again.
     let sessions = node.status().await.open_sessions;

@@ -59,14 +59,7 @@ async fn versions_trash_and_purge() {
         .into_inner();
     assert!(del.purge_at_ms > 0);
     assert_eq!(
-        code(
-            s.stat(pb::StatRequest {
-                bucket: "docs".into(),
-                key: "report.pdf".into(),
-                version: 0
-            })
-            .await
-        ),
+        code(stat(&mut s, "docs", "report.pdf").await),
         Code::NotFound
     );
     let live = s

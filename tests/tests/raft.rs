@@ -58,15 +58,10 @@ async fn every_node_serves_every_call() {
         .await;
         let next = &cluster.nodes[(i + 1) % 3];
         let mut s2 = next.storage().await;
-        let info = s2
-            .stat(pb::StatRequest {
-                bucket: "shared".into(),
-                key: format!("from-{i}"),
-                version: 0,
-            })
+        let info = stat(&mut s2, "shared", &format!("from-{i}"))
             .await
             .expect("read your write elsewhere");
-        assert_eq!(info.get_ref().size, format!("node {i}").len() as u64);
+        assert_eq!(info.size, format!("node {i}").len() as u64);
     }
     // Status everywhere names the same three members and one leader.
     let status = b.status().await;
@@ -134,15 +129,7 @@ async fn leader_failover_keeps_committed_writes() {
     let mut sb = back.storage().await;
     wait_until(20, "the old leader to catch up", || {
         let mut sb = sb.clone();
-        async move {
-            sb.stat(pb::StatRequest {
-                bucket: "failover".into(),
-                key: "after".into(),
-                version: 0,
-            })
-            .await
-            .is_ok()
-        }
+        async move { stat(&mut sb, "failover", "after").await.is_ok() }
     })
     .await;
     assert!(
@@ -175,12 +162,7 @@ async fn losing_quorum_fails_fast_and_recovers() {
         "write took {:?} to fail",
         t.elapsed()
     );
-    let err = s
-        .stat(pb::StatRequest {
-            bucket: "quorum".into(),
-            key: "kept".into(),
-            version: 0,
-        })
+    let err = stat(&mut s, "quorum", "kept")
         .await
         .expect_err("no linearizable read");
     assert_eq!(err.code(), Code::Unavailable);

@@ -163,14 +163,7 @@ async fn committed_versions_survive_sigkill() {
         );
     }
     assert_eq!(
-        code(
-            s.stat(pb::StatRequest {
-                bucket: "durable".into(),
-                key: "f0".into(),
-                version: 0
-            })
-            .await
-        ),
+        code(stat(&mut s, "durable", "f0").await),
         tonic::Code::NotFound
     );
 }
