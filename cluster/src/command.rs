@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ChunkId, SessionId, TenantId, TokenHash};
+use crate::layout::LayoutChange;
 use crate::names::{BucketName, ObjectKey};
 use crate::records::{ManifestEntry, ObjectView, TrashState};
 
@@ -99,6 +100,20 @@ pub enum Command {
     DeleteBucket {
         tenant: TenantId,
         bucket: BucketName,
+    },
+    /// Adds a change to the staged layout.
+    StageLayout(LayoutChange),
+    /// Makes the staged layout current as `version` (current + 1).
+    ApplyLayout {
+        version: u64,
+    },
+    /// Drops the staged layout.
+    RevertLayout,
+    /// Records the cluster CA that signs node certificates for the QUIC transport. The first
+    /// one recorded stays: later ones are ignored (two nodes racing to create it agree).
+    SetClusterCa {
+        cert_pem: String,
+        key_pem: String,
     },
 }
 

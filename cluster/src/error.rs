@@ -55,6 +55,16 @@ pub enum Rejection {
     BucketNotEmpty(u64),
     #[error("token not found")]
     TokenNotFound,
+    #[error("{0}")]
+    InvalidLayout(String),
+    #[error("node {0} is not in the layout")]
+    NodeNotInLayout(u64),
+    #[error("no layout change is staged")]
+    NothingStaged,
+    #[error(
+        "the staged layout would be version {expected}, not {given}: review it with `strata layout show` and apply that version"
+    )]
+    LayoutVersion { expected: u64, given: u64 },
 }
 
 /// Failure of the state machine itself (not a refusal): the node cannot serve metadata.

@@ -348,3 +348,24 @@ impl StateMachine {
         Ok(false)
     }
 }
+
+impl StateMachine {
+    /// The current, previous and staged layouts (all empty before the first apply).
+    pub fn layout(&self) -> Result<crate::layout::LayoutState, StoreError> {
+        Ok(read(
+            &self.tree,
+            "layout",
+            &keys::meta(crate::state_machine::LAYOUT),
+        )?
+        .unwrap_or_default())
+    }
+
+    /// The cluster CA, once the initializing node has recorded it.
+    pub fn cluster_ca(&self) -> Result<Option<ClusterCa>, StoreError> {
+        read(
+            &self.tree,
+            "cluster CA",
+            &keys::meta(crate::state_machine::CLUSTER_CA),
+        )
+    }
+}

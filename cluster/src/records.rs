@@ -157,3 +157,10 @@ pub struct SessionChunk {
     pub len: u32,
     pub cv: Option<[u8; 32]>,
 }
+
+/// The cluster CA (PEM): signs each node's QUIC certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+}

@@ -12,6 +12,7 @@ use crate::command::{Command, Response};
 use crate::error::{ApplyError, Gap, Rejection, StoreError};
 use crate::ids::{ChunkId, SessionId, TenantId, TokenHash};
 use crate::keys;
+use crate::layout::LayoutState;
 use crate::names::{BucketName, ObjectKey};
 use crate::records::*;
 
@@ -251,8 +252,38 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                 }
                 Ok(Response::Done)
             }
+            Command::StageLayout(change) => update_layout(tx, |l| l.stage(change)),
+            Command::ApplyLayout { version } => update_layout(tx, |l| l.apply(*version)),
+            Command::RevertLayout => update_layout(tx, |l| l.revert()),
+            Command::SetClusterCa { cert_pem, key_pem } => {
+                let key = keys::meta(CLUSTER_CA);
+                if tx.get_raw(&key)?.is_none() {
+                    tx.put(
+                        key,
+                        &ClusterCa {
+                            cert_pem: cert_pem.clone(),
+                            key_pem: key_pem.clone(),
+                        },
+                    );
+                }
+                Ok(Response::Done)
+            }
         }
     }
+}
+
+pub(crate) const LAYOUT: &str = "layout";
+pub(crate) const CLUSTER_CA: &str = "cluster-ca";
+
+fn update_layout(
+    tx: &mut Txn,
+    change: impl FnOnce(&mut LayoutState) -> Result<(), Rejection>,
+) -> Result<Response, ApplyError> {
+    let key = keys::meta(LAYOUT);
+    let mut layout: LayoutState = tx.get("layout", &key)?.unwrap_or_default();
+    change(&mut layout)?;
+    tx.put(key, &layout);
+    Ok(Response::Done)
 }
 
 /// The metadata database handle (sled), shared by the state machine and the Raft log.

@@ -68,6 +68,11 @@ impl NodeError {
                 Rejection::TenantExists(_) | Rejection::BucketExists => Code::AlreadyExists,
                 Rejection::TenantNotFound(_) | Rejection::TokenNotFound => Code::NotFound,
                 Rejection::BucketNotEmpty(_) => Code::FailedPrecondition,
+                Rejection::InvalidLayout(_) => Code::InvalidArgument,
+                Rejection::NodeNotInLayout(_) => Code::NotFound,
+                Rejection::NothingStaged | Rejection::LayoutVersion { .. } => {
+                    Code::FailedPrecondition
+                }
             },
             NodeError::Metadata(_) => Code::Unavailable,
             NodeError::ChunkStore(e) => match e {
