@@ -142,6 +142,12 @@ impl ChunkStore {
         self.dir_of(id).join(id.to_hex())
     }
 
+    /// How long ago the chunk's file was written (None if it is missing).
+    pub fn age(&self, id: &ChunkId) -> Option<std::time::Duration> {
+        let modified = fs::metadata(self.path_of(id)).ok()?.modified().ok()?;
+        Some(modified.elapsed().unwrap_or_default())
+    }
+
     pub fn contains(&self, id: &ChunkId) -> bool {
         self.path_of(id).exists()
     }

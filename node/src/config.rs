@@ -25,6 +25,12 @@ pub const KEYS: &[&str] = &[
     "join",
     "cluster_secret",
     "raft_snapshot_logs",
+    "zone",
+    "capacity",
+    "replication",
+    "write_quorum",
+    "read_cache_bytes",
+    "rebalance_rate_bytes",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +68,20 @@ pub struct Config {
     pub cluster_secret: String,
     /// Raft takes a snapshot (and compacts its log) after this many entries.
     pub raft_snapshot_logs: u64,
+    /// This node's failure zone, used when it puts itself in the layout (the node that
+    /// creates a cluster, and every node of `dev`); otherwise `strata layout assign` sets it.
+    pub zone: String,
+    /// This node's capacity weight in bytes, used like `zone` (0: the size of the disk that
+    /// holds the data directory).
+    pub capacity: u64,
+    /// Copies of each chunk (1..=5) and copies an upload waits for (1..=replication), set when
+    /// this node creates a cluster; change them later with `strata layout replication`.
+    pub replication: u8,
+    pub write_quorum: u8,
+    /// Bytes of chunks fetched from peers kept in memory for repeated reads (0: no cache).
+    pub read_cache_bytes: u64,
+    /// Rebalancing copies at most this many bytes per second from this node.
+    pub rebalance_rate_bytes: u64,
 }
 
 impl Default for Config {
@@ -81,6 +101,12 @@ impl Default for Config {
             join: String::new(),
             cluster_secret: String::new(),
             raft_snapshot_logs: 5000,
+            zone: "default".into(),
+            capacity: 0,
+            replication: strata_cluster::layout::DEFAULT_REPLICATION,
+            write_quorum: strata_cluster::layout::DEFAULT_WRITE_QUORUM,
+            read_cache_bytes: 64 * 1024 * 1024,
+            rebalance_rate_bytes: 200 * 1024 * 1024,
         }
     }
 }
@@ -133,6 +159,18 @@ impl Config {
         }
         if self.raft_snapshot_logs < 10 {
             anyhow::bail!("raft_snapshot_logs must be at least 10");
+        }
+        if !(1..=strata_cluster::layout::MAX_REPLICATION).contains(&self.replication) {
+            anyhow::bail!(
+                "replication must be between 1 and {}",
+                strata_cluster::layout::MAX_REPLICATION
+            );
+        }
+        if self.write_quorum == 0 || self.write_quorum > self.replication {
+            anyhow::bail!("write_quorum must be between 1 and replication");
+        }
+        if self.rebalance_rate_bytes == 0 {
+            anyhow::bail!("rebalance_rate_bytes must be greater than zero");
         }
         if self.janitor_interval.is_zero() {
             anyhow::bail!("janitor_interval must be greater than zero");

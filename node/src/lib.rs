@@ -12,6 +12,8 @@ pub mod context;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod peer;
+pub mod placement;
 pub mod raft;
 pub mod server;
 pub mod service;

@@ -30,6 +30,21 @@ pub const RAFT_APPLIED_INDEX: &str = "strata_raft_applied_index";
 pub const RAFT_APPLY_LAG: &str = "strata_raft_apply_lag_entries";
 pub const RAFT_VOTERS: &str = "strata_raft_voters";
 pub const RAFT_MAX_FOLLOWER_LAG: &str = "strata_raft_max_follower_lag_entries";
+pub const QUIC_SENT_BYTES: &str = "strata_quic_sent_bytes_total";
+pub const QUIC_RECEIVED_BYTES: &str = "strata_quic_received_bytes_total";
+pub const QUIC_ERRORS: &str = "strata_quic_errors_total";
+pub const PEER_REQUESTS: &str = "strata_peer_requests_total";
+pub const REPLICA_RECEIVED_BYTES: &str = "strata_replica_received_bytes_total";
+pub const REPLICA_SENT_BYTES: &str = "strata_replica_sent_bytes_total";
+pub const REPLICATION_QUEUE: &str = "strata_replication_queue_chunks";
+pub const PEER_CORRUPT: &str = "strata_peer_corrupt_chunks_total";
+pub const PEER_READ_BYTES: &str = "strata_peer_read_bytes_total";
+pub const READ_CACHE_HITS: &str = "strata_read_cache_hits_total";
+pub const REBALANCE_TO_MOVE_CHUNKS: &str = "strata_rebalance_remaining_chunks";
+pub const REBALANCE_TO_MOVE_BYTES: &str = "strata_rebalance_remaining_bytes";
+pub const REBALANCE_MOVED_BYTES: &str = "strata_rebalance_moved_bytes_total";
+pub const REBALANCE_RELEASED_CHUNKS: &str = "strata_rebalance_released_chunks_total";
+pub const LAYOUT_VERSION: &str = "strata_layout_version";
 
 /// Installs the global recorder; the handle renders the Prometheus text (see `http.rs`).
 pub fn install() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
@@ -53,10 +68,28 @@ pub fn install() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle
         TRASH_PURGED,
         CHUNKS_COLLECTED,
         ACTOR_RESTARTS,
+        QUIC_SENT_BYTES,
+        QUIC_RECEIVED_BYTES,
+        REPLICA_RECEIVED_BYTES,
+        REPLICA_SENT_BYTES,
+        PEER_CORRUPT,
+        PEER_READ_BYTES,
+        READ_CACHE_HITS,
+        REBALANCE_MOVED_BYTES,
+        REBALANCE_RELEASED_CHUNKS,
     ] {
         metrics::counter!(name).increment(0);
     }
-    for name in [CHUNK_STORE_CHUNKS, CHUNK_STORE_BYTES, SESSIONS_OPEN, UPTIME] {
+    for name in [
+        CHUNK_STORE_CHUNKS,
+        CHUNK_STORE_BYTES,
+        SESSIONS_OPEN,
+        UPTIME,
+        REPLICATION_QUEUE,
+        REBALANCE_TO_MOVE_CHUNKS,
+        REBALANCE_TO_MOVE_BYTES,
+        LAYOUT_VERSION,
+    ] {
         metrics::gauge!(name).set(0.0);
     }
     Ok(handle)
@@ -95,6 +128,70 @@ pub async fn follow_raft(raft: strata_cluster::raft::Raft) {
 }
 
 fn describe() {
+    describe_counter!(
+        QUIC_SENT_BYTES,
+        Unit::Bytes,
+        "bytes sent to peers over QUIC"
+    );
+    describe_counter!(
+        QUIC_RECEIVED_BYTES,
+        Unit::Bytes,
+        "bytes received from peers over QUIC"
+    );
+    describe_counter!(
+        QUIC_ERRORS,
+        "peer transport errors by kind (handshake, unreachable, timeout, corrupt, protocol, stream, remote)"
+    );
+    describe_counter!(PEER_REQUESTS, "peer requests made, by op and result");
+    describe_counter!(
+        REPLICA_RECEIVED_BYTES,
+        Unit::Bytes,
+        "chunk bytes stored on this node for peers (replication and rebalancing)"
+    );
+    describe_counter!(
+        REPLICA_SENT_BYTES,
+        Unit::Bytes,
+        "chunk bytes this node sent to their homes (replication and rebalancing)"
+    );
+    describe_gauge!(
+        REPLICATION_QUEUE,
+        "chunks written here that have not yet reached all their homes"
+    );
+    describe_counter!(
+        PEER_CORRUPT,
+        "chunks a peer reported corrupt or sent with a wrong BLAKE3 (another home was used)"
+    );
+    describe_counter!(
+        PEER_READ_BYTES,
+        Unit::Bytes,
+        "chunk bytes fetched from peers for reads"
+    );
+    describe_counter!(
+        READ_CACHE_HITS,
+        "chunk reads served from the hot-chunk cache"
+    );
+    describe_gauge!(
+        REBALANCE_TO_MOVE_CHUNKS,
+        "chunks held here still to copy to their homes or release (current rebalance pass)"
+    );
+    describe_gauge!(
+        REBALANCE_TO_MOVE_BYTES,
+        Unit::Bytes,
+        "bytes held here still to copy to their homes or release (current rebalance pass)"
+    );
+    describe_counter!(
+        REBALANCE_MOVED_BYTES,
+        Unit::Bytes,
+        "chunk bytes copied to new homes by rebalancing"
+    );
+    describe_counter!(
+        REBALANCE_RELEASED_CHUNKS,
+        "local copies released once all of a chunk's homes held it"
+    );
+    describe_gauge!(
+        LAYOUT_VERSION,
+        "the layout version this node places chunks by"
+    );
     describe_counter!(GRPC_REQUESTS, "gRPC requests by method and status code");
     describe_histogram!(
         GRPC_DURATION,

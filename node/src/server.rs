@@ -10,7 +10,7 @@ use ractor::Actor;
 use std::time::Duration;
 
 use strata_cluster::state_machine::open_db;
-use strata_cluster::{Command, StateMachine, TokenHash};
+use strata_cluster::{Command, LayoutChange, StateMachine, TokenHash};
 use strata_proto::v1::admin_server::AdminServer;
 use strata_proto::v1::cluster_server::ClusterServer;
 use strata_proto::v1::storage_server::StorageServer;
@@ -21,6 +21,7 @@ use crate::actors::supervisor::NodeSupervisor;
 use crate::chunk_store::ChunkStore;
 use crate::config::Config;
 use crate::context::{Context, now_ms};
+use crate::peer::tls;
 use crate::raft::Cluster;
 use crate::raft::service::ClusterService;
 use crate::service::admin::{AdminService, create_tenant};
@@ -96,7 +97,7 @@ pub async fn run(
     )
     .await?;
     let join = config.join.clone();
-    let ctx = Arc::new(Context::new(config, store, sm, cluster));
+    let ctx = Arc::new(Context::new(config, store, sm, cluster)?);
     let (supervisor, supervisor_handle) =
         Actor::spawn(Some("node-supervisor".into()), NodeSupervisor, ctx.clone())
             .await
@@ -160,10 +161,24 @@ pub async fn run(
             }
         }
     }
+    let creator = member && join.is_empty() && (mode == Mode::Dev || init);
+    let transport = if member {
+        Some(tokio::spawn(start_transport(ctx.clone(), grpc_addr)))
+    } else {
+        None
+    };
+    if creator {
+        let dev_single = mode == Mode::Dev && dev_nodes <= 1;
+        if let Err(e) = initial_layout(&ctx, dev_single).await {
+            tracing::warn!(error = %e, "could not put this node in the layout");
+        }
+    }
     write_node_file(&dir, grpc_addr, metrics_addr, &ctx.config.node_id)?;
     banner(&ctx.config, mode, grpc_addr, metrics_addr, &first);
     let _peers = if mode == Mode::Dev && dev_nodes > 1 {
-        DevPeers::start(&ctx, dev_nodes).await?
+        let peers = DevPeers::start(&ctx, dev_nodes).await?;
+        dev_layout(&ctx).await?;
+        peers
     } else {
         DevPeers(Vec::new())
     };
@@ -185,6 +200,12 @@ pub async fn run(
         }
     };
     tracing::info!("shutting down: stopping actors and raft, flushing metadata");
+    if let Ok(peers) = ctx.placement.peers() {
+        peers.endpoint().close(0u32.into(), b"shutdown");
+    }
+    if let Some(t) = transport {
+        t.abort();
+    }
     supervisor.stop(Some("shutdown".into()));
     let _ = supervisor_handle.await;
     let _ = ctx.cluster.raft.shutdown().await;
@@ -239,6 +260,148 @@ async fn bootstrap(
         "This node is not part of a cluster yet. Start it with --init to create one, or with --join <url> and the cluster secret to join one."
     );
     Ok(false)
+}
+
+/// Brings up the peer transport: the cluster CA (created by the first member that finds none),
+/// this node's certificate, and the QUIC endpoint on UDP at the gRPC port. Retries until it
+/// works (a restarted node may have to wait for a quorum to read the CA).
+async fn start_transport(ctx: Arc<Context>, grpc_addr: SocketAddr) {
+    let mut attempt = 0u32;
+    loop {
+        match try_start_transport(&ctx, grpc_addr).await {
+            Ok(()) => return,
+            Err(e) => {
+                attempt += 1;
+                let level_warn = attempt % 10 == 1;
+                if level_warn {
+                    tracing::warn!(error = %e, "peer transport not up yet; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn try_start_transport(ctx: &Arc<Context>, grpc_addr: SocketAddr) -> anyhow::Result<()> {
+    let ca = match ctx.sm.cluster_ca()? {
+        Some(ca) => ca,
+        None => {
+            ctx.linearize().await?;
+            if ctx.sm.cluster_ca()?.is_none() {
+                let ca = tls::new_ca()?;
+                ctx.propose(Command::SetClusterCa {
+                    cert_pem: ca.cert_pem,
+                    key_pem: ca.key_pem,
+                })
+                .await?;
+                tracing::info!("created the cluster CA for the peer transport");
+            }
+            ctx.sm
+                .cluster_ca()?
+                .ok_or_else(|| anyhow::anyhow!("the cluster CA is not in the metadata"))?
+        }
+    };
+    let dir = &ctx.config.data_dir;
+    let identity = match tls::Identity::load(dir, &ca.cert_pem) {
+        Some(i) => i,
+        None => {
+            let name = format!("{} (raft id {})", ctx.config.node_id, ctx.cluster.id);
+            let i = tls::Identity::create(dir, &ca, &name)?;
+            tracing::info!(dir = %dir.join("tls").display(), "signed this node's certificate with the cluster CA");
+            i
+        }
+    };
+    let mut endpoint = quinn::Endpoint::server(identity.server_config()?, grpc_addr)
+        .with_context(|| format!("cannot listen for QUIC on udp/{grpc_addr}"))?;
+    endpoint.set_default_client_config(identity.client_config()?);
+    tokio::spawn(crate::peer::server::serve(endpoint.clone(), ctx.clone()));
+    ctx.placement
+        .set_peers(Arc::new(crate::peer::PeerClient::new(endpoint)));
+    tracing::info!(addr = %grpc_addr, "peer transport (QUIC, mutual TLS) listening on udp/{grpc_addr}");
+    Ok(())
+}
+
+/// This node's capacity weight: the configured one, or its data disk's size.
+pub fn own_capacity(config: &Config) -> u64 {
+    if config.capacity > 0 {
+        return config.capacity;
+    }
+    fs4::total_space(&config.data_dir).unwrap_or(1 << 40).max(1)
+}
+
+/// The node that creates a cluster puts itself in the layout (version 1), so a new cluster
+/// stores chunks at once. A single-node `dev` cluster keeps one copy of each chunk.
+async fn initial_layout(ctx: &Context, dev_single: bool) -> anyhow::Result<()> {
+    let state = ctx.sm.layout()?;
+    if state.current.version > 0 || state.staged.is_some() {
+        return Ok(());
+    }
+    let (r, w) = if dev_single {
+        (1, 1)
+    } else {
+        (ctx.config.replication, ctx.config.write_quorum)
+    };
+    let cmd = Command::Batch(vec![
+        Command::StageLayout(LayoutChange::Assign {
+            node: ctx.cluster.id,
+            zone: ctx.config.zone.clone(),
+            capacity: own_capacity(&ctx.config),
+        }),
+        Command::StageLayout(LayoutChange::Replication {
+            replication: r,
+            write_quorum: w,
+        }),
+        Command::ApplyLayout { version: 1 },
+    ]);
+    batch_ok(ctx.propose(cmd).await?)?;
+    tracing::info!(
+        replication = r,
+        write_quorum = w,
+        "created layout version 1 with this node"
+    );
+    Ok(())
+}
+
+/// Every member of a new `dev --nodes N` cluster goes into the layout, in one version.
+async fn dev_layout(ctx: &Context) -> anyhow::Result<()> {
+    let state = ctx.sm.layout()?;
+    let voters: Vec<u64> = ctx
+        .cluster
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    if voters.iter().all(|v| state.current.nodes.contains_key(v)) {
+        return Ok(());
+    }
+    let mut cmds: Vec<Command> = voters
+        .iter()
+        .filter(|v| !state.current.nodes.contains_key(v))
+        .map(|v| {
+            Command::StageLayout(LayoutChange::Assign {
+                node: *v,
+                zone: ctx.config.zone.clone(),
+                capacity: own_capacity(&ctx.config),
+            })
+        })
+        .collect();
+    cmds.push(Command::ApplyLayout {
+        version: state.current.version + 1,
+    });
+    batch_ok(ctx.propose(Command::Batch(cmds)).await?)?;
+    Ok(())
+}
+
+fn batch_ok(r: strata_cluster::Response) -> anyhow::Result<()> {
+    if let strata_cluster::Response::Batch(results) = r {
+        for x in results {
+            x.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The other nodes of `strata-node dev --nodes N`: child processes of this one, stopped with it.
@@ -374,7 +537,7 @@ pub async fn open_single_node(config: Config) -> anyhow::Result<Arc<Context>> {
     )
     .await?;
     cluster.init_single().await?;
-    Ok(Arc::new(Context::new(config, store, sm, cluster)))
+    Ok(Arc::new(Context::new(config, store, sm, cluster)?))
 }
 
 async fn bind(addr: SocketAddr, mode: Mode) -> anyhow::Result<TcpListener> {

@@ -100,13 +100,21 @@ async fn orphan_chunk_files_are_collected_at_start() {
     let kept = chunk_files(&node.data_dir);
     assert_eq!(kept.len(), 2);
 
-    // A chunk written durably whose AddChunk never happened (a crash in between).
+    // A chunk written durably whose AddChunk never happened (a crash in between), long ago.
     node.kill();
     let orphan = b"orphan chunk bytes".to_vec();
     let id = blake3::hash(&orphan).to_hex();
     let dir = node.data_dir.join("chunks").join(&id[..2]);
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(dir.join(id.as_str()), &orphan).expect("orphan");
+    // Written an hour ago: younger files are spared (a replica may precede its AddChunk).
+    let f = std::fs::File::options()
+        .write(true)
+        .open(dir.join(id.as_str()))
+        .expect("open orphan");
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .expect("set mtime");
+    drop(f);
     node.restart();
 
     let path = dir.join(id.as_str());

@@ -14,6 +14,9 @@ use crate::metrics as m;
 
 /// Work items handled per sweep and step.
 const BATCH: usize = 1000;
+/// A chunk file younger than this is never taken for an orphan: a replica arrives from the
+/// writing node before the AddChunk that references it is applied here.
+const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 /// Sweeps between two orphan chunk checks (also run at start).
 const ORPHAN_CHECK_EVERY: u32 = 20;
 
@@ -94,7 +97,8 @@ impl Actor for Janitor {
 }
 
 /// Deletes chunk files nothing references and the GC queue does not know: a crash between a
-/// chunk's durable write and its AddChunk leaves one (it was never acknowledged). Runs once
+/// chunk's durable write and its AddChunk leaves one (it was never acknowledged), and so does
+/// a replica sent for an upload that then failed. Files younger than ORPHAN_GRACE stay. Runs once
 /// per node start and every ORPHAN_CHECK_EVERY sweeps. A write in progress holds the chunk's lock until its AddChunk is applied, so
 /// checking the references under that lock never races with it.
 async fn collect_orphans(ctx: &Arc<Context>) -> anyhow::Result<usize> {
@@ -103,6 +107,9 @@ async fn collect_orphans(ctx: &Arc<Context>) -> anyhow::Result<usize> {
     let mut deleted = 0;
     for id in ids {
         let _lock = ctx.lock_chunk(&id).await;
+        if ctx.store.age(&id).is_some_and(|age| age < ORPHAN_GRACE) {
+            continue; // maybe a replica whose AddChunk is still on its way
+        }
         if ctx.sm.chunk_refs(&id)? == 0 {
             let c = ctx.clone();
             tokio::task::spawn_blocking(move || c.store.delete(&id)).await??;
@@ -111,6 +118,20 @@ async fn collect_orphans(ctx: &Arc<Context>) -> anyhow::Result<usize> {
         }
     }
     Ok(deleted)
+}
+
+async fn drop_on_peers(ctx: &Arc<Context>, id: strata_cluster::ChunkId) {
+    let Ok(peers) = ctx.placement.peers() else {
+        return;
+    };
+    for (node, addr) in crate::placement::member_addrs(ctx).await {
+        if node == ctx.cluster.id {
+            continue;
+        }
+        if let Err(e) = peers.drop_chunk(addr, id).await {
+            tracing::debug!(chunk = %id, node, error = %e, "peer did not drop the collected chunk");
+        }
+    }
 }
 
 async fn sweep(st: &JanitorState) -> anyhow::Result<()> {
@@ -173,9 +194,11 @@ async fn sweep(st: &JanitorState) -> anyhow::Result<()> {
         {
             metrics::counter!(m::CHUNKS_COLLECTED).increment(1);
         }
-        // Every node deletes its own copy; the leader then drops the queue entry. A node that
-        // misses the entry finds the file in its next orphan check.
+        // Every node deletes its own copy; the leader also asks every other member to drop
+        // theirs (they refuse while their metadata still references it), then drops the queue
+        // entry. A node that misses both finds the file in its next orphan check.
         if leader {
+            drop_on_peers(ctx, id).await;
             ctx.propose(Command::ChunkCollected { id }).await?;
         }
     }

@@ -3,9 +3,11 @@
 //! ```text
 //! NodeSupervisor
 //! ├── UploadSession   one per open upload, spawned on demand, state recovered from metadata
-//! └── Janitor         session expiry, trash purge, chunk garbage collection
+//! ├── Janitor         session expiry, trash purge, chunk garbage collection
+//! └── Placement       replication queue retries, rebalancing after layout changes, draining
 //! ```
 
 pub mod janitor;
+pub mod placement;
 pub mod supervisor;
 pub mod upload_session;

@@ -1,6 +1,7 @@
 //! NodeSupervisor: the root of the node's actors. It spawns one UploadSession per open upload
 //! on demand (recovering its state from the state machine) and the Janitor; a child that fails
-//! is restarted with its state recovered. The Placement, Verifier and Tiering actors join here.
+//! is restarted with its state recovered. Placement (replication queue, rebalancing) runs here
+//! too; the Verifier and Tiering actors join here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use ractor::{
 use strata_cluster::SessionId;
 
 use super::janitor::{Janitor, JanitorMsg};
+use super::placement::{PlacementActor, PlacementMsg};
 use super::upload_session::{SessionArgs, SessionMsg, UploadSession};
 use crate::context::Context;
 use crate::error::{NodeError, NodeResult};
@@ -36,6 +38,7 @@ pub struct SupervisorState {
     sessions: HashMap<SessionId, ActorRef<SessionMsg>>,
     by_actor: HashMap<ActorId, SessionId>,
     janitor: Option<ActorRef<JanitorMsg>>,
+    placement: Option<ActorRef<PlacementMsg>>,
 }
 
 impl SupervisorState {
@@ -75,6 +78,28 @@ impl SupervisorState {
         Ok(())
     }
 
+    async fn spawn_placement(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let (actor, _) =
+            Actor::spawn_linked(None, PlacementActor, self.ctx.clone(), myself.get_cell()).await?;
+        self.placement = Some(actor);
+        Ok(())
+    }
+
+    fn is_janitor(&self, cell: &ActorCell) -> bool {
+        self.janitor
+            .as_ref()
+            .is_some_and(|j| j.get_id() == cell.get_id())
+    }
+
+    fn is_placement(&self, cell: &ActorCell) -> bool {
+        self.placement
+            .as_ref()
+            .is_some_and(|j| j.get_id() == cell.get_id())
+    }
+
     fn forget_actor(&mut self, cell: &ActorCell) -> Option<SessionId> {
         let id = self.by_actor.remove(&cell.get_id())?;
         self.sessions.remove(&id);
@@ -98,8 +123,10 @@ impl Actor for NodeSupervisor {
             sessions: HashMap::new(),
             by_actor: HashMap::new(),
             janitor: None,
+            placement: None,
         };
         st.spawn_janitor(&myself).await?;
+        st.spawn_placement(&myself).await?;
         Ok(st)
     }
 
@@ -155,14 +182,14 @@ impl Actor for NodeSupervisor {
                             tracing::warn!(session = %id, error = %e, "session not restarted");
                         }
                     }
-                } else if st
-                    .janitor
-                    .as_ref()
-                    .is_some_and(|j| j.get_id() == cell.get_id())
-                    && reason.as_deref() != Some("shutdown")
-                {
-                    tracing::warn!(?reason, "janitor stopped; restarting it");
-                    st.spawn_janitor(&myself).await?;
+                } else if reason.as_deref() != Some("shutdown") {
+                    if st.is_janitor(&cell) {
+                        tracing::warn!(?reason, "janitor stopped; restarting it");
+                        st.spawn_janitor(&myself).await?;
+                    } else if st.is_placement(&cell) {
+                        tracing::warn!(?reason, "placement actor stopped; restarting it");
+                        st.spawn_placement(&myself).await?;
+                    }
                 }
             }
             SupervisionEvent::ActorFailed(cell, err) => {
@@ -175,13 +202,12 @@ impl Actor for NodeSupervisor {
                             tracing::warn!(session = %id, error = %e, "session not restarted")
                         }
                     }
-                } else if st
-                    .janitor
-                    .as_ref()
-                    .is_some_and(|j| j.get_id() == cell.get_id())
-                {
+                } else if st.is_janitor(&cell) {
                     tracing::error!(error = %err, "janitor failed; restarting it");
                     st.spawn_janitor(&myself).await?;
+                } else if st.is_placement(&cell) {
+                    tracing::error!(error = %err, "placement actor failed; restarting it");
+                    st.spawn_placement(&myself).await?;
                 }
             }
             _ => {}

@@ -453,9 +453,12 @@ impl WriteJob {
         let _lock = self.ctx.lock_chunk(&self.id).await;
         let ctx = self.ctx.clone();
         let (id, data) = (self.id, self.data);
-        let written = tokio::task::spawn_blocking(move || ctx.store.put(&id, &data))
+        let d = data.clone();
+        let written = tokio::task::spawn_blocking(move || ctx.store.put(&id, &d))
             .await
             .map_err(|e| NodeError::Internal(format!("write task: {e}")))??;
+        // W durable copies before the chunk is recorded and acknowledged.
+        crate::placement::replicate_new(&self.ctx, id, data).await?;
         let cmd = Command::AddChunk {
             session: self.session,
             tenant: self.tenant,

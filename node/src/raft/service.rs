@@ -1,11 +1,8 @@
 //! The internal `Cluster` gRPC service: Raft RPCs, forwarded writes, read index, join, and
 //! chunk fetches between nodes. Every call must carry the cluster secret.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
-use strata_cluster::ChunkId;
 use strata_cluster::raft::NodeId;
 use strata_proto::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -179,31 +176,5 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(pb::RaftPayload {
             data: encode(&m).into(),
         }))
-    }
-
-    type FetchChunkStream =
-        Pin<Box<dyn Stream<Item = Result<pb::FetchChunkResponse, Status>> + Send>>;
-
-    async fn fetch_chunk(
-        &self,
-        req: Request<pb::FetchChunkRequest>,
-    ) -> Result<Response<Self::FetchChunkStream>, Status> {
-        self.check(&req)?;
-        let id = ChunkId::from_slice(&req.get_ref().id)
-            .ok_or_else(|| Status::invalid_argument("chunk id must be 32 bytes"))?;
-        let ctx = self.ctx.clone();
-        let data = tokio::task::spawn_blocking(move || ctx.store.get(&id))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::from(crate::error::NodeError::from(e)))?;
-        let pieces: Vec<Result<pb::FetchChunkResponse, Status>> = (0..data.len())
-            .step_by(1 << 20)
-            .map(|at| {
-                Ok(pb::FetchChunkResponse {
-                    data: data.slice(at..(at + (1 << 20)).min(data.len())),
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(pieces))))
     }
 }

@@ -1,0 +1,135 @@
+//! Placement: the node's background chunk mover. Every tick it retries the replication queue
+//! (chunks written here that have not reached all their homes), and runs a rebalance pass
+//! whenever the layout has a version this node has not finished moving chunks for, or the
+//! last pass left chunks pending (a home was down). The work runs in tasks so the actor keeps
+//! answering; its state is on disk (queue and finished layout version), so a restarted actor
+//! or node picks up where it stopped.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::context::Context;
+use crate::error::NodeResult;
+use crate::metrics as m;
+use crate::placement;
+
+/// How often the actor looks for work.
+pub const TICK: Duration = Duration::from_secs(1);
+/// Wait before another pass when the last one left chunks pending.
+const RETRY_PASS: Duration = Duration::from_secs(3);
+/// Queue entries handled per queue pass.
+const QUEUE_BATCH: usize = 512;
+
+pub struct PlacementActor;
+
+pub enum PlacementMsg {
+    Tick,
+    QueueDone(NodeResult<usize>),
+    PassDone(NodeResult<u64>),
+}
+
+pub struct PlacementState {
+    ctx: Arc<Context>,
+    queue_running: bool,
+    pass_running: bool,
+    /// No pass before this instant (after one that left chunks pending or failed).
+    next_pass: Instant,
+    /// The last pass left chunks pending: run another even if the layout did not change.
+    pass_pending: bool,
+}
+
+impl Actor for PlacementActor {
+    type Msg = PlacementMsg;
+    type State = PlacementState;
+    type Arguments = Arc<Context>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<PlacementMsg>,
+        ctx: Arc<Context>,
+    ) -> Result<PlacementState, ActorProcessingErr> {
+        myself.send_interval(TICK, || PlacementMsg::Tick);
+        Ok(PlacementState {
+            ctx,
+            queue_running: false,
+            pass_running: false,
+            next_pass: Instant::now(),
+            pass_pending: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<PlacementMsg>,
+        msg: PlacementMsg,
+        st: &mut PlacementState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PlacementMsg::Tick => st.tick(&myself)?,
+            PlacementMsg::QueueDone(r) => {
+                st.queue_running = false;
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "replication queue pass failed; retrying");
+                }
+            }
+            PlacementMsg::PassDone(r) => {
+                st.pass_running = false;
+                match r {
+                    Ok(0) => {
+                        st.pass_pending = false;
+                        tracing::info!(
+                            layout = st.ctx.placement.scanned_version(),
+                            "rebalance pass complete: every chunk held here is at its homes"
+                        );
+                    }
+                    Ok(n) => {
+                        st.pass_pending = true;
+                        st.next_pass = Instant::now() + RETRY_PASS;
+                        tracing::info!(pending = n, "rebalance pass left chunks pending; retrying");
+                    }
+                    Err(e) => {
+                        st.pass_pending = true;
+                        st.next_pass = Instant::now() + RETRY_PASS;
+                        tracing::warn!(error = %e, "rebalance pass failed; retrying");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PlacementState {
+    fn tick(&mut self, myself: &ActorRef<PlacementMsg>) -> Result<(), ActorProcessingErr> {
+        let ctx = &self.ctx;
+        metrics::gauge!(m::REPLICATION_QUEUE).set(ctx.placement.queue_len() as f64);
+        // Nothing moves before the peer transport is up (a joining node).
+        if ctx.placement.peers().is_err() {
+            return Ok(());
+        }
+        let current = ctx.sm.layout()?.current.version;
+        metrics::gauge!(m::LAYOUT_VERSION).set(current as f64);
+        if !self.queue_running && ctx.placement.queue_len() > 0 {
+            self.queue_running = true;
+            let (ctx, me) = (ctx.clone(), myself.clone());
+            tokio::spawn(async move {
+                let r = placement::drain_queue(&ctx, QUEUE_BATCH).await;
+                let _ = me.cast(PlacementMsg::QueueDone(r));
+            });
+        }
+        let due = current > 0
+            && (ctx.placement.scanned_version() != current || self.pass_pending)
+            && Instant::now() >= self.next_pass;
+        if !self.pass_running && due {
+            self.pass_running = true;
+            let (ctx, me) = (ctx.clone(), myself.clone());
+            tokio::spawn(async move {
+                let r = placement::rebalance_pass(&ctx).await;
+                let _ = me.cast(PlacementMsg::PassDone(r));
+            });
+        }
+        Ok(())
+    }
+}
