@@ -4,4 +4,5 @@
 //! Boundary: depends on strata-proto only (never on the node or cluster crates).
 
 pub mod client;
+pub mod ops;
 pub mod transfer;

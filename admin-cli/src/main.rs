@@ -11,6 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use strata_admin::client::{self, status_error};
+use strata_admin::ops::{self, human};
 use strata_admin::transfer::{self, DEFAULT_CHUNK, Progress};
 use strata_proto::v1 as pb;
 
@@ -120,10 +121,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
-    /// Cluster membership (admin): add or remove nodes.
+    /// Cluster membership (admin): add, drain or remove nodes.
     Node {
         #[command(subcommand)]
         cmd: NodeCmd,
+    },
+    /// Cluster layout (admin): which nodes hold chunks, their zones and capacities, and how
+    /// many copies each chunk gets. Changes are staged, reviewed with `show`, then applied.
+    Layout {
+        #[command(subcommand)]
+        cmd: LayoutCmd,
     },
     /// Tenants (admin).
     Tenant {
@@ -159,8 +166,49 @@ enum NodeCmd {
     /// Add the node serving at ADDRESS (started with this cluster's secret): it joins as a
     /// learner and becomes a voter once it has caught up.
     Join { address: String },
-    /// Remove a node by its Raft id (see `strata status`). The last voter cannot be removed.
+    /// Remove a node by its Raft id (see `strata status`). The last voter cannot be removed,
+    /// nor a node still in the layout (drain it first).
     Remove { raft_id: u64 },
+    /// Drain a node (raft id, address or name): stages and applies a layout where it holds
+    /// nothing; its chunks move to their other homes. With --wait, shows progress until it is
+    /// empty.
+    Drain {
+        node: String,
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (with --wait).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum LayoutCmd {
+    /// The current layout, the staged one (if any) and members not in the layout.
+    Show,
+    /// Stage: add a node (raft id, address or name) to the layout, or change its zone and
+    /// capacity.
+    Assign {
+        node: String,
+        /// Failure zone (rack, room, site): copies go to distinct zones first.
+        #[arg(long)]
+        zone: String,
+        /// Capacity weight, e.g. 2TB or 500GiB (default: the node's data disk size).
+        #[arg(long, value_parser = ops::parse_size)]
+        capacity: Option<u64>,
+    },
+    /// Stage: take a node out of the layout (its chunks move to their new homes first).
+    Remove { node: String },
+    /// Stage: copies per chunk (1..5) and copies an upload waits for (default: a majority).
+    Replication {
+        copies: u32,
+        #[arg(long)]
+        write_quorum: Option<u32>,
+    },
+    /// Apply the staged layout; VERSION is the staged version `show` prints.
+    Apply { version: u64 },
+    /// Drop the staged changes.
+    Revert,
 }
 
 #[derive(Subcommand)]
@@ -490,52 +538,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|s| status_error("status", s))?
                 .into_inner();
             if cli.json {
-                println!(
-                    "{}",
-                    json!({ "node_id": s.node_id, "version": s.version, "uptime_seconds": s.uptime_seconds,
-                    "grpc_address": s.grpc_address, "data_dir": s.data_dir, "disk_total_bytes": s.disk_total_bytes,
-                    "disk_free_bytes": s.disk_free_bytes, "chunk_count": s.chunk_count, "chunk_bytes": s.chunk_bytes,
-                    "open_sessions": s.open_sessions, "object_count": s.object_count, "tenant_count": s.tenant_count,
-                    "raft": { "id": s.raft_id, "role": s.raft_role, "term": s.term, "leader_id": s.leader_id,
-                        "last_log_index": s.last_log_index, "applied_index": s.applied_index },
-                    "nodes": s.nodes.iter().map(|n| json!({ "raft_id": n.raft_id, "address": n.address, "role": n.role,
-                        "voter": n.voter, "matched_index": n.matched_index, "lag": n.lag })).collect::<Vec<_>>() })
-                );
+                println!("{}", ops::status_json(&s));
             } else {
-                let used = s.disk_total_bytes.saturating_sub(s.disk_free_bytes);
-                println!("node        {} (strata {})", s.node_id, s.version);
-                println!("address     {}", s.grpc_address);
-                println!(
-                    "uptime      {}",
-                    humantime::format_duration(Duration::from_secs(s.uptime_seconds))
-                );
-                println!("data dir    {}", s.data_dir);
-                println!(
-                    "disk        {} used of {} ({} free)",
-                    human(used),
-                    human(s.disk_total_bytes),
-                    human(s.disk_free_bytes)
-                );
-                println!("chunks      {} ({})", s.chunk_count, human(s.chunk_bytes));
-                println!(
-                    "objects     {} in {} tenant(s); {} upload(s) open",
-                    s.object_count, s.tenant_count, s.open_sessions
-                );
-                println!(
-                    "raft        id {} {}, term {}, log {} applied {}",
-                    s.raft_id, s.raft_role, s.term, s.last_log_index, s.applied_index
-                );
-                println!();
-                println!(
-                    "{:<20}  {:<28}  {:<8}  {:>10}  {:>6}",
-                    "RAFT ID", "ADDRESS", "ROLE", "MATCHED", "LAG"
-                );
-                for n in &s.nodes {
-                    println!(
-                        "{:<20}  {:<28}  {:<8}  {:>10}  {:>6}",
-                        n.raft_id, n.address, n.role, n.matched_index, n.lag
-                    );
-                }
+                ops::print_status(&s);
             }
         }
         Cmd::Bucket { cmd } => {
@@ -661,6 +666,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         println!("node {} at {address} joined as a voter", r.raft_id);
                     }
                 }
+                NodeCmd::Drain {
+                    node,
+                    wait,
+                    timeout,
+                } => {
+                    drain(&mut admin, node, *wait, *timeout, cli.json).await?;
+                }
                 NodeCmd::Remove { raft_id } => {
                     admin
                         .remove_node(pb::RemoveNodeRequest { raft_id: *raft_id })
@@ -672,6 +684,64 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         println!("node {raft_id} removed from the cluster");
                     }
                 }
+            }
+        }
+        Cmd::Layout { cmd } => {
+            let mut admin = cli.admin().await?;
+            use pb::stage_layout_request::Change;
+            let stage = |change| pb::StageLayoutRequest {
+                change: Some(change),
+            };
+            let r = match cmd {
+                LayoutCmd::Show => admin.get_layout(pb::GetLayoutRequest {}).await,
+                LayoutCmd::Assign {
+                    node,
+                    zone,
+                    capacity,
+                } => {
+                    admin
+                        .stage_layout(stage(Change::Assign(pb::AssignNode {
+                            node: node.clone(),
+                            zone: zone.clone(),
+                            capacity: capacity.unwrap_or(0),
+                        })))
+                        .await
+                }
+                LayoutCmd::Remove { node } => {
+                    admin
+                        .stage_layout(stage(Change::Remove(node.clone())))
+                        .await
+                }
+                LayoutCmd::Replication {
+                    copies,
+                    write_quorum,
+                } => {
+                    admin
+                        .stage_layout(stage(Change::Replication(pb::Replication {
+                            replication: *copies,
+                            write_quorum: write_quorum.unwrap_or(copies / 2 + 1),
+                        })))
+                        .await
+                }
+                LayoutCmd::Apply { version } => {
+                    admin
+                        .apply_layout(pb::ApplyLayoutRequest { version: *version })
+                        .await
+                }
+                LayoutCmd::Revert => admin.revert_layout(pb::RevertLayoutRequest {}).await,
+            }
+            .map_err(|s| status_error("layout", s))?
+            .into_inner();
+            if cli.json {
+                println!("{}", ops::layout_response_json(&r));
+            } else {
+                if let LayoutCmd::Apply { version } = cmd {
+                    println!(
+                        "applied layout v{version}: chunks now move to their new homes (progress: `strata status`)"
+                    );
+                    println!();
+                }
+                ops::print_layout(&r);
             }
         }
         Cmd::Tenant {
@@ -758,18 +828,116 @@ fn info_json(i: &pb::ObjectInfo) -> serde_json::Value {
         "version_count": i.version_count, "deleted_at_ms": i.deleted_at_ms })
 }
 
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
+/// `strata node drain`: stage and apply a layout with the node draining, then optionally
+/// follow its chunk count down to zero.
+async fn drain(
+    admin: &mut client::Admin,
+    node: &str,
+    wait: bool,
+    timeout: Duration,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let err = |s| status_error("node drain", s);
+    let layout = admin
+        .get_layout(pb::GetLayoutRequest {})
+        .await
+        .map_err(err)?
+        .into_inner();
+    if layout.staged.is_some() {
+        bail!(
+            "node drain: other layout changes are staged: apply or revert them first (`strata layout show`)"
+        );
     }
-    if u == 0 {
-        format!("{bytes} B")
+    let staged = admin
+        .stage_layout(pb::StageLayoutRequest {
+            change: Some(pb::stage_layout_request::Change::Drain(node.to_owned())),
+        })
+        .await
+        .map_err(err)?
+        .into_inner();
+    let version = staged.staged.as_ref().map_or(0, |s| s.version);
+    let applied = admin
+        .apply_layout(pb::ApplyLayoutRequest { version })
+        .await
+        .map_err(err)?
+        .into_inner();
+    let raft_id = applied
+        .current
+        .iter()
+        .flat_map(|l| &l.nodes)
+        .find(|n| {
+            n.state == "draining"
+                && (n.raft_id.to_string() == node
+                    || n.name == node
+                    || n.address.trim_start_matches("http://")
+                        == node.trim_start_matches("http://"))
+        })
+        .map(|n| n.raft_id);
+    if !json_out {
+        println!(
+            "node {node} is draining (layout v{version}); its chunks move to their other homes"
+        );
+    }
+    if !wait {
+        if json_out {
+            println!("{}", json!({ "draining": node, "layout_version": version }));
+        }
+        return Ok(());
+    }
+    let Some(raft_id) = raft_id else {
+        bail!("node drain: {node} is not draining in layout v{version}");
+    };
+    let bar = if json_out {
+        ProgressBar::hidden()
     } else {
-        format!("{v:.1} {}", UNITS[u])
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} chunks moved, eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("draining {node}"));
+    let deadline = std::time::Instant::now() + timeout;
+    let mut start: Option<u64> = None;
+    loop {
+        let s = admin
+            .status(pb::StatusRequest {})
+            .await
+            .map_err(err)?
+            .into_inner();
+        if let Some(n) = s.nodes.iter().find(|n| n.raft_id == raft_id && n.reachable) {
+            let first = *start.get_or_insert(n.chunk_count.max(1));
+            bar.set_length(first);
+            bar.set_position(first.saturating_sub(n.chunk_count));
+            let done = n.chunk_count == 0
+                && n.rebalance
+                    .as_ref()
+                    .is_some_and(|r| r.finished_version >= version);
+            if done {
+                bar.finish_and_clear();
+                if json_out {
+                    println!(
+                        "{}",
+                        json!({ "drained": node, "raft_id": raft_id, "layout_version": version })
+                    );
+                } else {
+                    println!(
+                        "node {node} holds no chunks; remove it with `strata layout remove {raft_id}`, `strata layout apply {}` and `strata node remove {raft_id}`",
+                        version + 1
+                    );
+                }
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            bar.finish_and_clear();
+            bail!(
+                "node drain: {node} still holds chunks after {}",
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

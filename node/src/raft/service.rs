@@ -177,4 +177,12 @@ impl pb::cluster_server::Cluster for ClusterService {
             data: encode(&m).into(),
         }))
     }
+
+    async fn node_info(
+        &self,
+        req: Request<pb::NodeInfoRequest>,
+    ) -> Result<Response<pb::NodeInfoResponse>, Status> {
+        self.check(&req)?;
+        Ok(Response::new(crate::service::layout::local_info(&self.ctx)))
+    }
 }

@@ -6,6 +6,7 @@ use strata_cluster::{Command, Response as SmResponse, TokenHash};
 use strata_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use super::layout;
 use super::observe::observe;
 use crate::auth;
 use crate::context::{Context, now_ms};
@@ -19,7 +20,7 @@ pub struct AdminService {
 impl AdminService {
     /// Raft state of this node and the member table as the leader sees it (asked of the
     /// leader when this node is not it; left partial if the leader cannot be reached).
-    async fn raft_status(&self) -> pb::StatusResponse {
+    async fn raft_status(&self) -> NodeResult<pb::StatusResponse> {
         let c = &self.ctx.cluster;
         let mine = c.raft.metrics().borrow().clone();
         let leader_view = if mine.state.is_leader() {
@@ -39,6 +40,8 @@ impl AdminService {
             None
         };
         let view = leader_view.as_ref().unwrap_or(&mine);
+        let layout = self.ctx.sm.layout()?;
+        let infos = layout::node_infos(&self.ctx).await;
         let membership = view.membership_config.membership();
         let last = view.last_log_index.unwrap_or(0);
         let nodes = membership
@@ -63,7 +66,23 @@ impl AdminService {
                 } else {
                     "learner"
                 };
+                let role_in_layout = layout.current.nodes.get(id);
+                let info = infos.get(id).cloned().flatten();
                 pb::ClusterNode {
+                    zone: role_in_layout.map(|r| r.zone.clone()).unwrap_or_default(),
+                    capacity: role_in_layout.map_or(0, |r| r.capacity),
+                    state: role_in_layout.map_or("-", |r| r.state.as_str()).into(),
+                    reachable: info.is_some(),
+                    name: info
+                        .as_ref()
+                        .map(|i| i.node_name.clone())
+                        .unwrap_or_default(),
+                    chunk_count: info.as_ref().map_or(0, |i| i.chunk_count),
+                    chunk_bytes: info.as_ref().map_or(0, |i| i.chunk_bytes),
+                    disk_total_bytes: info.as_ref().map_or(0, |i| i.disk_total_bytes),
+                    disk_free_bytes: info.as_ref().map_or(0, |i| i.disk_free_bytes),
+                    replication_queue: info.as_ref().map_or(0, |i| i.replication_queue),
+                    rebalance: info.and_then(|i| i.rebalance),
                     raft_id: *id,
                     address: node.addr.clone(),
                     role: role.into(),
@@ -77,7 +96,10 @@ impl AdminService {
                 }
             })
             .collect();
-        pb::StatusResponse {
+        Ok(pb::StatusResponse {
+            layout_version: layout.current.version,
+            replication: layout.current.replication.into(),
+            write_quorum: layout.current.write_quorum.into(),
             raft_id: c.id,
             raft_role: format!("{:?}", mine.state).to_lowercase(),
             term: mine.current_term,
@@ -86,7 +108,7 @@ impl AdminService {
             applied_index: mine.last_applied.map_or(0, |l| l.index),
             nodes,
             ..Default::default()
-        }
+        })
     }
 
     pub fn new(ctx: Arc<Context>, grpc_address: String) -> Self {
@@ -150,7 +172,7 @@ impl pb::admin_server::Admin for AdminService {
                 open_sessions: counts.sessions,
                 object_count: counts.objects,
                 tenant_count: counts.tenants,
-                ..self.raft_status().await
+                ..self.raft_status().await?
             })
         })
         .await
@@ -295,6 +317,8 @@ impl pb::admin_server::Admin for AdminService {
         observe("RemoveNode", async {
             auth::admin(&self.ctx.sm, req.metadata())?;
             let id = req.get_ref().raft_id;
+            self.ctx.linearize().await?;
+            layout::check_removable(&self.ctx.sm.layout()?, id)?;
             let c = &self.ctx.cluster;
             c.on_leader(c.remove_node(id), async move |mut leader| {
                 leader
@@ -321,6 +345,55 @@ impl pb::admin_server::Admin for AdminService {
                 name,
                 token,
             })
+        })
+        .await
+    }
+
+    async fn get_layout(
+        &self,
+        req: Request<pb::GetLayoutRequest>,
+    ) -> Result<Response<pb::LayoutResponse>, Status> {
+        observe("GetLayout", async {
+            auth::admin(&self.ctx.sm, req.metadata())?;
+            self.ctx.linearize().await?;
+            layout::layout_response(&self.ctx).await
+        })
+        .await
+    }
+
+    async fn stage_layout(
+        &self,
+        req: Request<pb::StageLayoutRequest>,
+    ) -> Result<Response<pb::LayoutResponse>, Status> {
+        observe("StageLayout", async {
+            auth::admin(&self.ctx.sm, req.metadata())?;
+            let change = layout::change_of(&self.ctx, req.into_inner()).await?;
+            layout::stage(&self.ctx, change).await?;
+            layout::layout_response(&self.ctx).await
+        })
+        .await
+    }
+
+    async fn apply_layout(
+        &self,
+        req: Request<pb::ApplyLayoutRequest>,
+    ) -> Result<Response<pb::LayoutResponse>, Status> {
+        observe("ApplyLayout", async {
+            auth::admin(&self.ctx.sm, req.metadata())?;
+            layout::apply(&self.ctx, req.get_ref().version).await?;
+            layout::layout_response(&self.ctx).await
+        })
+        .await
+    }
+
+    async fn revert_layout(
+        &self,
+        req: Request<pb::RevertLayoutRequest>,
+    ) -> Result<Response<pb::LayoutResponse>, Status> {
+        observe("RevertLayout", async {
+            auth::admin(&self.ctx.sm, req.metadata())?;
+            layout::revert(&self.ctx).await?;
+            layout::layout_response(&self.ctx).await
         })
         .await
     }

@@ -2,5 +2,6 @@
 
 pub mod admin;
 pub mod convert;
+pub mod layout;
 mod observe;
 pub mod storage;

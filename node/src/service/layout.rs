@@ -1,0 +1,292 @@
+//! The layout half of the Admin service, and what each member reports about itself for
+//! status tables (disk use, replication queue, rebalance progress).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_cluster::layout::{Layout, NodeId};
+use strata_cluster::{Command, LayoutChange, LayoutState};
+use strata_proto::v1 as pb;
+
+use crate::context::Context;
+use crate::error::{NodeError, NodeResult};
+
+/// How long a status table waits for a member's own report.
+const NODE_INFO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What this node reports about itself.
+pub fn local_info(ctx: &Context) -> pb::NodeInfoResponse {
+    let dir = &ctx.config.data_dir;
+    let (chunk_count, chunk_bytes) = ctx.store.usage();
+    let p = ctx.placement.progress();
+    pb::NodeInfoResponse {
+        node_name: ctx.config.node_id.clone(),
+        chunk_count,
+        chunk_bytes,
+        disk_total_bytes: fs4::total_space(dir).unwrap_or(0),
+        disk_free_bytes: fs4::available_space(dir).unwrap_or(0),
+        replication_queue: ctx.placement.queue_len() as u64,
+        rebalance: Some(pb::Rebalance {
+            layout_version: p.layout_version,
+            finished_version: ctx.placement.scanned_version(),
+            running: p.running,
+            to_move_chunks: p.to_move_chunks,
+            to_move_bytes: p.to_move_bytes,
+            done_chunks: p.done_chunks,
+            done_bytes: p.done_bytes,
+            copied_bytes: p.copied_bytes,
+            bytes_per_second: p.rate,
+            pending_chunks: p.pending,
+        }),
+    }
+}
+
+/// Every member's gRPC address.
+pub fn members(ctx: &Context) -> BTreeMap<NodeId, String> {
+    let m = ctx.cluster.raft.metrics().borrow().clone();
+    m.membership_config
+        .membership()
+        .nodes()
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect()
+}
+
+/// Each member's own report (None where it did not answer in time), asked concurrently.
+pub async fn node_infos(ctx: &Context) -> BTreeMap<NodeId, Option<pb::NodeInfoResponse>> {
+    let asks = members(ctx).into_iter().map(|(id, addr)| async move {
+        if id == ctx.cluster.id {
+            return (id, Some(local_info(ctx)));
+        }
+        let info = async {
+            let mut client = ctx.cluster.peers.client(&addr).ok()?;
+            let mut req = tonic::Request::new(pb::NodeInfoRequest {});
+            req.set_timeout(NODE_INFO_TIMEOUT);
+            let r = tokio::time::timeout(NODE_INFO_TIMEOUT, client.node_info(req))
+                .await
+                .ok()?;
+            r.ok().map(|r| r.into_inner())
+        }
+        .await;
+        (id, info)
+    });
+    futures::future::join_all(asks).await.into_iter().collect()
+}
+
+/// A node named by raft id, gRPC address or node name.
+pub async fn resolve_node(ctx: &Context, name: &str) -> NodeResult<NodeId> {
+    let name = name.trim();
+    let members = members(ctx);
+    if let Ok(id) = name.parse::<u64>()
+        && members.contains_key(&id)
+    {
+        return Ok(id);
+    }
+    let bare = |a: &str| {
+        a.trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
+            .to_owned()
+    };
+    if let Some((id, _)) = members.iter().find(|(_, a)| bare(a) == bare(name)) {
+        return Ok(*id);
+    }
+    let named: Vec<NodeId> = node_infos(ctx)
+        .await
+        .into_iter()
+        .filter(|(_, i)| i.as_ref().is_some_and(|i| i.node_name == name))
+        .map(|(id, _)| id)
+        .collect();
+    match named.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(NodeError::NotFound(format!(
+            "no member of the cluster is {name:?} (give a raft id, gRPC address or node name from `strata status`)"
+        ))),
+        _ => Err(NodeError::InvalidArgument(format!(
+            "several members are named {name:?}: give the raft id instead"
+        ))),
+    }
+}
+
+fn layout_pb(
+    l: &Layout,
+    names: &BTreeMap<NodeId, String>,
+    members: &BTreeMap<NodeId, String>,
+) -> pb::Layout {
+    pb::Layout {
+        version: l.version,
+        replication: l.replication.into(),
+        write_quorum: l.write_quorum.into(),
+        effective_replication: l.effective_replication() as u32,
+        nodes: l
+            .nodes
+            .iter()
+            .map(|(id, role)| pb::LayoutNode {
+                raft_id: *id,
+                name: names.get(id).cloned().unwrap_or_default(),
+                address: members.get(id).cloned().unwrap_or_default(),
+                zone: role.zone.clone(),
+                capacity: role.capacity,
+                state: role.state.as_str().into(),
+            })
+            .collect(),
+    }
+}
+
+/// Things worth saying about a layout.
+fn warnings(l: &Layout, members: &BTreeMap<NodeId, String>) -> Vec<String> {
+    let mut w = Vec::new();
+    let storage = l.storage_nodes().count();
+    if l.version > 0 && storage < l.replication as usize {
+        w.push(format!(
+            "layout v{}: replication is {} but only {storage} active node(s) hold chunks: each chunk gets {} cop{}",
+            l.version,
+            l.replication,
+            l.effective_replication(),
+            if l.effective_replication() == 1 { "y" } else { "ies" }
+        ));
+    }
+    let zones: std::collections::BTreeSet<&str> =
+        l.storage_nodes().map(|(_, r)| r.zone.as_str()).collect();
+    if storage > 0 && zones.len() < l.effective_replication() {
+        w.push(format!(
+            "layout v{}: {} zone(s) for {} copies: some chunks have two copies in one zone",
+            l.version,
+            zones.len(),
+            l.effective_replication()
+        ));
+    }
+    for id in l.nodes.keys() {
+        if !members.contains_key(id) {
+            w.push(format!(
+                "layout v{}: node {id} is not a member of the cluster any more: remove it from the layout",
+                l.version
+            ));
+        }
+    }
+    w
+}
+
+pub async fn layout_response(ctx: &Context) -> NodeResult<pb::LayoutResponse> {
+    let state = ctx.sm.layout()?;
+    let members = members(ctx);
+    let names: BTreeMap<NodeId, String> = node_infos(ctx)
+        .await
+        .into_iter()
+        .filter_map(|(id, i)| i.map(|i| (id, i.node_name)))
+        .collect();
+    let mut warn = warnings(&state.current, &members);
+    if let Some(staged) = &state.staged {
+        warn.extend(warnings(staged, &members));
+    }
+    Ok(pb::LayoutResponse {
+        current: Some(layout_pb(&state.current, &names, &members)),
+        // Shown as the version it becomes when applied.
+        staged: state.staged.as_ref().map(|s| pb::Layout {
+            version: state.current.version + 1,
+            ..layout_pb(s, &names, &members)
+        }),
+        warnings: warn,
+        unassigned: members
+            .iter()
+            .filter(|(id, _)| !state.current.nodes.contains_key(id))
+            .map(|(id, addr)| pb::LayoutNode {
+                raft_id: *id,
+                name: names.get(id).cloned().unwrap_or_default(),
+                address: addr.clone(),
+                state: "-".into(),
+                ..Default::default()
+            })
+            .collect(),
+    })
+}
+
+/// Turns a StageLayout request into the change to propose.
+pub async fn change_of(
+    ctx: &Arc<Context>,
+    req: pb::StageLayoutRequest,
+) -> NodeResult<LayoutChange> {
+    use pb::stage_layout_request::Change;
+    let Some(change) = req.change else {
+        return Err(NodeError::InvalidArgument(
+            "say which change to stage: assign, drain, remove or replication".into(),
+        ));
+    };
+    Ok(match change {
+        Change::Assign(a) => {
+            let node = resolve_node(ctx, &a.node).await?;
+            let capacity = if a.capacity > 0 {
+                a.capacity
+            } else {
+                node_infos(ctx)
+                    .await
+                    .get(&node)
+                    .cloned()
+                    .flatten()
+                    .map(|i| i.disk_total_bytes)
+                    .filter(|c| *c > 0)
+                    .ok_or_else(|| {
+                        NodeError::Unavailable(format!(
+                            "node {node} did not report its disk size: give --capacity"
+                        ))
+                    })?
+            };
+            LayoutChange::Assign {
+                node,
+                zone: a.zone,
+                capacity,
+            }
+        }
+        Change::Drain(n) => LayoutChange::Drain {
+            node: resolve_layout_node(ctx, &n).await?,
+        },
+        Change::Remove(n) => LayoutChange::Remove {
+            node: resolve_layout_node(ctx, &n).await?,
+        },
+        Change::Replication(r) => {
+            let small = |v: u32| u8::try_from(v).unwrap_or(u8::MAX);
+            LayoutChange::Replication {
+                replication: small(r.replication),
+                write_quorum: small(r.write_quorum),
+            }
+        }
+    })
+}
+
+/// A node to drain or remove: a member, or a raft id still in the layout (a node that left
+/// the cluster without being removed from the layout first).
+async fn resolve_layout_node(ctx: &Context, name: &str) -> NodeResult<NodeId> {
+    if let Ok(id) = name.trim().parse::<u64>()
+        && ctx.sm.layout()?.current.nodes.contains_key(&id)
+    {
+        return Ok(id);
+    }
+    resolve_node(ctx, name).await
+}
+
+pub async fn stage(ctx: &Arc<Context>, change: LayoutChange) -> NodeResult<()> {
+    ctx.propose(Command::StageLayout(change)).await?;
+    Ok(())
+}
+
+pub async fn apply(ctx: &Arc<Context>, version: u64) -> NodeResult<()> {
+    ctx.propose(Command::ApplyLayout { version }).await?;
+    Ok(())
+}
+
+pub async fn revert(ctx: &Arc<Context>) -> NodeResult<()> {
+    ctx.propose(Command::RevertLayout).await?;
+    Ok(())
+}
+
+/// Whether a node may leave the cluster: not while the current layout still places chunks on
+/// it (drain it, or remove it from the layout, and apply first).
+pub fn check_removable(state: &LayoutState, node: NodeId) -> NodeResult<()> {
+    if state.current.nodes.contains_key(&node) {
+        return Err(NodeError::FailedPrecondition(format!(
+            "node {node} is in layout v{}: drain it (`strata node drain`) or take it out (`strata layout remove` and `strata layout apply`) first, so its chunks move before it leaves",
+            state.current.version
+        )));
+    }
+    Ok(())
+}
