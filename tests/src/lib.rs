@@ -271,6 +271,36 @@ impl TestCluster {
         node
     }
 
+    /// Puts every node in the layout (zone "zone-<i>", equal capacity) with `r` copies per
+    /// chunk and uploads waiting for `w`, and applies it.
+    pub async fn place_all(&self, r: u32, w: u32) {
+        let mut admin = self.nodes[0].admin().await;
+        for (i, n) in self.nodes.iter().enumerate() {
+            stage(
+                &mut admin,
+                pb::stage_layout_request::Change::Assign(pb::AssignNode {
+                    node: n.endpoint.clone(),
+                    zone: format!("zone-{i}"),
+                    capacity: 1 << 40,
+                }),
+            )
+            .await;
+        }
+        let staged = stage(
+            &mut admin,
+            pb::stage_layout_request::Change::Replication(pb::Replication {
+                replication: r,
+                write_quorum: w,
+            }),
+        )
+        .await;
+        let version = staged.staged.expect("a staged layout").version;
+        admin
+            .apply_layout(pb::ApplyLayoutRequest { version })
+            .await
+            .expect("apply layout");
+    }
+
     /// Index of the node that currently leads (as a live node reports it).
     pub async fn leader(&mut self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -335,6 +365,18 @@ pub async fn put(
     key: &str,
     bytes: &[u8],
 ) -> transfer::UploadReport {
+    put_chunked(storage, dir, bucket, key, bytes, transfer::DEFAULT_CHUNK).await
+}
+
+/// Uploads `bytes` with the CLI's transfer code and a given chunk size.
+pub async fn put_chunked(
+    storage: &mut Storage,
+    dir: &Path,
+    bucket: &str,
+    key: &str,
+    bytes: &[u8],
+    chunk_size: u32,
+) -> transfer::UploadReport {
     let name = format!("upload-{}", rand::random::<u64>());
     let path = write_file(dir, &name, bytes);
     let r = transfer::upload(
@@ -343,7 +385,7 @@ pub async fn put(
         bucket,
         key,
         "application/octet-stream",
-        transfer::DEFAULT_CHUNK,
+        chunk_size,
         std::sync::Arc::new(NoProgress),
     )
     .await
@@ -530,4 +572,83 @@ pub async fn stat(
         })
         .await
         .map(|r| r.into_inner())
+}
+
+async fn stage(admin: &mut Admin, change: pb::stage_layout_request::Change) -> pb::LayoutResponse {
+    admin
+        .stage_layout(pb::StageLayoutRequest {
+            change: Some(change),
+        })
+        .await
+        .expect("stage layout")
+        .into_inner()
+}
+
+/// Chunk ids (hex) whose files a node's data directory holds (quarantine and temp files
+/// excluded).
+pub fn chunk_ids(data_dir: &Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let Ok(subs) = std::fs::read_dir(data_dir.join("chunks")) else {
+        return out;
+    };
+    for sub in subs.flatten() {
+        if sub.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        for f in std::fs::read_dir(sub.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                out.insert(name);
+            }
+        }
+    }
+    out
+}
+
+/// The current layout as the placement function sees it (from the Admin API).
+pub async fn current_layout(node: &Node) -> strata_cluster::Layout {
+    let r = node
+        .admin()
+        .await
+        .get_layout(pb::GetLayoutRequest {})
+        .await
+        .expect("get layout")
+        .into_inner();
+    let c = r.current.expect("current layout");
+    strata_cluster::Layout {
+        version: c.version,
+        replication: c.replication as u8,
+        write_quorum: c.write_quorum as u8,
+        nodes: c
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.raft_id,
+                    strata_cluster::layout::NodeRole {
+                        zone: n.zone.clone(),
+                        capacity: n.capacity,
+                        state: if n.state == "active" {
+                            strata_cluster::NodeState::Active
+                        } else {
+                            strata_cluster::NodeState::Draining
+                        },
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+/// A metric's value in a node's /metrics text (the sum over its label sets; 0 if absent).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
