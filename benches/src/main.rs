@@ -12,6 +12,12 @@
 //! 3. download of every file, checked against its BLAKE3;
 //!
 //! The node's resident memory is sampled throughout (its pid is in `<data-dir>/node.json`).
+//!
+//! Other modes: `--metadata N` (commits/s), `--failover DIRS` (leader loss), `--peer-get`
+//! (QUIC GetChunk against iperf3 TCP) and `--replication` (R=3 on 3 nodes against R=1 on one,
+//! then the rebalance rate when a 4th node joins; starts its own nodes).
+
+mod cluster;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -72,6 +78,15 @@ struct Args {
     /// until a write through another node succeeds.
     #[arg(long)]
     failover: Option<String>,
+    /// Peer transport mode: GetChunk throughput over QUIC from the --data-dir node (with its
+    /// own certificate), --size bytes in total over --concurrency streams, against raw
+    /// loopback TCP measured with iperf3 in the same run.
+    #[arg(long)]
+    peer_get: bool,
+    /// Replication mode: starts a 1-node (R=1) and a 3-node (R=3, W=2) cluster under
+    /// --work-dir, uploads --size bytes to each, then adds a 4th node and times the rebalance.
+    #[arg(long)]
+    replication: bool,
     /// Comma-separated gRPC endpoints for metadata mode (default: the --data-dir node's).
     #[arg(long)]
     endpoints: Option<String>,
@@ -98,7 +113,7 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
     Ok(n * mult)
 }
 
-fn mbps(bytes: u64, d: Duration) -> f64 {
+pub(crate) fn mbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9)
 }
 
@@ -111,7 +126,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Writes `size` pseudo-random bytes (incompressible, different per seed) to `path`.
-fn make_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
+pub(crate) fn make_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
     let mut f = std::io::BufWriter::with_capacity(4 << 20, std::fs::File::create(path)?);
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut buf = vec![0u8; 1 << 20];
@@ -532,6 +547,13 @@ async fn metadata_bench(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let size = parse_size(&args.size)?;
+    if args.replication {
+        let work = match &args.work_dir {
+            Some(d) => tempfile::tempdir_in(d)?,
+            None => tempfile::tempdir()?,
+        };
+        return cluster::replication(work.path(), size, args.json).await;
+    }
     let node: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(args.data_dir.join("node.json"))
             .context("no node.json in --data-dir: is a node running there?")?,
@@ -550,6 +572,10 @@ async fn main() -> anyhow::Result<()> {
             .to_owned(),
     };
     let pid = node["pid"].as_u64().unwrap_or(0) as u32;
+    if args.peer_get {
+        return cluster::peer_get(&args.data_dir, &endpoint, size, args.concurrency, args.json)
+            .await;
+    }
     if let Some(dirs) = &args.failover {
         return failover_bench(dirs, &token, args.json).await;
     }

@@ -3,7 +3,8 @@
 //!
 //! Homes come from [`strata_cluster::placement`] over the current layout. The rules:
 //! - A new chunk is written where it arrived, then sent to its other homes; the upload's ack
-//!   waits until W copies are durable (the copy where it arrived counts). The chunk id goes
+//!   waits until W of its homes hold it durably (the copy where it arrived counts if that
+//!   node is a home). The chunk id goes
 //!   into a persistent queue first; it leaves the queue once every home holds the chunk, so a
 //!   restart or a down home only delays the remaining copies.
 //! - A node that is not one of a chunk's homes releases its copy only after every home has
@@ -63,6 +64,25 @@ pub struct Placement {
     peers: OnceLock<Arc<PeerClient>>,
     cache: Option<quick_cache::sync::Cache<ChunkId, Bytes, ChunkWeight>>,
     progress: Mutex<Progress>,
+    /// Requests to make the queue durable, served by one flushing thread (see `flusher`).
+    flushes: Mutex<std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>>,
+}
+
+/// Makes queue entries durable for every waiter at once: one sled flush serves all requests
+/// that arrived meanwhile. A dedicated thread, because concurrent sled flushes on sled's own
+/// thread pool (`flush_async`) can starve the pool of the threads that do the writing.
+fn flusher(
+    db: sled::Db,
+    rx: std::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<Result<(), String>>>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut waiters = vec![first];
+        waiters.extend(rx.try_iter());
+        let r = db.flush().map(|_| ()).map_err(|e| e.to_string());
+        for w in waiters {
+            let _ = w.send(r.clone());
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -83,7 +103,13 @@ impl Placement {
                 ChunkWeight,
             )
         });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flush_db = db.clone();
+        std::thread::Builder::new()
+            .name("placement-flush".into())
+            .spawn(move || flusher(flush_db, rx))?;
         Ok(Placement {
+            flushes: Mutex::new(tx),
             queue: db.open_tree(QUEUE_TREE)?,
             state: db.open_tree(STATE_TREE)?,
             busy: Mutex::new(HashSet::new()),
@@ -138,6 +164,23 @@ impl Placement {
             .insert(SCANNED_KEY, &v.to_be_bytes())
             .map_err(|e| NodeError::Internal(format!("placement state: {e}")))?;
         Ok(())
+    }
+
+    /// Waits until the queue (and everything else in the metadata database) is on disk.
+    async fn flush_queue(&self) -> NodeResult<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self
+            .flushes
+            .lock()
+            .map(|f| f.send(tx).is_ok())
+            .unwrap_or(false);
+        let failed = |e: String| NodeError::Internal(format!("replication queue flush: {e}"));
+        if !sent {
+            return Err(failed("the flushing thread stopped".into()));
+        }
+        rx.await
+            .map_err(|_| failed("the flushing thread stopped".into()))?
+            .map_err(failed)
     }
 
     fn enqueue(&self, id: &ChunkId) -> NodeResult<()> {
@@ -196,8 +239,8 @@ fn layout(ctx: &Context) -> NodeResult<LayoutState> {
     Ok(ctx.sm.layout()?)
 }
 
-/// After a new chunk is durable here: sends it to its other homes and returns once W copies
-/// are durable. The remaining copies continue in the background (and from the queue).
+/// After a new chunk is durable here: sends it to its other homes and returns once W homes
+/// hold it durably. The remaining copies continue in the background (and from the queue).
 pub async fn replicate_new(ctx: &Arc<Context>, id: ChunkId, data: Bytes) -> NodeResult<()> {
     let current = layout(ctx)?.current;
     let me = ctx.cluster.id;
@@ -233,7 +276,9 @@ pub async fn replicate_new(ctx: &Arc<Context>, id: ChunkId, data: Bytes) -> Node
             }
         })
         .collect();
-    let mut copies = 1; // the one written here
+    // Copies at homes: the one written here counts if this node is a home. A copy on a node
+    // that is not a home does not: once acknowledged, a chunk must be readable from its homes.
+    let mut copies = usize::from(homes.contains(&me));
     let mut remote_ok = 0;
     let mut errors = Vec::new();
     while copies < need {
@@ -252,7 +297,7 @@ pub async fn replicate_new(ctx: &Arc<Context>, id: ChunkId, data: Bytes) -> Node
     if copies < need {
         p.release_claim(&id);
         return Err(NodeError::Unavailable(format!(
-            "chunk {id} is durable on {copies} of the {need} nodes the write quorum needs: {}",
+            "chunk {id} is durable on {copies} of its homes, and the write quorum is {need}: {}",
             errors.join("; ")
         )));
     }
@@ -262,11 +307,7 @@ pub async fn replicate_new(ctx: &Arc<Context>, id: ChunkId, data: Bytes) -> Node
         return Ok(());
     }
     // Acknowledged with copies still on their way: the queue entry must survive a crash.
-    ctx.sm
-        .db()
-        .flush_async()
-        .await
-        .map_err(|e| NodeError::Internal(format!("replication queue flush: {e}")))?;
+    p.flush_queue().await?;
     let ctx = ctx.clone();
     tokio::spawn(async move {
         let mut all = errors.is_empty();

@@ -257,7 +257,16 @@ impl TestCluster {
             let node = TestCluster::joiner(&nodes[0], &secret, env);
             nodes.push(node);
         }
-        TestCluster { nodes }
+        let cluster = TestCluster { nodes };
+        // Every node holds chunks: R = min(3, n) copies, uploads wait for min(2, n).
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                tokio::runtime::Runtime::new()
+                    .expect("runtime")
+                    .block_on(cluster.place_all(n.min(3) as u32, n.min(2) as u32))
+            });
+        });
+        cluster
     }
 
     /// Starts a node that joins through `via` with `secret`, carrying `via`'s tokens.

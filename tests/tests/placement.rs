@@ -50,7 +50,6 @@ async fn rebalanced(node: &Node) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn chunks_reach_every_home_also_one_that_was_down() {
     let mut c = TestCluster::start(3, &[]);
-    c.place_all(3, 2).await;
     let leader = c.leader().await;
     let down = (leader + 1) % 3;
     let via = (leader + 2) % 3;
@@ -98,7 +97,6 @@ async fn chunks_reach_every_home_also_one_that_was_down() {
 #[tokio::test(flavor = "multi_thread")]
 async fn adding_a_node_moves_chunks_and_draining_empties_one_never_below_r() {
     let mut c = TestCluster::start(3, &[]);
-    c.place_all(3, 2).await;
     let dir = c.nodes[0].root.path().to_path_buf();
     let mut files = Vec::new();
     let mut s = c.nodes[0].storage().await;
@@ -250,7 +248,6 @@ async fn adding_a_node_moves_chunks_and_draining_empties_one_never_below_r() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_copy_on_a_peer_is_detected_and_another_home_used() {
     let c = TestCluster::start(4, &[]);
-    c.place_all(3, 2).await;
     let ids = raft_ids(&c).await;
     let bytes = data(2 * 1024 * 1024, 77);
     let mut s = c.nodes[0].storage().await;
