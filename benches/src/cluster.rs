@@ -103,16 +103,17 @@ pub async fn peer_get(
         bytes += t.await??;
     }
     let quic = mbps(bytes, start.elapsed());
+    let mtu = peer.path_mtu(addr).unwrap_or(0);
     let tcp = iperf3()?;
     if json {
         println!(
             "{}",
             serde_json::json!({ "mode": "peer_get", "streams": streams, "bytes": bytes,
-                "quic_get_mb_per_s": quic, "iperf3_tcp_mb_per_s": tcp, "ratio": quic / tcp })
+                "quic_get_mb_per_s": quic, "path_mtu": mtu, "iperf3_tcp_mb_per_s": tcp, "ratio": quic / tcp })
         );
     } else {
         println!(
-            "peer GetChunk over QUIC ({streams} stream(s), 4 MiB chunks, BLAKE3 verified on both ends): {quic:.0} MB/s"
+            "peer GetChunk over QUIC ({streams} stream(s), 4 MiB chunks, BLAKE3 verified on both ends): {quic:.0} MB/s (path MTU {mtu})"
         );
         println!(
             "raw loopback TCP (iperf3, 1 stream, same run):                            {tcp:.0} MB/s"
@@ -143,7 +144,14 @@ impl Drop for Spawned {
 }
 
 impl Spawned {
-    fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Spawned> {
+    /// Starts `strata-node ARGS --data-dir DIR` and waits for `node.json` in `node_dir` (DIR
+    /// itself, or DIR/node-1 for `dev --nodes N`).
+    fn start(
+        dir: &Path,
+        node_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Spawned> {
         let exe = std::env::current_exe()?
             .parent()
             .context("no binary directory")?
@@ -165,9 +173,9 @@ impl Spawned {
             .with_context(|| format!("starting {}", exe.display()))?;
         let node = Spawned {
             child,
-            dir: dir.to_owned(),
+            dir: node_dir.to_owned(),
         };
-        node.wait_ready(dir)?;
+        node.wait_ready(node_dir)?;
         Ok(node)
     }
 
@@ -235,7 +243,7 @@ pub async fn replication(work: &Path, size: u64, json: bool) -> anyhow::Result<(
         .collect::<anyhow::Result<_>>()?;
 
     let single_dir = work.join("single");
-    let single = Spawned::start(&single_dir, &["dev"], &[])?;
+    let single = Spawned::start(&single_dir, &single_dir, &["dev"], &[])?;
     let r1 = upload(
         &single.endpoint()?,
         &token(&single_dir, "tenant.token")?,
@@ -249,6 +257,7 @@ pub async fn replication(work: &Path, size: u64, json: bool) -> anyhow::Result<(
     let base = work.join("three");
     let first = base.join("node-1");
     let three = Spawned::start(
+        &base,
         &first,
         &["dev", "--nodes", "3"],
         &[("STRATA_REBALANCE_RATE_BYTES", "4294967296")],
@@ -256,6 +265,19 @@ pub async fn replication(work: &Path, size: u64, json: bool) -> anyhow::Result<(
     let endpoint = three.endpoint()?;
     let tenant = token(&first, "tenant.token")?;
     let admin_token = token(&first, "admin.token")?;
+    // node-1 serves before the others have joined: wait for three voters in the layout.
+    let mut admin = client::admin(client::connect(&endpoint).await?, &admin_token)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = admin.status(pb::StatusRequest {}).await?.into_inner();
+        if s.nodes.iter().filter(|n| n.voter && n.state == "active").count() == 3 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the 3-node cluster did not form in 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let r3 = upload(&endpoint, &tenant, &files, "r3").await?;
 
     // A fourth node joins, goes into the layout, and receives its share.
@@ -263,6 +285,7 @@ pub async fn replication(work: &Path, size: u64, json: bool) -> anyhow::Result<(
     let fourth_dir = base.join("node-4");
     let fourth_port = free_port()?;
     let _fourth = Spawned::start(
+        &fourth_dir,
         &fourth_dir,
         &[
             "run",
@@ -280,7 +303,6 @@ pub async fn replication(work: &Path, size: u64, json: bool) -> anyhow::Result<(
             ("STRATA_REBALANCE_RATE_BYTES", "4294967296"),
         ],
     )?;
-    let mut admin = client::admin(client::connect(&endpoint).await?, &admin_token)?;
     let staged = admin
         .stage_layout(pb::StageLayoutRequest {
             change: Some(pb::stage_layout_request::Change::Assign(pb::AssignNode {

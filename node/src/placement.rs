@@ -47,10 +47,12 @@ pub struct Progress {
     /// Of those, the ones this pass has handled.
     pub done_chunks: u64,
     pub done_bytes: u64,
-    /// Bytes this pass copied to other nodes.
+    /// Bytes copied to other nodes towards this layout version (over all its passes).
     pub copied_bytes: u64,
-    /// Bytes per second copied so far in this pass.
+    /// Bytes per second copied since the first pass towards this layout version.
     pub rate: f64,
+    /// When the first pass towards this layout version started.
+    pub since: Option<Instant>,
     /// Chunks still waiting on something (a home down, another node's copy) at the end of
     /// the last pass; a new pass runs until this is 0.
     pub pending: u64,
@@ -503,7 +505,8 @@ async fn push_to_homes(
         }
     }
     let mut out = Pushed::default();
-    let mut rate = rate;
+    // Decide per chunk who sends what; then copy up to COPY_PARALLEL chunks at once.
+    let mut jobs = Vec::new();
     for id in ids {
         let homes = layout.homes(id);
         if homes.iter().any(|h| down.contains(h)) {
@@ -525,51 +528,85 @@ async fn push_to_homes(
                 None => {}
             }
         }
-        let mut ok = true;
-        if !lacking.is_empty() {
-            let (c, idc) = (ctx.clone(), *id);
-            let data = match tokio::task::spawn_blocking(move || c.store.get(&idc)).await {
-                Ok(Ok(d)) => d,
-                Ok(Err(ChunkStoreError::Missing(_))) => {
-                    ctx.placement.dequeue(id);
-                    continue;
-                }
-                _ => {
-                    out.pending += 1;
-                    continue;
-                }
-            };
-            for home in lacking {
-                let Some(addr) = addrs.get(&home) else {
-                    ok = false;
-                    continue;
-                };
-                match peers.put_chunk(*addr, *id, data.clone()).await {
-                    Ok(_) => {
-                        let n = data.len() as u64;
-                        metrics::counter!(m::REPLICA_SENT_BYTES).increment(n);
-                        out.copied_bytes += n;
-                        if let Some(r) = rate.as_deref_mut() {
-                            r.spend(n).await;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(chunk = %id, node = home, error = %e, "copy failed; will retry");
-                        ok = false;
-                    }
+        jobs.push((*id, homes, lacking));
+    }
+    let rate = tokio::sync::Mutex::new(rate);
+    let (peers, addrs, rate) = (&peers, &addrs, &rate);
+    let mut copies = futures::stream::iter(jobs)
+        .map(|(id, homes, lacking)| async move {
+            let outcome = copy_to(ctx, peers, addrs, id, &lacking, rate).await;
+            (id, homes, outcome)
+        })
+        .buffer_unordered(COPY_PARALLEL);
+    while let Some((id, homes, outcome)) = copies.next().await {
+        match outcome {
+            Copy::Done(n) => {
+                out.copied_bytes += n;
+                ctx.placement.dequeue(&id);
+                if !homes.contains(&me) {
+                    release_local(ctx, id).await;
                 }
             }
-        }
-        if ok {
-            ctx.placement.dequeue(id);
-            if !homes.contains(&me) {
-                release_local(ctx, *id).await;
-            }
-        } else {
-            out.pending += 1;
+            Copy::Gone => ctx.placement.dequeue(&id),
+            Copy::Pending => out.pending += 1,
         }
     }
     Ok(out)
+}
+
+/// Chunks copied at once by a queue or rebalance pass.
+const COPY_PARALLEL: usize = 4;
+
+enum Copy {
+    /// Every home that lacked the chunk has it now (this many bytes sent).
+    Done(u64),
+    /// This node no longer holds the chunk.
+    Gone,
+    /// A copy failed; retried later.
+    Pending,
+}
+
+/// Sends one local chunk to the homes that lack it.
+async fn copy_to(
+    ctx: &Arc<Context>,
+    peers: &PeerClient,
+    addrs: &BTreeMap<NodeId, SocketAddr>,
+    id: ChunkId,
+    lacking: &[NodeId],
+    rate: &tokio::sync::Mutex<Option<&mut RateLimit>>,
+) -> Copy {
+    if lacking.is_empty() {
+        return Copy::Done(0);
+    }
+    let c = ctx.clone();
+    let data = match tokio::task::spawn_blocking(move || c.store.get(&id)).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(ChunkStoreError::Missing(_))) => return Copy::Gone,
+        _ => return Copy::Pending,
+    };
+    let mut sent = 0;
+    let mut ok = true;
+    for home in lacking {
+        let Some(addr) = addrs.get(home) else {
+            ok = false;
+            continue;
+        };
+        match peers.put_chunk(*addr, id, data.clone()).await {
+            Ok(_) => {
+                let n = data.len() as u64;
+                metrics::counter!(m::REPLICA_SENT_BYTES).increment(n);
+                sent += n;
+                if let Some(r) = rate.lock().await.as_deref_mut() {
+                    r.spend(n).await;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(chunk = %id, node = home, error = %e, "copy failed; will retry");
+                ok = false;
+            }
+        }
+    }
+    if ok { Copy::Done(sent) } else { Copy::Pending }
 }
 
 /// Paces rebalancing copies to `bytes_per_sec` on average.
@@ -624,9 +661,17 @@ pub async fn rebalance_pass(ctx: &Arc<Context>) -> NodeResult<u64> {
     let p = &ctx.placement;
     let started = Instant::now();
     p.set_progress(|pr| {
+        // Passes towards the same layout add up (copied bytes, rate since the first pass).
+        let (copied, since) = if pr.layout_version == version {
+            (pr.copied_bytes, pr.since.unwrap_or(started))
+        } else {
+            (0, started)
+        };
         *pr = Progress {
             layout_version: version,
             running: true,
+            copied_bytes: copied,
+            since: Some(since),
             ..Default::default()
         }
     });
@@ -661,7 +706,8 @@ pub async fn rebalance_pass(ctx: &Arc<Context>) -> NodeResult<u64> {
             pr.done_chunks += chunks;
             pr.done_bytes += bytes;
             pr.copied_bytes += pushed.copied_bytes;
-            pr.rate = pr.copied_bytes as f64 / started.elapsed().as_secs_f64().max(0.001);
+            let since = pr.since.unwrap_or(started);
+            pr.rate = pr.copied_bytes as f64 / since.elapsed().as_secs_f64().max(0.001);
         });
         if layout(ctx)?.current.version != version {
             pending += 1; // a newer layout: stop here, the next pass starts over

@@ -207,6 +207,11 @@ impl PeerClient {
         Ok(conn)
     }
 
+    /// The current path MTU towards `addr` (None before a connection exists).
+    pub fn path_mtu(&self, addr: SocketAddr) -> Option<u16> {
+        self.cached(addr).map(|c| c.stats().path.current_mtu)
+    }
+
     fn cached(&self, addr: SocketAddr) -> Option<quinn::Connection> {
         let mut map = self.connections.lock().ok()?;
         match map.get(&addr) {
