@@ -270,7 +270,12 @@ pub async fn replication(work: &Path, size: u64, json: bool) -> anyhow::Result<(
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let s = admin.status(pb::StatusRequest {}).await?.into_inner();
-        if s.nodes.iter().filter(|n| n.voter && n.state == "active").count() == 3 {
+        if s.nodes
+            .iter()
+            .filter(|n| n.voter && n.state == "active")
+            .count()
+            == 3
+        {
             break;
         }
         if Instant::now() > deadline {

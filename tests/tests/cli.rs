@@ -244,3 +244,139 @@ fn buckets_and_tokens() {
             .success()
     );
 }
+
+#[test]
+fn layout_commands_stage_review_apply_and_refuse_bad_input() {
+    let node = Node::start();
+    // A dev node puts itself in layout v1 with one copy per chunk.
+    let shown = ok(node.cli(&["--json", "layout", "show"]));
+    assert_eq!(shown["current"]["version"], 1);
+    assert_eq!(shown["current"]["replication"], 1);
+    assert_eq!(
+        shown["current"]["nodes"].as_array().expect("nodes").len(),
+        1
+    );
+    assert!(shown["staged"].is_null());
+    let me = shown["current"]["nodes"][0]["raft_id"]
+        .as_u64()
+        .expect("raft id");
+
+    // Stage a zone/capacity change and a replication change; review; revert; stage; apply.
+    let staged = ok(node.cli(&[
+        "--json",
+        "layout",
+        "assign",
+        "node-1",
+        "--zone",
+        "rack-a",
+        "--capacity",
+        "2TB",
+    ]));
+    assert_eq!(staged["staged"]["version"], 2);
+    assert_eq!(staged["staged"]["nodes"][0]["zone"], "rack-a");
+    assert_eq!(
+        staged["staged"]["nodes"][0]["capacity"],
+        2_000_000_000_000u64
+    );
+    assert_eq!(
+        staged["current"]["nodes"][0]["zone"], "default",
+        "nothing applied yet"
+    );
+    let text = node.cli(&["layout", "show"]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.contains("STAGED layout v2") && text.contains("rack-a"),
+        "{text}"
+    );
+    ok(node.cli(&["--json", "layout", "revert"]));
+    let reverted = node.cli(&["layout", "revert"]);
+    assert!(
+        !reverted.status.success()
+            && String::from_utf8_lossy(&reverted.stderr).contains("no layout change is staged")
+    );
+    ok(node.cli(&[
+        "--json",
+        "layout",
+        "assign",
+        &me.to_string(),
+        "--zone",
+        "rack-a",
+    ]));
+    ok(node.cli(&["--json", "layout", "replication", "2"]));
+    // The wrong version is refused with the right one named.
+    let wrong = node.cli(&["layout", "apply", "7"]);
+    assert!(
+        !wrong.status.success()
+            && String::from_utf8_lossy(&wrong.stderr).contains("version 2, not 7")
+    );
+    let applied = ok(node.cli(&["--json", "layout", "apply", "2"]));
+    assert_eq!(applied["current"]["version"], 2);
+    assert_eq!(applied["current"]["replication"], 2);
+    assert_eq!(applied["current"]["write_quorum"], 2);
+    assert_eq!(applied["current"]["effective_replication"], 1);
+    assert!(
+        applied["warnings"]
+            .as_array()
+            .expect("warnings")
+            .iter()
+            .any(|w| w.as_str().unwrap_or("").contains("only 1 active node")),
+        "{applied}"
+    );
+
+    // The status table carries the layout columns.
+    let status = ok(node.cli(&["--json", "status"]));
+    assert_eq!(status["layout_version"], 2);
+    let row = &status["nodes"][0];
+    assert_eq!(row["zone"], "rack-a");
+    assert_eq!(row["state"], "active");
+    assert_eq!(row["reachable"], true);
+    assert!(row["rebalance"]["layout_version"].is_u64());
+
+    // Bad input: unknown node, bad zone, bad capacity, bad replication, draining the only node.
+    for (args, says) in [
+        (
+            vec!["layout", "assign", "nope", "--zone", "z"],
+            "no member of the cluster",
+        ),
+        (
+            vec!["layout", "assign", "node-1", "--zone", "bad zone"],
+            "zone",
+        ),
+        (
+            vec![
+                "layout",
+                "assign",
+                "node-1",
+                "--zone",
+                "z",
+                "--capacity",
+                "12 parsecs",
+            ],
+            "unit",
+        ),
+        (
+            vec!["layout", "replication", "9"],
+            "replication factor must be 1..=5",
+        ),
+        (vec!["layout", "remove", "12345"], "no member"),
+    ] {
+        let out = node.cli(&args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        // The cause is on the first line (argument errors from clap add a hint after it).
+        let first = err.lines().next().unwrap_or("");
+        assert!(
+            !out.status.success() && first.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    let drain = node.cli(&["node", "drain", "node-1"]);
+    assert!(
+        !drain.status.success()
+            && String::from_utf8_lossy(&drain.stderr).contains("no active node"),
+        "{}",
+        String::from_utf8_lossy(&drain.stderr)
+    );
+    // A refused apply leaves the drain staged; revert it.
+    ok(node.cli(&["--json", "layout", "revert"]));
+    assert!(ok(node.cli(&["--json", "layout", "show"]))["staged"].is_null());
+}
