@@ -220,16 +220,8 @@ impl Placement {
 
 /// The UDP addresses of members' QUIC endpoints, from the Raft membership.
 pub async fn member_addrs(ctx: &Context) -> BTreeMap<NodeId, SocketAddr> {
-    let members: Vec<(NodeId, String)> = {
-        let m = ctx.cluster.raft.metrics().borrow().clone();
-        m.membership_config
-            .membership()
-            .nodes()
-            .map(|(id, n)| (*id, n.addr.clone()))
-            .collect()
-    };
     let mut out = BTreeMap::new();
-    for (id, url) in members {
+    for (id, url) in ctx.cluster.members() {
         if let Some(a) = crate::peer::quic_addr(&url).await {
             out.insert(id, a);
         }

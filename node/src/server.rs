@@ -365,15 +365,7 @@ async fn initial_layout(ctx: &Context, dev_single: bool) -> anyhow::Result<()> {
 /// Every member of a new `dev --nodes N` cluster goes into the layout, in one version.
 async fn dev_layout(ctx: &Context) -> anyhow::Result<()> {
     let state = ctx.sm.layout()?;
-    let voters: Vec<u64> = ctx
-        .cluster
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .collect();
+    let voters = ctx.cluster.voters();
     if voters.iter().all(|v| state.current.nodes.contains_key(v)) {
         return Ok(());
     }
@@ -460,15 +452,7 @@ impl DevPeers {
         // Wait until every node has joined as a voter.
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
-            let voters = ctx
-                .cluster
-                .raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .voter_ids()
-                .count();
+            let voters = ctx.cluster.voters().len();
             if voters >= n {
                 break;
             }

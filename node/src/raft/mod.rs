@@ -322,6 +322,21 @@ impl Cluster {
         remote(client).await.map_err(NodeError::from_status)
     }
 
+    /// Every member (voters and learners) with its gRPC address, as this node knows them.
+    pub fn members(&self) -> BTreeMap<NodeId, String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
+    }
+
+    /// The voting members.
+    pub fn voters(&self) -> Vec<NodeId> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().voter_ids().collect()
+    }
+
     /// The leader's address, if one is known.
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let m = self.raft.metrics().borrow().clone();

@@ -44,12 +44,7 @@ pub fn local_info(ctx: &Context) -> pb::NodeInfoResponse {
 
 /// Every member's gRPC address.
 pub fn members(ctx: &Context) -> BTreeMap<NodeId, String> {
-    let m = ctx.cluster.raft.metrics().borrow().clone();
-    m.membership_config
-        .membership()
-        .nodes()
-        .map(|(id, n)| (*id, n.addr.clone()))
-        .collect()
+    ctx.cluster.members()
 }
 
 /// Each member's own report (None where it did not answer in time), asked concurrently.
