@@ -262,10 +262,9 @@ async fn a_corrupt_copy_on_a_peer_is_detected_and_another_home_used() {
     // Pick a chunk and a node that is not one of its homes; corrupt the copy on the home
     // that node asks first.
     let layout = current_layout(&c.nodes[0]).await;
-    let chunk = chunk_ids(&c.nodes[0].data_dir)
-        .into_iter()
-        .next()
-        .expect("a chunk");
+    // Node 0 received the upload but keeps only the chunks it is a home of: look everywhere.
+    let dirs: Vec<_> = c.nodes.iter().map(|n| n.data_dir.clone()).collect();
+    let chunk = copies(&dirs).into_keys().next().expect("a chunk");
     let id = strata_cluster::ChunkId::from_hex(&chunk).expect("hex id");
     let homes = layout.homes(&id);
     assert_eq!(homes.len(), 3);
