@@ -8,6 +8,7 @@ use crate::ids::{ChunkId, SessionId, TenantId, TokenHash};
 use crate::layout::LayoutChange;
 use crate::names::{BucketName, ObjectKey};
 use crate::records::{ManifestEntry, ObjectView, TrashState};
+use crate::tier::{ArchiveRecord, ColdLocation, RestoreTier, StorageClass, TierPolicy};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -115,6 +116,53 @@ pub enum Command {
         cert_pem: String,
         key_pem: String,
     },
+    /// Creates or replaces the tiering policy of that name.
+    SetTierPolicy(TierPolicy),
+    DeleteTierPolicy {
+        name: String,
+    },
+    /// A version's chunks all have verified cold copies: `chunks` gives the location of each
+    /// chunk that had none yet (in `archives`, inserted if new). Chunks whose every reference
+    /// is now cold are released: their hot files are queued for collection.
+    TransitionVersion {
+        tenant: TenantId,
+        bucket: BucketName,
+        key: ObjectKey,
+        version: u64,
+        backend: String,
+        class: StorageClass,
+        chunks: Vec<(ChunkId, ColdLocation)>,
+        archives: Vec<ArchiveRecord>,
+        now_ms: i64,
+    },
+    /// Asks for a cold version to come back (idempotent: a restore in progress stays).
+    StartRestore {
+        tenant: TenantId,
+        bucket: BucketName,
+        key: ObjectKey,
+        version: u64,
+        tier: RestoreTier,
+        days: u32,
+        now_ms: i64,
+    },
+    /// The version's chunks are hot again (written to their homes): it is no longer cold.
+    FinishRestore {
+        tenant: TenantId,
+        bucket: BucketName,
+        key: ObjectKey,
+        version: u64,
+        now_ms: i64,
+    },
+    /// A dead archive object was deleted from its backend.
+    ArchiveDeleted {
+        backend: String,
+        object: String,
+    },
+    /// These keys were read (coarse last-access times for tiering decisions).
+    RecordAccess {
+        keys: Vec<(TenantId, BucketName, ObjectKey)>,
+        now_ms: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +187,14 @@ pub enum Response {
         versions: u32,
     },
     TokenCreated(TenantId),
+    /// A version went cold; this many chunks had their hot copies released.
+    Transitioned {
+        released: u32,
+    },
+    RestoreStarted {
+        since_ms: i64,
+        already: bool,
+    },
     /// The results of a `Command::Batch`, in order.
     Batch(Vec<Result<Response, crate::error::Rejection>>),
 }

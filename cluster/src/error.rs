@@ -65,6 +65,14 @@ pub enum Rejection {
         "the staged layout would be version {expected}, not {given}: review it with `strata layout show` and apply that version"
     )]
     LayoutVersion { expected: u64, given: u64 },
+    #[error("tier policy {0:?} not found")]
+    PolicyNotFound(String),
+    #[error("the object version is not in cold storage")]
+    NotCold,
+    #[error("the object version is already in cold storage")]
+    AlreadyCold,
+    #[error("chunk {0} has no cold copy recorded: the transition raced with another change")]
+    ColdCopyMissing(ChunkId),
 }
 
 /// Failure of the state machine itself (not a refusal): the node cannot serve metadata.

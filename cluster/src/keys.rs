@@ -19,6 +19,14 @@ pub const SESSION_BY_KEY: u8 = b'S';
 pub const SESSION_CHUNK: u8 = b'p';
 pub const SESSION_MANIFEST: u8 = b'M';
 pub const TRASH: u8 = b'x';
+pub const POLICY: u8 = b'P';
+pub const COLD_CHUNK: u8 = b'Z';
+pub const COLD_REFS: u8 = b'z';
+pub const ARCHIVE: u8 = b'A';
+pub const ARCHIVE_DEAD: u8 = b'D';
+pub const COLD_VERSION: u8 = b'K';
+pub const RESTORE: u8 = b'R';
+pub const ACCESS: u8 = b'a';
 
 pub fn meta(name: &str) -> Vec<u8> {
     [&[META], name.as_bytes()].concat()
@@ -123,6 +131,75 @@ pub fn trash(purge_at_ms: i64, t: TenantId, b: &BucketName, k: &ObjectKey) -> Ve
         k.as_str().as_bytes(),
     ]
     .concat()
+}
+
+pub fn policy(name: &str) -> Vec<u8> {
+    [&[POLICY][..], name.as_bytes()].concat()
+}
+
+pub fn cold_chunk(c: &ChunkId) -> Vec<u8> {
+    [&[COLD_CHUNK][..], c.as_bytes()].concat()
+}
+
+pub fn cold_refs(c: &ChunkId) -> Vec<u8> {
+    [&[COLD_REFS][..], c.as_bytes()].concat()
+}
+
+pub fn archive(backend: &str, object: &str) -> Vec<u8> {
+    [&[ARCHIVE][..], backend.as_bytes(), &[0], object.as_bytes()].concat()
+}
+
+pub fn archive_dead(backend: &str, object: &str) -> Vec<u8> {
+    [
+        &[ARCHIVE_DEAD][..],
+        backend.as_bytes(),
+        &[0],
+        object.as_bytes(),
+    ]
+    .concat()
+}
+
+/// `(backend, object)` of an `archive` or `archive_dead` key.
+pub fn parse_archive(key: &[u8]) -> Option<(String, String)> {
+    let rest = key.get(1..)?;
+    let nul = rest.iter().position(|b| *b == 0)?;
+    let backend = std::str::from_utf8(&rest[..nul]).ok()?;
+    let object = std::str::from_utf8(&rest[nul + 1..]).ok()?;
+    Some((backend.to_owned(), object.to_owned()))
+}
+
+/// A cold-version mark: the version key under another prefix.
+pub fn cold_version(t: TenantId, b: &BucketName, k: &ObjectKey, v: u64) -> Vec<u8> {
+    let mut key = version(t, b, k, v);
+    key[0] = COLD_VERSION;
+    key
+}
+
+/// A restore record: the version key under another prefix.
+pub fn restore(t: TenantId, b: &BucketName, k: &ObjectKey, v: u64) -> Vec<u8> {
+    let mut key = version(t, b, k, v);
+    key[0] = RESTORE;
+    key
+}
+
+/// Decodes a version-shaped key (`version`, `cold_version`, `restore`).
+pub fn parse_version(key: &[u8]) -> Option<(TenantId, BucketName, ObjectKey, u64)> {
+    let tenant = TenantId(be_u64(key, 1)?);
+    let rest = key.get(9..key.len().checked_sub(8)?)?;
+    let version = be_u64(key, key.len() - 8)?;
+    let (b, k) = rest
+        .strip_suffix(&[0])?
+        .split_at(rest.iter().position(|c| *c == 0)?);
+    let bucket = BucketName::new(std::str::from_utf8(b).ok()?).ok()?;
+    let key = ObjectKey::new(std::str::from_utf8(k.get(1..)?).ok()?).ok()?;
+    Some((tenant, bucket, key, version))
+}
+
+/// When a key was last read (coarse): `a tenant bucket NUL key`.
+pub fn access(t: TenantId, b: &BucketName, k: &ObjectKey) -> Vec<u8> {
+    let mut key = object(t, b, k);
+    key[0] = ACCESS;
+    key
 }
 
 /// Reads the big-endian u64 at `at` of a key.

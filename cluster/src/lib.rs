@@ -17,6 +17,7 @@ pub mod query;
 pub mod raft;
 pub mod records;
 pub mod state_machine;
+pub mod tier;
 
 pub use command::{Command, Response};
 pub use error::{ApplyError, Gap, Invalid, Rejection, StoreError};

@@ -369,3 +369,203 @@ impl StateMachine {
         )
     }
 }
+
+/// A version a tiering policy wants moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierCandidate {
+    pub tenant: TenantId,
+    pub bucket: BucketName,
+    pub key: ObjectKey,
+    pub version: u64,
+    pub size: u64,
+    pub policy: crate::tier::TierPolicy,
+}
+
+/// A restore in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreView {
+    pub tenant: TenantId,
+    pub bucket: BucketName,
+    pub key: ObjectKey,
+    pub version: u64,
+    pub record: crate::tier::RestoreRecord,
+}
+
+/// Cold-tier totals for `strata tier status` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TierTotals {
+    /// Live cold chunk bytes per backend.
+    pub bytes: std::collections::BTreeMap<String, u64>,
+    /// Archive objects (and their bytes) per backend.
+    pub archives: std::collections::BTreeMap<String, (u64, u64)>,
+    pub dead_archives: u64,
+    pub cold_versions: u64,
+    pub restores: u64,
+}
+
+impl StateMachine {
+    pub fn tier_policies(&self) -> Result<Vec<crate::tier::TierPolicy>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix([keys::POLICY]) {
+            out.push(decode("tier policy", &kv?.1)?);
+        }
+        Ok(out)
+    }
+
+    pub fn tier_policy(&self, name: &str) -> Result<Option<crate::tier::TierPolicy>, StoreError> {
+        read(&self.tree, "tier policy", &keys::policy(name))
+    }
+
+    pub fn cold_chunk(&self, id: &ChunkId) -> Result<Option<crate::tier::ColdChunk>, StoreError> {
+        read(&self.tree, "cold chunk", &keys::cold_chunk(id))
+    }
+
+    /// Whether this chunk's hot copies must be kept: it is referenced and not released to the
+    /// cold tier. Chunk collection and peers' DropChunk go by this.
+    pub fn chunk_needs_hot(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        Ok(self.chunk_refs(id)? > 0 && !self.cold_chunk(id)?.is_some_and(|c| c.released))
+    }
+
+    /// Whether a version is hot, cold, or being restored.
+    pub fn version_tier(
+        &self,
+        tenant: TenantId,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        version: u64,
+    ) -> Result<crate::tier::VersionTier, StoreError> {
+        use crate::tier::VersionTier;
+        let cold = read(
+            &self.tree,
+            "cold version",
+            &keys::cold_version(tenant, bucket, key, version),
+        )?;
+        let Some(cold) = cold else {
+            return Ok(VersionTier::Hot);
+        };
+        let restore = read(
+            &self.tree,
+            "restore",
+            &keys::restore(tenant, bucket, key, version),
+        )?;
+        Ok(match restore {
+            Some(r) => VersionTier::Restoring(cold, r),
+            None => VersionTier::Cold(cold),
+        })
+    }
+
+    /// When a key was last read, if it has been since the access clock started.
+    pub fn last_access(
+        &self,
+        tenant: TenantId,
+        bucket: &BucketName,
+        key: &ObjectKey,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .tree
+            .get(keys::access(tenant, bucket, key))?
+            .and_then(|v| keys::be_u64(&v, 0))
+            .map(|v| v as i64))
+    }
+
+    /// Hot versions that a policy wants moved now, at most `limit`, in key order.
+    pub fn tier_candidates(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<TierCandidate>, StoreError> {
+        let policies = self.tier_policies()?;
+        let mut out = Vec::new();
+        if policies.is_empty() {
+            return Ok(out);
+        }
+        for kv in self.tree.scan_prefix([keys::VERSION]) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = kv?;
+            let Some((tenant, bucket, key, version)) = keys::parse_version(&k) else {
+                continue;
+            };
+            let mut mark = k.to_vec();
+            mark[0] = keys::COLD_VERSION;
+            if self.tree.contains_key(&mark)? {
+                continue;
+            }
+            let rec: VersionRecord = decode("version", &v)?;
+            let touched = self
+                .last_access(tenant, &bucket, &key)?
+                .unwrap_or(0)
+                .max(rec.info.created_at_ms);
+            let idle = now_ms.saturating_sub(touched).max(0) as u64;
+            if let Some(p) =
+                crate::tier::choose_policy(&policies, tenant, &bucket, rec.info.size, idle)
+            {
+                out.push(TierCandidate {
+                    policy: p.clone(),
+                    tenant,
+                    bucket,
+                    key,
+                    version,
+                    size: rec.info.size,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn restores(&self) -> Result<Vec<RestoreView>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix([keys::RESTORE]) {
+            let (k, v) = kv?;
+            if let Some((tenant, bucket, key, version)) = keys::parse_version(&k) {
+                out.push(RestoreView {
+                    tenant,
+                    bucket,
+                    key,
+                    version,
+                    record: decode("restore", &v)?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn archive(
+        &self,
+        backend: &str,
+        object: &str,
+    ) -> Result<Option<crate::tier::ArchiveRecord>, StoreError> {
+        read(&self.tree, "archive", &keys::archive(backend, object))
+    }
+
+    /// Archives no chunk needs any more, to delete from their backends.
+    pub fn dead_archives(&self, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix([keys::ARCHIVE_DEAD]).take(limit) {
+            if let Some(a) = keys::parse_archive(&kv?.0) {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn tier_totals(&self) -> Result<TierTotals, StoreError> {
+        let mut t = TierTotals::default();
+        for kv in self.tree.scan_prefix(keys::meta("tier-bytes/")) {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k[1 + "tier-bytes/".len()..]).into_owned();
+            t.bytes.insert(name, keys::be_u64(&v, 0).unwrap_or(0));
+        }
+        for kv in self.tree.scan_prefix([keys::ARCHIVE]) {
+            let a: crate::tier::ArchiveRecord = decode("archive", &kv?.1)?;
+            let e = t.archives.entry(a.backend).or_default();
+            e.0 += 1;
+            e.1 += a.bytes;
+        }
+        t.dead_archives = self.tree.scan_prefix([keys::ARCHIVE_DEAD]).count() as u64;
+        t.cold_versions = self.tree.scan_prefix([keys::COLD_VERSION]).count() as u64;
+        t.restores = self.tree.scan_prefix([keys::RESTORE]).count() as u64;
+        Ok(t)
+    }
+}

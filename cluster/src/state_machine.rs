@@ -15,6 +15,9 @@ use crate::keys;
 use crate::layout::LayoutState;
 use crate::names::{BucketName, ObjectKey};
 use crate::records::*;
+use crate::tier::{ArchiveRecord, ColdChunk};
+
+mod tier;
 
 pub struct StateMachine {
     pub(crate) db: sled::Db,
@@ -247,8 +250,76 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                 now_ms,
             } => purge_object(tx, *tenant, bucket, key, *now_ms),
             Command::ChunkCollected { id } => {
-                if tx.get_u64(&keys::chunk_global(id))? == 0 {
+                let released = tx
+                    .get::<ColdChunk>("cold chunk", &keys::cold_chunk(id))?
+                    .is_some_and(|c| c.released);
+                if released || tx.get_u64(&keys::chunk_global(id))? == 0 {
                     tx.del(keys::gc(id));
+                }
+                Ok(Response::Done)
+            }
+            Command::SetTierPolicy(policy) => {
+                tx.put(keys::policy(&policy.name), policy);
+                Ok(Response::Done)
+            }
+            Command::DeleteTierPolicy { name } => {
+                if tx.get_raw(&keys::policy(name))?.is_none() {
+                    return Err(Rejection::PolicyNotFound(name.clone()).into());
+                }
+                tx.del(keys::policy(name));
+                Ok(Response::Done)
+            }
+            Command::TransitionVersion {
+                tenant,
+                bucket,
+                key,
+                version,
+                backend,
+                class,
+                chunks,
+                archives,
+                now_ms,
+            } => tier::transition_version(
+                tx,
+                (*tenant, bucket, key, *version),
+                backend,
+                *class,
+                chunks,
+                archives,
+                *now_ms,
+            ),
+            Command::StartRestore {
+                tenant,
+                bucket,
+                key,
+                version,
+                tier,
+                days,
+                now_ms,
+            } => tier::start_restore(tx, (*tenant, bucket, key, *version), *tier, *days, *now_ms),
+            Command::FinishRestore {
+                tenant,
+                bucket,
+                key,
+                version,
+                now_ms,
+            } => tier::finish_restore(tx, (*tenant, bucket, key, *version), *now_ms),
+            Command::ArchiveDeleted { backend, object } => {
+                tx.del(keys::archive_dead(backend, object));
+                let key = keys::archive(backend, object);
+                if tx
+                    .get::<ArchiveRecord>("archive", &key)?
+                    .is_some_and(|a| a.live_chunks == 0)
+                {
+                    tx.del(key);
+                }
+                Ok(Response::Done)
+            }
+            Command::RecordAccess { keys: read, now_ms } => {
+                for (t, b, k) in read {
+                    if tx.get_raw(&keys::object(*t, b, k))?.is_some() {
+                        tx.put_u64(keys::access(*t, b, k), (*now_ms).max(0) as u64);
+                    }
                 }
                 Ok(Response::Done)
             }
@@ -554,6 +625,7 @@ fn open_session(
             if let Some(meta) = tx.get::<ChunkMeta>("chunk", &keys::chunk_tenant(&e.id, tenant))?
                 && meta.refs > 0
                 && meta.len == e.len
+                && !tier::is_released(tx, &e.id)?
             {
                 let cv = meta
                     .cvs
@@ -636,6 +708,9 @@ fn add_ref(
         tx.del(keys::gc(id));
     }
     tx.put_u64(global, refs + 1);
+    // Only AddChunk reaches here for a released chunk (dedup skips them): its bytes were
+    // just written to its homes, so it is hot again.
+    tier::unrelease(tx, id)?;
     Ok(())
 }
 
@@ -656,6 +731,8 @@ fn drop_ref(tx: &mut Txn, id: &ChunkId, tenant: TenantId) -> Result<(), StoreErr
         tx.put_raw(keys::gc(id), Vec::new());
     } else {
         tx.put_u64(global, refs);
+        // The reference gone may have been the last hot one.
+        tier::maybe_release(tx, id)?;
     }
     Ok(())
 }
@@ -962,6 +1039,8 @@ fn purge_object(
     let mut versions = 0;
     for vkey in tx.scan_keys(&keys::version_prefix(tenant, bucket, key))? {
         if let Some(v) = tx.get::<VersionRecord>("version", &vkey)? {
+            // Cold references go first, so no chunk is released on the way out.
+            tier::forget_version(tx, (tenant, bucket, key, v.info.version), &v)?;
             for c in &v.chunks {
                 drop_ref(tx, &c.id, tenant)?;
             }
@@ -969,6 +1048,7 @@ fn purge_object(
         }
         tx.del(vkey);
     }
+    tx.del(keys::access(tenant, bucket, key));
     tx.del(keys::trash(state.purge_at_ms, tenant, bucket, key));
     tx.del(head_key);
     Ok(Response::Purged { versions })

@@ -69,7 +69,9 @@ impl NodeError {
                 Rejection::TenantNotFound(_) | Rejection::TokenNotFound => Code::NotFound,
                 Rejection::BucketNotEmpty(_) => Code::FailedPrecondition,
                 Rejection::InvalidLayout(_) => Code::InvalidArgument,
-                Rejection::NodeNotInLayout(_) => Code::NotFound,
+                Rejection::NodeNotInLayout(_) | Rejection::PolicyNotFound(_) => Code::NotFound,
+                Rejection::NotCold | Rejection::AlreadyCold => Code::FailedPrecondition,
+                Rejection::ColdCopyMissing(_) => Code::Aborted,
                 Rejection::NothingStaged | Rejection::LayoutVersion { .. } => {
                     Code::FailedPrecondition
                 }

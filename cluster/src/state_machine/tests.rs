@@ -494,3 +494,274 @@ proptest! {
         prop_assert_eq!(dump(&a), dump(&b));
     }
 }
+
+mod tiering {
+    use super::*;
+    use crate::tier::{
+        ArchiveRecord, ColdLocation, RestoreTier, StorageClass, TierPolicy, VersionTier,
+    };
+
+    /// Commits key `k` of tenant 1 with `chunks`; returns its version.
+    fn commit(sm: &StateMachine, s: u8, k: u8, chunks: &[u8]) -> u64 {
+        sm.apply(&open(sid(s), 1, k, chunks)).expect("open");
+        add_all(sm, sid(s), 1, chunks);
+        match sm
+            .apply(&Command::CompleteSession {
+                session: sid(s),
+                tenant: TenantId(1),
+                file_hash: [0; 32],
+                now_ms: 3,
+            })
+            .expect("complete")
+        {
+            Response::Committed(v) => v.info.version,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn loc(archive: &str, c: u8, offset: u64) -> (ChunkId, ColdLocation) {
+        let e = entry(c);
+        (
+            e.id,
+            ColdLocation {
+                backend: "glacier".into(),
+                object: archive.into(),
+                offset,
+                len: e.len,
+                class: StorageClass::Glacier,
+            },
+        )
+    }
+
+    fn archive(name: &str) -> ArchiveRecord {
+        ArchiveRecord {
+            backend: "glacier".into(),
+            object: name.into(),
+            class: StorageClass::Glacier,
+            bytes: 1000,
+            live_chunks: 0,
+            created_at_ms: 5,
+        }
+    }
+
+    fn transition(
+        k: u8,
+        v: u64,
+        chunks: Vec<(ChunkId, ColdLocation)>,
+        archives: Vec<ArchiveRecord>,
+    ) -> Command {
+        Command::TransitionVersion {
+            tenant: TenantId(1),
+            bucket: bucket(),
+            key: key(k),
+            version: v,
+            backend: "glacier".into(),
+            class: StorageClass::Glacier,
+            chunks,
+            archives,
+            now_ms: 10,
+        }
+    }
+
+    fn needs_hot(sm: &StateMachine, c: u8) -> bool {
+        sm.chunk_needs_hot(&entry(c).id).expect("needs hot")
+    }
+
+    #[test]
+    fn shared_chunks_stay_hot_and_restores_bring_versions_back() {
+        let (_d, sm) = sm();
+        let a = commit(&sm, 1, 0, &[1, 2]);
+        let b = commit(&sm, 2, 1, &[2, 3]);
+
+        // A goes cold: chunk 1 is released, chunk 2 stays hot for B.
+        let r = sm.apply(&transition(
+            0,
+            a,
+            vec![loc("arc1", 1, 0), loc("arc1", 2, 101)],
+            vec![archive("arc1")],
+        ));
+        assert_eq!(
+            r.expect("transition"),
+            Response::Transitioned { released: 1 }
+        );
+        assert!(!needs_hot(&sm, 1) && needs_hot(&sm, 2) && needs_hot(&sm, 3));
+        assert_eq!(sm.gc_queue(10).expect("gc"), vec![entry(1).id]);
+        assert!(matches!(
+            sm.version_tier(TenantId(1), &bucket(), &key(0), a)
+                .expect("tier"),
+            VersionTier::Cold(_)
+        ));
+        assert!(matches!(
+            sm.apply(&transition(0, a, vec![], vec![])),
+            Err(ApplyError::Rejected(Rejection::AlreadyCold))
+        ));
+
+        // B without a location for chunk 3 is refused and changes nothing.
+        let before = dump(&sm);
+        assert!(matches!(
+            sm.apply(&transition(1, b, vec![], vec![])),
+            Err(ApplyError::Rejected(Rejection::ColdCopyMissing(id))) if id == entry(3).id
+        ));
+        let mut after = dump(&sm);
+        after.retain(|k, _| !k.starts_with(b"mapplied"));
+        let mut before = before;
+        before.retain(|k, _| !k.starts_with(b"mapplied"));
+        assert_eq!(before, after);
+
+        // B goes cold too: now chunk 2 has only cold references.
+        let r = sm.apply(&transition(
+            1,
+            b,
+            vec![loc("arc2", 3, 0)],
+            vec![archive("arc2")],
+        ));
+        assert_eq!(
+            r.expect("transition"),
+            Response::Transitioned { released: 2 }
+        );
+        assert!(!needs_hot(&sm, 2) && !needs_hot(&sm, 3));
+        let totals = sm.tier_totals().expect("totals");
+        assert_eq!(totals.cold_versions, 2);
+        assert_eq!(
+            totals.bytes.get("glacier").copied(),
+            Some((entry(1).len + entry(2).len + entry(3).len) as u64)
+        );
+
+        // Dedup never counts a released chunk as present: the client must send it again.
+        let r = sm.apply(&open(sid(3), 1, 9, &[1, 4])).expect("open");
+        let Response::SessionOpened { existing, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert!(existing.is_empty(), "{existing:?}");
+        sm.apply(&Command::AbortSession {
+            session: sid(3),
+            tenant: None,
+            idle_before_ms: None,
+        })
+        .expect("abort");
+
+        // Restore A: recorded once, then finished.
+        let restore = Command::StartRestore {
+            tenant: TenantId(1),
+            bucket: bucket(),
+            key: key(0),
+            version: a,
+            tier: RestoreTier::Standard,
+            days: 1,
+            now_ms: 20,
+        };
+        assert_eq!(
+            sm.apply(&restore).expect("restore"),
+            Response::RestoreStarted {
+                since_ms: 20,
+                already: false
+            }
+        );
+        assert_eq!(
+            sm.apply(&restore).expect("restore"),
+            Response::RestoreStarted {
+                since_ms: 20,
+                already: true
+            }
+        );
+        assert_eq!(sm.restores().expect("restores").len(), 1);
+        sm.apply(&Command::FinishRestore {
+            tenant: TenantId(1),
+            bucket: bucket(),
+            key: key(0),
+            version: a,
+            now_ms: 30,
+        })
+        .expect("finish");
+        assert_eq!(
+            sm.version_tier(TenantId(1), &bucket(), &key(0), a)
+                .expect("tier"),
+            VersionTier::Hot
+        );
+        assert!(needs_hot(&sm, 1) && needs_hot(&sm, 2) && !needs_hot(&sm, 3));
+        assert!(sm.cold_chunk(&entry(1).id).expect("cold").is_none());
+        assert!(sm.cold_chunk(&entry(2).id).expect("cold").is_some()); // B still cold
+        assert_eq!(sm.gc_queue(10).expect("gc"), vec![entry(3).id]);
+        assert_eq!(
+            sm.last_access(TenantId(1), &bucket(), &key(0))
+                .expect("access"),
+            Some(30)
+        );
+        assert!(sm.restores().expect("restores").is_empty());
+
+        // Purging B drops the last cold references: both archives are dead.
+        sm.apply(&Command::TrashObject {
+            tenant: TenantId(1),
+            bucket: bucket(),
+            key: key(1),
+            now_ms: 40,
+            purge_at_ms: 40,
+        })
+        .expect("trash");
+        sm.apply(&Command::PurgeObject {
+            tenant: TenantId(1),
+            bucket: bucket(),
+            key: key(1),
+            now_ms: 41,
+        })
+        .expect("purge");
+        let mut dead = sm.dead_archives(10).expect("dead");
+        dead.sort();
+        assert_eq!(
+            dead,
+            vec![
+                ("glacier".to_string(), "arc1".to_string()),
+                ("glacier".to_string(), "arc2".to_string())
+            ]
+        );
+        assert!(needs_hot(&sm, 2), "A still references chunk 2");
+        for a in ["arc1", "arc2"] {
+            sm.apply(&Command::ArchiveDeleted {
+                backend: "glacier".into(),
+                object: a.into(),
+            })
+            .expect("deleted");
+        }
+        let totals = sm.tier_totals().expect("totals");
+        assert_eq!(totals.archives.len(), 0);
+        assert_eq!(totals.dead_archives, 0);
+        assert_eq!(totals.bytes.get("glacier").copied(), Some(0));
+    }
+
+    #[test]
+    fn candidates_follow_policies_and_access_times() {
+        let (_d, sm) = sm();
+        let v = commit(&sm, 1, 0, &[1, 2]);
+        commit(&sm, 2, 1, &[3]);
+        assert!(sm.tier_candidates(1_000_000, 10).expect("cands").is_empty());
+        sm.apply(&Command::SetTierPolicy(TierPolicy {
+            name: "old".into(),
+            scope: crate::tier::PolicyScope::Cluster,
+            backend: "glacier".into(),
+            storage_class: None,
+            min_idle_ms: 1000,
+            min_size: 200,
+            created_at_ms: 0,
+        }))
+        .expect("policy");
+        // Key 0 is 201+202 bytes; key 1 (103 bytes) is too small.
+        let c = sm.tier_candidates(1003, 10).expect("cands");
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].key.as_str(), c[0].version), ("dir/key0", v));
+        assert!(sm.tier_candidates(1002, 10).expect("cands").is_empty());
+        // A read restarts the idle clock.
+        sm.apply(&Command::RecordAccess {
+            keys: vec![(TenantId(1), bucket(), key(0))],
+            now_ms: 1500,
+        })
+        .expect("access");
+        assert!(sm.tier_candidates(2499, 10).expect("cands").is_empty());
+        assert_eq!(sm.tier_candidates(2500, 10).expect("cands").len(), 1);
+        assert!(matches!(
+            sm.apply(&Command::DeleteTierPolicy {
+                name: "nope".into()
+            }),
+            Err(ApplyError::Rejected(Rejection::PolicyNotFound(_)))
+        ));
+    }
+}
