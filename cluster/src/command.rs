@@ -145,6 +145,13 @@ pub enum Command {
         days: u32,
         now_ms: i64,
     },
+    /// The version's archives are readable; its chunks are being written back to hot storage.
+    Rehydrate {
+        tenant: TenantId,
+        bucket: BucketName,
+        key: ObjectKey,
+        version: u64,
+    },
     /// The version's chunks are hot again (written to their homes): it is no longer cold.
     FinishRestore {
         tenant: TenantId,

@@ -297,6 +297,12 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                 days,
                 now_ms,
             } => tier::start_restore(tx, (*tenant, bucket, key, *version), *tier, *days, *now_ms),
+            Command::Rehydrate {
+                tenant,
+                bucket,
+                key,
+                version,
+            } => tier::rehydrate(tx, (*tenant, bucket, key, *version)),
             Command::FinishRestore {
                 tenant,
                 bucket,

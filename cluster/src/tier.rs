@@ -193,6 +193,9 @@ pub struct RestoreRecord {
     /// How long the backend keeps its temporary restored copy (S3 RestoreObject Days).
     pub days: u32,
     pub since_ms: i64,
+    /// The archives are readable and the chunks are being written back to hot storage (their
+    /// hot copies are kept from here on).
+    pub rehydrating: bool,
 }
 
 /// Where an object version stands, for Stat and Get.

@@ -31,6 +31,7 @@ pub const KEYS: &[&str] = &[
     "write_quorum",
     "read_cache_bytes",
     "rebalance_rate_bytes",
+    "cold_dir",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +83,104 @@ pub struct Config {
     pub read_cache_bytes: u64,
     /// Rebalancing copies at most this many bytes per second from this node.
     pub rebalance_rate_bytes: u64,
+    /// Directory of the embedded `local` cold backend (empty: <data_dir>/cold). Every node of
+    /// a cluster must see the same directory (one machine, or a shared filesystem).
+    pub cold_dir: PathBuf,
+    /// Cold tiering: how the leader moves data and which backends exist.
+    pub tier: TierConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TierConfig {
+    /// How often the leader moves versions its policies select, advances restores and deletes
+    /// dead archives (each node also records reads this often).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Chunks are packed into archive objects of about this many bytes (0: one object per
+    /// chunk). Fewer, larger objects mean fewer requests and restores.
+    pub pack_bytes: u64,
+    /// Archives uploaded at once.
+    pub parallel: usize,
+    /// Tiering reads and uploads at most this many bytes per second (0: no limit).
+    pub rate_bytes: u64,
+    /// How long the embedded `local` backend takes to "restore" an archived object.
+    #[serde(with = "humantime_serde")]
+    pub local_restore_delay: Duration,
+    /// Cold backends besides the embedded `local` one.
+    pub backends: Vec<BackendConfig>,
+}
+
+impl Default for TierConfig {
+    fn default() -> Self {
+        TierConfig {
+            interval: Duration::from_secs(60),
+            pack_bytes: 32 * 1024 * 1024,
+            parallel: 4,
+            rate_bytes: 0,
+            local_restore_delay: Duration::from_secs(30),
+            backends: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// A directory (archived classes need a simulated restore).
+    Local,
+    /// Amazon S3 or another S3 server: GLACIER, DEEP_ARCHIVE, GLACIER_IR or STANDARD.
+    S3,
+    /// Backblaze B2 through its S3-compatible endpoint: always online (STANDARD).
+    B2,
+}
+
+/// One `[[tier.backends]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// The name tier policies use.
+    pub name: String,
+    pub kind: BackendKind,
+    /// Local: the directory.
+    #[serde(default)]
+    pub path: PathBuf,
+    /// Local: how long a restore takes.
+    #[serde(default, with = "humantime_serde")]
+    pub restore_delay: Duration,
+    /// S3/B2: endpoint URL (empty: AWS's endpoint for the region).
+    #[serde(default)]
+    pub endpoint: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default)]
+    pub bucket: String,
+    /// Prefix of every object name Strata writes.
+    #[serde(default)]
+    pub prefix: String,
+    /// Path-style addressing (http://host/bucket/key), needed by most non-AWS servers.
+    #[serde(default)]
+    pub path_style: bool,
+    /// Credentials (B2: application key id and key). Empty: AWS's standard credential chain
+    /// (environment, profile, instance role).
+    #[serde(default)]
+    pub access_key_id: String,
+    #[serde(default)]
+    pub secret_access_key: String,
+    /// Class written when a policy names none (S3 and local: GLACIER; B2: STANDARD).
+    #[serde(default)]
+    pub storage_class: String,
+    /// Days a restored copy stays readable in the backend (S3 RestoreObject Days).
+    #[serde(default = "default_restore_days")]
+    pub restore_days: u32,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_restore_days() -> u32 {
+    1
 }
 
 impl Default for Config {
@@ -107,6 +206,8 @@ impl Default for Config {
             write_quorum: strata_cluster::layout::DEFAULT_WRITE_QUORUM,
             read_cache_bytes: 64 * 1024 * 1024,
             rebalance_rate_bytes: 200 * 1024 * 1024,
+            cold_dir: PathBuf::new(),
+            tier: TierConfig::default(),
         }
     }
 }
@@ -175,7 +276,75 @@ impl Config {
         if self.janitor_interval.is_zero() {
             anyhow::bail!("janitor_interval must be greater than zero");
         }
+        self.check_tier()
+    }
+
+    fn check_tier(&self) -> anyhow::Result<()> {
+        let t = &self.tier;
+        if t.interval.is_zero() || t.parallel == 0 {
+            anyhow::bail!("tier.interval and tier.parallel must be greater than zero");
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for b in self.tier_backends() {
+            if b.name.is_empty()
+                || b.name.len() > 64
+                || !b.name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            {
+                anyhow::bail!(
+                    "tier backend name {:?} must be 1-64 letters, digits, '-' or '_'",
+                    b.name
+                );
+            }
+            if !names.insert(b.name.clone()) {
+                anyhow::bail!("tier backend {:?} is configured twice (\"local\" is built in)", b.name);
+            }
+            let class = strata_cluster::tier::StorageClass::parse(&b.storage_class);
+            if !b.storage_class.is_empty() && class.is_none() {
+                anyhow::bail!(
+                    "tier backend {}: storage_class {:?} is not STANDARD, GLACIER_IR, GLACIER or DEEP_ARCHIVE",
+                    b.name,
+                    b.storage_class
+                );
+            }
+            match b.kind {
+                BackendKind::Local => {}
+                BackendKind::S3 | BackendKind::B2 if b.bucket.is_empty() => {
+                    anyhow::bail!("tier backend {}: bucket is required", b.name)
+                }
+                BackendKind::B2 if class.is_some_and(|c| c != strata_cluster::tier::StorageClass::Standard) => {
+                    anyhow::bail!("tier backend {}: B2 has only the STANDARD class", b.name)
+                }
+                _ => {}
+            }
+        }
         Ok(())
+    }
+
+    /// Every cold backend: the embedded `local` one, then `[[tier.backends]]`.
+    pub fn tier_backends(&self) -> Vec<BackendConfig> {
+        let path = if self.cold_dir.as_os_str().is_empty() {
+            self.data_dir.join("cold")
+        } else {
+            self.cold_dir.clone()
+        };
+        let local = BackendConfig {
+            name: "local".into(),
+            kind: BackendKind::Local,
+            path,
+            restore_delay: self.tier.local_restore_delay,
+            endpoint: String::new(),
+            region: default_region(),
+            bucket: String::new(),
+            prefix: String::new(),
+            path_style: false,
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            storage_class: String::new(),
+            restore_days: 1,
+        };
+        std::iter::once(local)
+            .chain(self.tier.backends.iter().cloned())
+            .collect()
     }
 
     /// The default configuration as TOML, for `strata-node config`.
@@ -223,6 +392,27 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn tier_backends_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("strata.toml");
+        let ok = "[tier]\npack_bytes = 1024\n[[tier.backends]]\nname = \"glacier\"\nkind = \"s3\"\nbucket = \"cold\"\nstorage_class = \"deep_archive\"\n";
+        std::fs::write(&file, ok).expect("write");
+        let c = Config::load(Some(&file), &Overrides::default()).expect("load");
+        let names: Vec<_> = c.tier_backends().into_iter().map(|b| b.name).collect();
+        assert_eq!(names, ["local", "glacier"]);
+        for bad in [
+            "[[tier.backends]]\nname = \"local\"\nkind = \"local\"\n",
+            "[[tier.backends]]\nname = \"g\"\nkind = \"s3\"\n",
+            "[[tier.backends]]\nname = \"g\"\nkind = \"s3\"\nbucket = \"b\"\nstorage_class = \"ONEZONE\"\n",
+            "[[tier.backends]]\nname = \"b\"\nkind = \"b2\"\nbucket = \"b\"\nstorage_class = \"GLACIER\"\n",
+            "[[tier.backends]]\nname = \"b 2\"\nkind = \"b2\"\nbucket = \"b\"\n",
+        ] {
+            std::fs::write(&file, bad).expect("write");
+            assert!(Config::load(Some(&file), &Overrides::default()).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio::sync::{Mutex, MutexGuard, Semaphore};
 
 use crate::chunk_store::ChunkStore;
 use crate::config::Config;
-use crate::error::NodeResult;
+use crate::error::{NodeError, NodeResult};
 use crate::placement::Placement;
 use crate::raft::Cluster;
 
@@ -21,6 +21,7 @@ pub struct Context {
     pub sm: Arc<StateMachine>,
     pub cluster: Cluster,
     pub placement: Placement,
+    pub tiering: crate::tiering::Tiering,
     pub started: Instant,
     /// Chunk bytes being verified and written, bounded by config.max_inflight_bytes.
     pub inflight: Semaphore,
@@ -33,12 +34,14 @@ impl Context {
         store: ChunkStore,
         sm: Arc<StateMachine>,
         cluster: Cluster,
+        backends: crate::cold::Backends,
     ) -> anyhow::Result<Context> {
         let permits =
             (config.max_inflight_bytes / 1024).min(Semaphore::MAX_PERMITS as u64) as usize;
         let placement = Placement::open(sm.db(), config.read_cache_bytes)?;
         Ok(Context {
             placement,
+            tiering: crate::tiering::Tiering::new(backends),
             config,
             store,
             sm,
@@ -69,9 +72,26 @@ impl Context {
         self.chunk_locks[id.as_bytes()[0] as usize].lock().await
     }
 
-    /// A chunk's bytes, verified, from this node or a peer (see `placement::read_chunk`).
+    /// A chunk's bytes, verified, from this node or a peer (see `placement::read_chunk`), or
+    /// from its cold copy once its hot copies are released (or while they are coming back).
     pub async fn read_chunk(self: &Arc<Self>, id: ChunkId) -> NodeResult<Bytes> {
-        crate::placement::read_chunk(self, id).await
+        let cold = self.sm.cold_chunk(&id)?;
+        if let Some(c) = &cold
+            && c.released
+        {
+            return crate::tiering::read_cold(self, id, &c.loc).await;
+        }
+        match crate::placement::read_chunk(self, id).await {
+            Err(e) => match cold {
+                Some(c) => crate::tiering::read_cold(self, id, &c.loc)
+                    .await
+                    .map_err(|cold_err| {
+                        NodeError::Unavailable(format!("{e}; its cold copy: {cold_err}"))
+                    }),
+                None => Err(e),
+            },
+            ok => ok,
+        }
     }
 }
 

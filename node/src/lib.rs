@@ -7,6 +7,7 @@
 pub mod actors;
 pub mod auth;
 pub mod chunk_store;
+pub mod cold;
 pub mod config;
 pub mod context;
 pub mod error;
@@ -17,3 +18,4 @@ pub mod placement;
 pub mod raft;
 pub mod server;
 pub mod service;
+pub mod tiering;

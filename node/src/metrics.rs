@@ -45,6 +45,15 @@ pub const REBALANCE_TO_MOVE_BYTES: &str = "strata_rebalance_remaining_bytes";
 pub const REBALANCE_MOVED_BYTES: &str = "strata_rebalance_moved_bytes_total";
 pub const REBALANCE_RELEASED_CHUNKS: &str = "strata_rebalance_released_chunks_total";
 pub const LAYOUT_VERSION: &str = "strata_layout_version";
+pub const TIER_BYTES: &str = "strata_tier_bytes";
+pub const TIER_MOVES: &str = "strata_tier_moves_total";
+pub const TIER_MOVED_BYTES: &str = "strata_tier_moved_bytes_total";
+pub const TIER_MOVES_PENDING: &str = "strata_tier_moves_pending";
+pub const RESTORES_IN_FLIGHT: &str = "strata_restores_in_flight";
+pub const TIER_REHYDRATED_BYTES: &str = "strata_tier_rehydrated_bytes_total";
+pub const TIER_COLD_READ_BYTES: &str = "strata_tier_cold_read_bytes_total";
+pub const TIER_BACKEND_REQUESTS: &str = "strata_tier_backend_requests_total";
+pub const TIER_BACKEND_ERRORS: &str = "strata_tier_backend_errors_total";
 
 /// Installs the global recorder; the handle renders the Prometheus text (see `http.rs`).
 pub fn install() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
@@ -77,6 +86,8 @@ pub fn install() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle
         READ_CACHE_HITS,
         REBALANCE_MOVED_BYTES,
         REBALANCE_RELEASED_CHUNKS,
+        TIER_REHYDRATED_BYTES,
+        TIER_COLD_READ_BYTES,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -187,6 +198,46 @@ fn describe() {
     describe_counter!(
         REBALANCE_RELEASED_CHUNKS,
         "local copies released once all of a chunk's homes held it"
+    );
+    describe_gauge!(
+        TIER_BYTES,
+        Unit::Bytes,
+        "bytes per tier: tier=\"hot\" is chunk bytes on this node's disk; each cold backend's series is the cluster-wide live chunk bytes stored there"
+    );
+    describe_counter!(
+        TIER_MOVES,
+        "object versions moved to a cold backend, by backend and result (ok, failed)"
+    );
+    describe_counter!(
+        TIER_MOVED_BYTES,
+        Unit::Bytes,
+        "archive bytes uploaded to cold backends and verified"
+    );
+    describe_gauge!(
+        TIER_MOVES_PENDING,
+        "object versions the tiering policies select that are not cold yet (leader, last pass)"
+    );
+    describe_gauge!(
+        RESTORES_IN_FLIGHT,
+        "restores asked for and not finished (cluster-wide)"
+    );
+    describe_counter!(
+        TIER_REHYDRATED_BYTES,
+        Unit::Bytes,
+        "chunk bytes brought back from cold backends to hot storage"
+    );
+    describe_counter!(
+        TIER_COLD_READ_BYTES,
+        Unit::Bytes,
+        "chunk bytes read straight from online cold backends (B2, STANDARD, GLACIER_IR)"
+    );
+    describe_counter!(
+        TIER_BACKEND_REQUESTS,
+        "requests to cold backends by backend and operation"
+    );
+    describe_counter!(
+        TIER_BACKEND_ERRORS,
+        "failed requests to cold backends by backend and operation"
     );
     describe_gauge!(
         LAYOUT_VERSION,

@@ -617,7 +617,7 @@ impl RateLimit {
         }
     }
 
-    async fn spend(&mut self, n: u64) {
+    pub async fn spend(&mut self, n: u64) {
         self.spent += n;
         let due = Duration::from_secs_f64(self.spent as f64 / self.bytes_per_sec as f64);
         let elapsed = self.started.elapsed();
@@ -646,7 +646,7 @@ pub async fn rebalance_pass(ctx: &Arc<Context>) -> NodeResult<u64> {
     // session's queue entry covers it) or garbage the collector will remove.
     let mut ids = Vec::with_capacity(all.len());
     for id in all {
-        if ctx.sm.chunk_refs(&id)? > 0 {
+        if ctx.sm.chunk_needs_hot(&id)? {
             ids.push(id);
         }
     }

@@ -97,7 +97,8 @@ pub async fn run(
     )
     .await?;
     let join = config.join.clone();
-    let ctx = Arc::new(Context::new(config, store, sm, cluster)?);
+    let backends = crate::cold::open_backends(&config).await?;
+    let ctx = Arc::new(Context::new(config, store, sm, cluster, backends)?);
     let (supervisor, supervisor_handle) =
         Actor::spawn(Some("node-supervisor".into()), NodeSupervisor, ctx.clone())
             .await
@@ -521,7 +522,8 @@ pub async fn open_single_node(config: Config) -> anyhow::Result<Arc<Context>> {
     )
     .await?;
     cluster.init_single().await?;
-    Ok(Arc::new(Context::new(config, store, sm, cluster)?))
+    let backends = crate::cold::open_backends(&config).await?;
+    Ok(Arc::new(Context::new(config, store, sm, cluster, backends)?))
 }
 
 async fn bind(addr: SocketAddr, mode: Mode) -> anyhow::Result<TcpListener> {

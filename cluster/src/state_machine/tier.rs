@@ -217,12 +217,30 @@ pub(super) fn start_restore(
             tier,
             days,
             since_ms: now_ms,
+            rehydrating: false,
         },
     );
     Ok(Response::RestoreStarted {
         since_ms: now_ms,
         already: false,
     })
+}
+
+/// The version's archives are readable: its chunks are about to be written back to hot
+/// storage, so from now on their hot copies are kept (none is collected while they arrive).
+pub(super) fn rehydrate(tx: &mut Txn, at: At) -> Result<Response, ApplyError> {
+    let (t, b, k, v) = at;
+    let rec = load_version(tx, at)?;
+    let key = keys::restore(t, b, k, v);
+    let Some(mut restore) = tx.get::<RestoreRecord>("restore", &key)? else {
+        return Err(Rejection::NotCold.into());
+    };
+    for c in &rec.chunks {
+        unrelease(tx, &c.id)?;
+    }
+    restore.rehydrating = true;
+    tx.put(key, &restore);
+    Ok(Response::Done)
 }
 
 pub(super) fn finish_restore(tx: &mut Txn, at: At, now_ms: i64) -> Result<Response, ApplyError> {

@@ -183,8 +183,8 @@ async fn sweep(st: &JanitorState) -> anyhow::Result<()> {
 
     for id in ctx.sm.gc_queue(BATCH)? {
         let _lock = ctx.lock_chunk(&id).await;
-        if ctx.sm.chunk_refs(&id)? > 0 {
-            continue; // referenced again since it was queued; apply already dequeued it
+        if ctx.sm.chunk_needs_hot(&id)? {
+            continue; // referenced (hot) again since it was queued; apply already dequeued it
         }
         let c = ctx.clone();
         if tokio::task::spawn_blocking(move || c.store.contains(&id).then(|| c.store.delete(&id)))

@@ -10,4 +10,5 @@
 pub mod janitor;
 pub mod placement;
 pub mod supervisor;
+pub mod tiering;
 pub mod upload_session;

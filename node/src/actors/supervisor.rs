@@ -14,6 +14,7 @@ use strata_cluster::SessionId;
 
 use super::janitor::{Janitor, JanitorMsg};
 use super::placement::{PlacementActor, PlacementMsg};
+use super::tiering::{TieringActor, TieringMsg};
 use super::upload_session::{SessionArgs, SessionMsg, UploadSession};
 use crate::context::Context;
 use crate::error::{NodeError, NodeResult};
@@ -31,6 +32,8 @@ pub enum SupervisorMsg {
     Forget(SessionId),
     /// Runs the janitor's sweep now and replies when it is done (admin and tests).
     SweepNow(RpcReplyPort<()>),
+    /// The tiering actor (to run a pass now).
+    Tiering(RpcReplyPort<Option<ActorRef<TieringMsg>>>),
 }
 
 pub struct SupervisorState {
@@ -39,6 +42,7 @@ pub struct SupervisorState {
     by_actor: HashMap<ActorId, SessionId>,
     janitor: Option<ActorRef<JanitorMsg>>,
     placement: Option<ActorRef<PlacementMsg>>,
+    tiering: Option<ActorRef<TieringMsg>>,
 }
 
 impl SupervisorState {
@@ -88,6 +92,22 @@ impl SupervisorState {
         Ok(())
     }
 
+    async fn spawn_tiering(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let (actor, _) =
+            Actor::spawn_linked(None, TieringActor, self.ctx.clone(), myself.get_cell()).await?;
+        self.tiering = Some(actor);
+        Ok(())
+    }
+
+    fn is_tiering(&self, cell: &ActorCell) -> bool {
+        self.tiering
+            .as_ref()
+            .is_some_and(|j| j.get_id() == cell.get_id())
+    }
+
     fn is_janitor(&self, cell: &ActorCell) -> bool {
         self.janitor
             .as_ref()
@@ -124,9 +144,11 @@ impl Actor for NodeSupervisor {
             by_actor: HashMap::new(),
             janitor: None,
             placement: None,
+            tiering: None,
         };
         st.spawn_janitor(&myself).await?;
         st.spawn_placement(&myself).await?;
+        st.spawn_tiering(&myself).await?;
         Ok(st)
     }
 
@@ -158,6 +180,9 @@ impl Actor for NodeSupervisor {
                     let _ = reply.send(());
                 }
             },
+            SupervisorMsg::Tiering(reply) => {
+                let _ = reply.send(st.tiering.clone());
+            }
         }
         Ok(())
     }
@@ -189,6 +214,9 @@ impl Actor for NodeSupervisor {
                     } else if st.is_placement(&cell) {
                         tracing::warn!(?reason, "placement actor stopped; restarting it");
                         st.spawn_placement(&myself).await?;
+                    } else if st.is_tiering(&cell) {
+                        tracing::warn!(?reason, "tiering actor stopped; restarting it");
+                        st.spawn_tiering(&myself).await?;
                     }
                 }
             }
@@ -208,6 +236,9 @@ impl Actor for NodeSupervisor {
                 } else if st.is_placement(&cell) {
                     tracing::error!(error = %err, "placement actor failed; restarting it");
                     st.spawn_placement(&myself).await?;
+                } else if st.is_tiering(&cell) {
+                    tracing::error!(error = %err, "tiering actor failed; restarting it");
+                    st.spawn_tiering(&myself).await?;
                 }
             }
             _ => {}

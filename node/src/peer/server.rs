@@ -163,12 +163,12 @@ async fn answer(
         }
         Request::DropChunk { id } => {
             let _lock = ctx.lock_chunk(&id).await;
-            match ctx.sm.chunk_refs(&id) {
-                Ok(0) => {}
-                Ok(n) => {
+            match ctx.sm.chunk_needs_hot(&id) {
+                Ok(false) => {}
+                Ok(true) => {
                     return error(
                         ErrorCode::Refused,
-                        format!("chunk {id} still has {n} reference(s) here; not dropped"),
+                        format!("chunk {id} is still referenced (and hot) here; not dropped"),
                     );
                 }
                 Err(e) => return error(ErrorCode::Unavailable, e.to_string()),

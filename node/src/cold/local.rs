@@ -1,0 +1,204 @@
+//! The local-directory backend: each object is a file, with a small JSON sidecar holding its
+//! class, CRC32 and restore state. Archived classes behave like Glacier: reads fail until a
+//! restore was asked for and `restore_delay` has passed. For one machine (or a shared
+//! filesystem) and for seeing the whole cold-tier flow without a cloud account.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use strata_cluster::tier::{RestoreTier, StorageClass};
+
+use super::{ColdError, ColdObject, ColdStore, RestoreStatus, configured_class};
+use crate::config::BackendConfig;
+use crate::context::now_ms;
+
+pub struct LocalStore {
+    name: String,
+    root: PathBuf,
+    class: StorageClass,
+    restore_delay: Duration,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Sidecar {
+    class: StorageClass,
+    crc32: u32,
+    restore_requested_ms: Option<i64>,
+}
+
+fn io(e: std::io::Error) -> ColdError {
+    ColdError::Backend(format!("local cold directory: {e}"))
+}
+
+impl LocalStore {
+    pub fn open(b: &BackendConfig) -> anyhow::Result<LocalStore> {
+        std::fs::create_dir_all(&b.path).map_err(|e| {
+            anyhow::anyhow!("cannot create cold directory {}: {e}", b.path.display())
+        })?;
+        Ok(LocalStore {
+            name: b.name.clone(),
+            root: b.path.clone(),
+            class: configured_class(b),
+            restore_delay: b.restore_delay,
+        })
+    }
+
+    /// The file of an object; names are Strata's own (hex and '/'), never `..`.
+    fn path(&self, object: &str) -> Result<PathBuf, ColdError> {
+        if object.is_empty() || object.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+            return Err(ColdError::Backend(format!("bad object name {object:?}")));
+        }
+        Ok(self.root.join(object))
+    }
+
+    fn sidecar_path(file: &Path) -> PathBuf {
+        let mut s = file.as_os_str().to_owned();
+        s.push(".meta.json");
+        PathBuf::from(s)
+    }
+
+    fn read_sidecar(&self, object: &str) -> Result<(PathBuf, Sidecar), ColdError> {
+        let file = self.path(object)?;
+        let meta = match std::fs::read(Self::sidecar_path(&file)) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ColdError::NotFound(object.to_owned()));
+            }
+            Err(e) => return Err(io(e)),
+        };
+        let side = serde_json::from_slice(&meta)
+            .map_err(|e| ColdError::Backend(format!("{object}: bad sidecar: {e}")))?;
+        Ok((file, side))
+    }
+
+    fn status(&self, side: &Sidecar) -> RestoreStatus {
+        if !side.class.needs_restore() {
+            return RestoreStatus::NotNeeded;
+        }
+        match side.restore_requested_ms {
+            None => RestoreStatus::NotRequested,
+            Some(t) if now_ms() >= t + self.restore_delay.as_millis() as i64 => {
+                RestoreStatus::Ready
+            }
+            Some(_) => RestoreStatus::InProgress,
+        }
+    }
+}
+
+/// Writes `bytes` to `path` durably: temporary file, fsync, rename, fsync of the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_data()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[async_trait::async_trait]
+impl ColdStore for LocalStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn default_class(&self) -> StorageClass {
+        self.class
+    }
+
+    fn supports(&self, _class: StorageClass) -> bool {
+        true
+    }
+
+    async fn put(
+        &self,
+        object: &str,
+        body: Bytes,
+        crc32: u32,
+        class: StorageClass,
+    ) -> Result<(), ColdError> {
+        let file = self.path(object)?;
+        let side = serde_json::to_vec(&Sidecar {
+            class,
+            crc32,
+            restore_requested_ms: None,
+        })
+        .map_err(|e| ColdError::Backend(e.to_string()))?;
+        tokio::task::spawn_blocking(move || {
+            write_durably(&file, &body)?;
+            write_durably(&Self::sidecar_path(&file), &side)
+        })
+        .await
+        .map_err(|e| ColdError::Backend(e.to_string()))?
+        .map_err(io)
+    }
+
+    async fn head(&self, object: &str) -> Result<ColdObject, ColdError> {
+        let (file, side) = self.read_sidecar(object)?;
+        let size = std::fs::metadata(&file).map_err(io)?.len();
+        // The stored CRC32 is what was asked for; recompute it so a damaged file shows.
+        let crc = tokio::task::spawn_blocking(move || -> std::io::Result<u32> {
+            let mut h = crc32fast::Hasher::new();
+            h.update(&std::fs::read(file)?);
+            Ok(h.finalize())
+        })
+        .await
+        .map_err(|e| ColdError::Backend(e.to_string()))?
+        .map_err(io)?;
+        Ok(ColdObject {
+            size,
+            class: side.class,
+            restore: self.status(&side),
+            crc32: (crc == side.crc32).then_some(crc),
+        })
+    }
+
+    async fn restore(&self, object: &str, _tier: RestoreTier, _days: u32) -> Result<(), ColdError> {
+        let (file, mut side) = self.read_sidecar(object)?;
+        if side.restore_requested_ms.is_none() {
+            side.restore_requested_ms = Some(now_ms());
+            let bytes = serde_json::to_vec(&side).map_err(|e| ColdError::Backend(e.to_string()))?;
+            write_durably(&Self::sidecar_path(&file), &bytes).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    async fn get_range(&self, object: &str, offset: u64, len: u64) -> Result<Bytes, ColdError> {
+        let (file, side) = self.read_sidecar(object)?;
+        if matches!(
+            self.status(&side),
+            RestoreStatus::NotRequested | RestoreStatus::InProgress
+        ) {
+            return Err(ColdError::NotRestored(object.to_owned()));
+        }
+        tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::open(file)?;
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact_at(&mut buf, offset)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+        .map_err(|e| ColdError::Backend(e.to_string()))?
+        .map_err(io)
+    }
+
+    async fn delete(&self, object: &str) -> Result<(), ColdError> {
+        let file = self.path(object)?;
+        for p in [Self::sidecar_path(&file), file] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Ok(())
+    }
+}
