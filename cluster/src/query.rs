@@ -569,3 +569,14 @@ impl StateMachine {
         Ok(t)
     }
 }
+
+impl StateMachine {
+    /// A tenant's id by name.
+    pub fn tenant_id(&self, name: &str) -> Result<Option<TenantId>, StoreError> {
+        Ok(self
+            .tree
+            .get(keys::meta(&format!("tenant-name/{name}")))?
+            .and_then(|v| keys::be_u64(&v, 0))
+            .map(TenantId))
+    }
+}

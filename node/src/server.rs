@@ -110,6 +110,7 @@ pub async fn run(
         .max_encoding_message_size(max_msg);
     let admin = AdminServer::new(AdminService::new(
         ctx.clone(),
+        supervisor.clone(),
         format!("http://{grpc_addr}"),
     ));
     let internal = ClusterServer::new(ClusterService::new(ctx.clone()))

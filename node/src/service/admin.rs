@@ -7,6 +7,7 @@ use strata_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::layout;
+use super::tier;
 use super::observe::observe;
 use crate::auth;
 use crate::context::{Context, now_ms};
@@ -14,6 +15,7 @@ use crate::error::{NodeError, NodeResult};
 
 pub struct AdminService {
     ctx: Arc<Context>,
+    sup: ractor::ActorRef<crate::actors::supervisor::SupervisorMsg>,
     grpc_address: String,
 }
 
@@ -111,8 +113,16 @@ impl AdminService {
         })
     }
 
-    pub fn new(ctx: Arc<Context>, grpc_address: String) -> Self {
-        AdminService { ctx, grpc_address }
+    pub fn new(
+        ctx: Arc<Context>,
+        sup: ractor::ActorRef<crate::actors::supervisor::SupervisorMsg>,
+        grpc_address: String,
+    ) -> Self {
+        AdminService {
+            ctx,
+            sup,
+            grpc_address,
+        }
     }
 }
 
@@ -398,6 +408,76 @@ impl pb::admin_server::Admin for AdminService {
             auth::admin(&self.ctx.sm, req.metadata())?;
             layout::revert(&self.ctx).await?;
             layout::layout_response(&self.ctx).await
+        })
+        .await
+    }
+
+    async fn set_tier_policy(
+        &self,
+        req: Request<pb::TierPolicy>,
+    ) -> Result<Response<pb::TierPolicy>, Status> {
+        observe("SetTierPolicy", async {
+            auth::admin(&self.ctx.sm, req.metadata())?;
+            tier::set_policy(&self.ctx, req.get_ref()).await
+        })
+        .await
+    }
+
+    async fn get_tier_policy(
+        &self,
+        req: Request<pb::TierPolicyName>,
+    ) -> Result<Response<pb::TierPolicy>, Status> {
+        observe("GetTierPolicy", async {
+            auth::admin(&self.ctx.sm, req.metadata())?;
+            self.ctx.linearize().await?;
+            tier::get_policy(&self.ctx, &req.get_ref().name)
+        })
+        .await
+    }
+
+    async fn list_tier_policies(
+        &self,
+        req: Request<pb::ListTierPoliciesRequest>,
+    ) -> Result<Response<pb::ListTierPoliciesResponse>, Status> {
+        observe("ListTierPolicies", async {
+            auth::admin(&self.ctx.sm, req.metadata())?;
+            self.ctx.linearize().await?;
+            tier::list_policies(&self.ctx)
+        })
+        .await
+    }
+
+    async fn delete_tier_policy(
+        &self,
+        req: Request<pb::TierPolicyName>,
+    ) -> Result<Response<pb::DeleteTierPolicyResponse>, Status> {
+        observe("DeleteTierPolicy", async {
+            auth::admin(&self.ctx.sm, req.metadata())?;
+            tier::delete_policy(&self.ctx, &req.get_ref().name).await?;
+            Ok(pb::DeleteTierPolicyResponse {})
+        })
+        .await
+    }
+
+    async fn tier_status(
+        &self,
+        req: Request<pb::TierStatusRequest>,
+    ) -> Result<Response<pb::TierStatusResponse>, Status> {
+        observe("TierStatus", async {
+            auth::admin(&self.ctx.sm, req.metadata())?;
+            self.ctx.linearize().await?;
+            tier::status(&self.ctx).await
+        })
+        .await
+    }
+
+    async fn run_tiering(
+        &self,
+        req: Request<pb::RunTieringRequest>,
+    ) -> Result<Response<pb::TierPass>, Status> {
+        observe("RunTiering", async {
+            auth::admin(&self.ctx.sm, req.metadata())?;
+            tier::run_now(&self.ctx, &self.sup).await
         })
         .await
     }

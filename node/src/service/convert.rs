@@ -89,5 +89,6 @@ pub fn version_info(
         chunk_count: v.chunk_count,
         deleted_at_ms: deleted_at_ms.unwrap_or(0),
         version_count,
+        tier: None,
     }
 }

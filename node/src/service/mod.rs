@@ -5,3 +5,4 @@ pub mod convert;
 pub mod layout;
 mod observe;
 pub mod storage;
+pub mod tier;

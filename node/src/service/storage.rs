@@ -280,13 +280,22 @@ impl pb::storage_server::Storage for StorageService {
                     r.offset
                 )));
             }
-            let info = convert::version_info(
+            let tier = self
+                .ctx
+                .sm
+                .version_tier(tenant, &bucket, &key, rec.info.version)?;
+            if let Some(why) = super::tier::cold_read_refusal(&bucket, &key, &tier) {
+                return Err(NodeError::FailedPrecondition(why));
+            }
+            self.ctx.tiering.note_read(tenant, &bucket, &key);
+            let mut info = convert::version_info(
                 bucket.as_str(),
                 key.as_str(),
                 &rec.info,
                 version_count,
                 None,
             );
+            info.tier = Some(super::tier::tier_info(&tier));
             let (tx, rx) = mpsc::channel(4);
             tokio::spawn(stream_range(self.ctx.clone(), rec, r.offset, end, info, tx));
             Ok(Box::pin(ReceiverStream::new(rx)) as Self::GetStream)
@@ -304,13 +313,72 @@ impl pb::storage_server::Storage for StorageService {
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
             let (rec, count) = self.find_version(tenant, &bucket, &key, r.version)?;
-            Ok(convert::version_info(
-                bucket.as_str(),
-                key.as_str(),
-                &rec.info,
-                count,
-                None,
-            ))
+            let mut info =
+                convert::version_info(bucket.as_str(), key.as_str(), &rec.info, count, None);
+            let tier = self
+                .ctx
+                .sm
+                .version_tier(tenant, &bucket, &key, rec.info.version)?;
+            info.tier = Some(super::tier::tier_info(&tier));
+            Ok(info)
+        })
+        .await
+    }
+
+    async fn restore(
+        &self,
+        req: Request<pb::RestoreRequest>,
+    ) -> Result<Response<pb::ObjectInfo>, Status> {
+        observe("Restore", async {
+            let tenant = self.tenant(&req)?;
+            self.ctx.linearize().await?;
+            let r = req.get_ref();
+            let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
+            let tier = super::tier::restore_tier(&r.tier)?;
+            if r.days > 3650 {
+                return Err(NodeError::InvalidArgument(format!(
+                    "days {} is over 3650 (ten years)",
+                    r.days
+                )));
+            }
+            let (rec, count) = self.find_version(tenant, &bucket, &key, r.version)?;
+            let version = rec.info.version;
+            let current = self.ctx.sm.version_tier(tenant, &bucket, &key, version)?;
+            let backend = match &current {
+                strata_cluster::tier::VersionTier::Hot => {
+                    return Err(NodeError::FailedPrecondition(format!(
+                        "{bucket}/{key} version {version} is hot (not in cold storage): nothing to restore"
+                    )));
+                }
+                strata_cluster::tier::VersionTier::Cold(c)
+                | strata_cluster::tier::VersionTier::Restoring(c, _) => c.backend.clone(),
+            };
+            let days = match r.days {
+                0 => self
+                    .ctx
+                    .config
+                    .tier_backends()
+                    .into_iter()
+                    .find(|b| b.name == backend)
+                    .map_or(1, |b| b.restore_days),
+                d => d,
+            };
+            self.ctx
+                .propose(Command::StartRestore {
+                    tenant,
+                    bucket: bucket.clone(),
+                    key: key.clone(),
+                    version,
+                    tier,
+                    days,
+                    now_ms: now_ms(),
+                })
+                .await?;
+            let mut info =
+                convert::version_info(bucket.as_str(), key.as_str(), &rec.info, count, None);
+            let tier = self.ctx.sm.version_tier(tenant, &bucket, &key, version)?;
+            info.tier = Some(super::tier::tier_info(&tier));
+            Ok(info)
         })
         .await
     }
