@@ -5,4 +5,5 @@
 
 pub mod client;
 pub mod ops;
+pub mod tier;
 pub mod transfer;

@@ -103,6 +103,28 @@ enum Cmd {
         #[arg(long)]
         version: Option<u64>,
     },
+    /// Start bringing a cold object back to hot storage (reads work once it is hot again).
+    Restore {
+        path: String,
+        /// Retrieval tier: expedited, standard or bulk (Glacier prices and speeds).
+        #[arg(long, default_value = "standard")]
+        tier: String,
+        #[arg(long)]
+        version: Option<u64>,
+        /// Days the backend keeps its restored copy (default: the backend's restore_days).
+        #[arg(long)]
+        days: Option<u32>,
+        /// Wait (with a spinner) until the object is hot again.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "48h", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Cold tiering (admin): policies, status, and running a pass now.
+    Tier {
+        #[command(subcommand)]
+        cmd: TierCmd,
+    },
     /// Move an object to the trash (it is purged after the retention period).
     Rm { path: String },
     /// Bring an object back from the trash.
@@ -209,6 +231,48 @@ enum LayoutCmd {
     Apply { version: u64 },
     /// Drop the staged changes.
     Revert,
+}
+
+#[derive(Subcommand)]
+enum TierCmd {
+    /// Policies: which object versions move to which cold backend.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Bytes per tier, moves pending, restores in flight, and the last pass.
+    Status,
+    /// Run a tiering pass now (on the Raft leader) and print what it did.
+    Run,
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Create or replace a policy: versions not read for --idle and at least --min-size
+    /// bytes move to --backend. Bucket policies are tried before cluster-wide ones.
+    Set {
+        name: String,
+        /// A cold backend from the nodes' configuration ("local" is built in).
+        #[arg(long)]
+        backend: String,
+        /// STANDARD, GLACIER_IR, GLACIER or DEEP_ARCHIVE (default: the backend's class).
+        #[arg(long)]
+        class: Option<String>,
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        idle: Duration,
+        #[arg(long, default_value = "0", value_parser = ops::parse_size)]
+        min_size: u64,
+        /// Only this bucket: TENANT/BUCKET (default: every bucket).
+        #[arg(long)]
+        bucket: Option<String>,
+    },
+    Get {
+        name: String,
+    },
+    List,
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -464,7 +528,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("  content type  {}", info.content_type);
                 println!("  created       {}", time(info.created_at_ms));
                 println!("  chunks        {}", info.chunk_count);
-                println!("  tier          hot");
+                println!(
+                    "  tier          {}",
+                    strata_admin::tier::tier_line(info.tier.as_ref(), time)
+                );
             }
         }
         Cmd::Rm { path } => {
@@ -686,6 +753,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Restore {
+            path,
+            tier,
+            version,
+            days,
+            wait,
+            timeout,
+        } => restore(&cli, path, tier, *version, *days, *wait, *timeout).await?,
+        Cmd::Tier { cmd } => tier_cmd(&cli, cmd).await?,
         Cmd::Layout { cmd } => {
             let mut admin = cli.admin().await?;
             use pb::stage_layout_request::Change;
@@ -825,7 +901,8 @@ async fn download_to_file(
 fn info_json(i: &pb::ObjectInfo) -> serde_json::Value {
     json!({ "bucket": i.bucket, "key": i.key, "version": i.version, "size": i.size, "blake3": hex::encode(&i.file_hash),
         "content_type": i.content_type, "created_at_ms": i.created_at_ms, "chunk_count": i.chunk_count,
-        "version_count": i.version_count, "deleted_at_ms": i.deleted_at_ms })
+        "version_count": i.version_count, "deleted_at_ms": i.deleted_at_ms,
+        "tier": strata_admin::tier::tier_json(i.tier.as_ref()) })
 }
 
 /// `strata node drain`: stage and apply a layout with the node draining, then optionally
@@ -988,4 +1065,196 @@ impl Progress for Bar {
     fn phase(&self, name: &str) {
         self.0.set_message(name.to_owned());
     }
+}
+
+/// `strata restore`: start the restore, then optionally follow it until the object is hot.
+async fn restore(
+    cli: &Cli,
+    path: &str,
+    tier: &str,
+    version: Option<u64>,
+    days: Option<u32>,
+    wait: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let (bucket, key) = split_path(path)?;
+    let mut storage = cli.storage().await?;
+    let info = storage
+        .restore(pb::RestoreRequest {
+            bucket: bucket.clone(),
+            key: key.clone(),
+            version: version.unwrap_or(0),
+            tier: tier.to_owned(),
+            days: days.unwrap_or(0),
+        })
+        .await
+        .map_err(|s| status_error("restore", s))?
+        .into_inner();
+    if !wait {
+        if cli.json {
+            println!("{}", info_json(&info));
+        } else {
+            println!(
+                "{bucket}/{key}: {}",
+                strata_admin::tier::tier_line(info.tier.as_ref(), time)
+            );
+            println!(
+                "read it once `strata stat {bucket}/{key}` shows it hot (or rerun with --wait)"
+            );
+        }
+        return Ok(());
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let info = loop {
+        let info = storage
+            .stat(pb::StatRequest {
+                bucket: bucket.clone(),
+                key: key.clone(),
+                version: info.version,
+            })
+            .await
+            .map_err(|s| status_error("stat", s))?
+            .into_inner();
+        let line = strata_admin::tier::tier_line(info.tier.as_ref(), time);
+        if strata_admin::tier::state_name(info.tier.as_ref()) == "hot" {
+            bar.finish_and_clear();
+            break info;
+        }
+        if started.elapsed() > timeout {
+            bar.finish_and_clear();
+            bail!(
+                "{bucket}/{key} is still {line} after {}",
+                humantime::format_duration(timeout)
+            );
+        }
+        bar.set_message(format!("{bucket}/{key}: {line}"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    if cli.json {
+        println!("{}", info_json(&info));
+    } else {
+        println!("{bucket}/{key} is hot again; it can be read");
+    }
+    Ok(())
+}
+
+async fn tier_cmd(cli: &Cli, cmd: &TierCmd) -> anyhow::Result<()> {
+    use strata_admin::tier as t;
+    let mut admin = cli.admin().await?;
+    match cmd {
+        TierCmd::Policy { cmd } => match cmd {
+            PolicyCmd::Set {
+                name,
+                backend,
+                class,
+                idle,
+                min_size,
+                bucket,
+            } => {
+                let (tenant, bucket) = match bucket {
+                    Some(b) => match b.split_once('/') {
+                        Some((t, b)) if !t.is_empty() && !b.is_empty() => {
+                            (t.to_owned(), b.to_owned())
+                        }
+                        _ => bail!("--bucket {b:?} is not TENANT/BUCKET"),
+                    },
+                    None => (String::new(), String::new()),
+                };
+                let p = admin
+                    .set_tier_policy(pb::TierPolicy {
+                        name: name.clone(),
+                        tenant,
+                        bucket,
+                        backend: backend.clone(),
+                        storage_class: class.clone().unwrap_or_default(),
+                        min_idle_seconds: idle.as_secs(),
+                        min_size: *min_size,
+                        created_at_ms: 0,
+                    })
+                    .await
+                    .map_err(|s| status_error("tier policy set", s))?
+                    .into_inner();
+                if cli.json {
+                    println!("{}", t::policy_json(&p));
+                } else {
+                    println!("{}", t::policy_line(&p));
+                }
+            }
+            PolicyCmd::Get { name } => {
+                let p = admin
+                    .get_tier_policy(pb::TierPolicyName { name: name.clone() })
+                    .await
+                    .map_err(|s| status_error("tier policy get", s))?
+                    .into_inner();
+                if cli.json {
+                    println!("{}", t::policy_json(&p));
+                } else {
+                    println!("{}", t::policy_line(&p));
+                }
+            }
+            PolicyCmd::List => {
+                let r = admin
+                    .list_tier_policies(pb::ListTierPoliciesRequest {})
+                    .await
+                    .map_err(|s| status_error("tier policy list", s))?
+                    .into_inner();
+                if cli.json {
+                    let all: Vec<_> = r.policies.iter().map(t::policy_json).collect();
+                    println!("{}", json!(all));
+                } else if r.policies.is_empty() {
+                    println!("no tier policies: nothing moves to cold storage");
+                } else {
+                    for p in &r.policies {
+                        println!("{}", t::policy_line(p));
+                    }
+                }
+            }
+            PolicyCmd::Delete { name } => {
+                admin
+                    .delete_tier_policy(pb::TierPolicyName { name: name.clone() })
+                    .await
+                    .map_err(|s| status_error("tier policy delete", s))?;
+                if cli.json {
+                    println!("{}", json!({ "deleted": name }));
+                } else {
+                    println!("deleted tier policy {name}");
+                }
+            }
+        },
+        TierCmd::Status => {
+            let s = admin
+                .tier_status(pb::TierStatusRequest {})
+                .await
+                .map_err(|s| status_error("tier status", s))?
+                .into_inner();
+            if cli.json {
+                println!("{}", t::status_json(&s));
+            } else {
+                t::print_status(&s, time);
+            }
+        }
+        TierCmd::Run => {
+            let mut r = admin.run_tiering(pb::RunTieringRequest {}).await;
+            // Only the leader runs passes: follow the hint to it once.
+            if let Err(s) = &r
+                && s.code() == tonic::Code::FailedPrecondition
+                && let Some(leader) = s.message().split("ask the leader at ").nth(1)
+                && leader.starts_with("http")
+            {
+                let token = cli.admin_token()?;
+                let mut leader_admin =
+                    client::admin(client::connect(leader.trim()).await?, &token)?;
+                r = leader_admin.run_tiering(pb::RunTieringRequest {}).await;
+            }
+            let p = r.map_err(|s| status_error("tier run", s))?.into_inner();
+            if cli.json {
+                println!("{}", t::pass_json(&p));
+            } else {
+                t::print_pass(&p);
+            }
+        }
+    }
+    Ok(())
 }

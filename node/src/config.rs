@@ -288,7 +288,10 @@ impl Config {
         for b in self.tier_backends() {
             if b.name.is_empty()
                 || b.name.len() > 64
-                || !b.name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+                || !b
+                    .name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
             {
                 anyhow::bail!(
                     "tier backend name {:?} must be 1-64 letters, digits, '-' or '_'",
@@ -296,7 +299,10 @@ impl Config {
                 );
             }
             if !names.insert(b.name.clone()) {
-                anyhow::bail!("tier backend {:?} is configured twice (\"local\" is built in)", b.name);
+                anyhow::bail!(
+                    "tier backend {:?} is configured twice (\"local\" is built in)",
+                    b.name
+                );
             }
             let class = strata_cluster::tier::StorageClass::parse(&b.storage_class);
             if !b.storage_class.is_empty() && class.is_none() {
@@ -311,7 +317,9 @@ impl Config {
                 BackendKind::S3 | BackendKind::B2 if b.bucket.is_empty() => {
                     anyhow::bail!("tier backend {}: bucket is required", b.name)
                 }
-                BackendKind::B2 if class.is_some_and(|c| c != strata_cluster::tier::StorageClass::Standard) => {
+                BackendKind::B2
+                    if class.is_some_and(|c| c != strata_cluster::tier::StorageClass::Standard) =>
+                {
                     anyhow::bail!("tier backend {}: B2 has only the STANDARD class", b.name)
                 }
                 _ => {}
@@ -411,7 +419,10 @@ mod tests {
             "[[tier.backends]]\nname = \"b 2\"\nkind = \"b2\"\nbucket = \"b\"\n",
         ] {
             std::fs::write(&file, bad).expect("write");
-            assert!(Config::load(Some(&file), &Overrides::default()).is_err(), "{bad}");
+            assert!(
+                Config::load(Some(&file), &Overrides::default()).is_err(),
+                "{bad}"
+            );
         }
     }
 

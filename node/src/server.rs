@@ -524,7 +524,9 @@ pub async fn open_single_node(config: Config) -> anyhow::Result<Arc<Context>> {
     .await?;
     cluster.init_single().await?;
     let backends = crate::cold::open_backends(&config).await?;
-    Ok(Arc::new(Context::new(config, store, sm, cluster, backends)?))
+    Ok(Arc::new(Context::new(
+        config, store, sm, cluster, backends,
+    )?))
 }
 
 async fn bind(addr: SocketAddr, mode: Mode) -> anyhow::Result<TcpListener> {

@@ -375,9 +375,7 @@ async fn transitions(ctx: &Arc<Context>, report: &mut PassReport) -> NodeResult<
         let store = match ctx.tiering.backend(&c.policy.backend) {
             Ok(s) => s.clone(),
             Err(e) => {
-                report
-                    .errors
-                    .push(format!("policy {}: {e}", c.policy.name));
+                report.errors.push(format!("policy {}: {e}", c.policy.name));
                 continue;
             }
         };
@@ -464,8 +462,7 @@ async fn transitions(ctx: &Arc<Context>, report: &mut PassReport) -> NodeResult<
             .collect();
         for object in unused {
             let store = group.store.clone();
-            if let Err(e) = cold::observe(store.as_ref(), "delete", store.delete(&object)).await
-            {
+            if let Err(e) = cold::observe(store.as_ref(), "delete", store.delete(&object)).await {
                 report
                     .errors
                     .push(format!("deleting unused archive {object}: {e}"));
@@ -557,16 +554,20 @@ async fn advance_restores(ctx: &Arc<Context>, report: &mut PassReport) -> NodeRe
                     report.backend_requests += 1;
                     let days = r.record.days;
                     let tier = r.record.tier;
-                    if let Err(e) = cold::observe(
-                        store.as_ref(),
-                        "restore",
-                        store.restore(object, tier, days),
-                    )
-                    .await
+                    if let Err(e) =
+                        cold::observe(store.as_ref(), "restore", store.restore(object, tier, days))
+                            .await
                     {
-                        report.errors.push(format!("restore {backend}/{object}: {e}"));
+                        report
+                            .errors
+                            .push(format!("restore {backend}/{object}: {e}"));
                     } else {
-                        tracing::info!(backend, object, tier = tier.as_str(), "archive restore requested");
+                        tracing::info!(
+                            backend,
+                            object,
+                            tier = tier.as_str(),
+                            "archive restore requested"
+                        );
                     }
                 }
                 RestoreStatus::InProgress => ready = false,
@@ -635,7 +636,9 @@ async fn delete_dead_archives(ctx: &Arc<Context>, report: &mut PassReport) -> No
                     .await?;
                 report.archives_deleted += 1;
             }
-            Err(e) => report.errors.push(format!("deleting {backend}/{object}: {e}")),
+            Err(e) => report
+                .errors
+                .push(format!("deleting {backend}/{object}: {e}")),
         }
     }
     Ok(())

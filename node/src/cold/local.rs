@@ -48,7 +48,11 @@ impl LocalStore {
 
     /// The file of an object; names are Strata's own (hex and '/'), never `..`.
     fn path(&self, object: &str) -> Result<PathBuf, ColdError> {
-        if object.is_empty() || object.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+        if object.is_empty()
+            || object
+                .split('/')
+                .any(|p| p.is_empty() || p == "." || p == "..")
+        {
             return Err(ColdError::Backend(format!("bad object name {object:?}")));
         }
         Ok(self.root.join(object))

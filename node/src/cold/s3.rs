@@ -48,8 +48,8 @@ where
 
 impl S3Store {
     pub async fn open(b: &BackendConfig) -> anyhow::Result<S3Store> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(b.region.clone()));
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).region(Region::new(b.region.clone()));
         if !b.access_key_id.is_empty() {
             loader = loader.credentials_provider(Credentials::new(
                 b.access_key_id.clone(),

@@ -7,8 +7,8 @@ use strata_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::layout;
-use super::tier;
 use super::observe::observe;
+use super::tier;
 use crate::auth;
 use crate::context::{Context, now_ms};
 use crate::error::{NodeError, NodeResult};
