@@ -25,6 +25,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The cold-tier tests run the real aws-sdk-s3 against moto's S3 server (it models GLACIER,
+# DEEP_ARCHIVE, RestoreObject and x-amz-restore), started on loopback by the tests.
+if ! need moto_server && ! python3 -c 'import moto.server' >/dev/null 2>&1; then
+  echo "installing moto[server] (pip)" >&2
+  python3 -m pip install --quiet 'moto[server]' \
+    || python3 -m pip install --quiet --break-system-packages 'moto[server]'
+fi
+
 if ! need cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest" >&2
   cargo install cargo-nextest --locked

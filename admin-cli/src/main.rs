@@ -260,7 +260,7 @@ enum PolicyCmd {
         class: Option<String>,
         #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
         idle: Duration,
-        #[arg(long, default_value = "0", value_parser = ops::parse_size)]
+        #[arg(long, default_value = "0", value_parser = ops::parse_size_or_zero)]
         min_size: u64,
         /// Only this bucket: TENANT/BUCKET (default: every bucket).
         #[arg(long)]

@@ -24,6 +24,14 @@ pub fn human(bytes: u64) -> String {
 
 /// A size such as `2TB`, `500GiB`, `1.5T` or `1048576` (bytes). Decimal units (KB, MB, GB, TB,
 /// PB) are powers of 1000, binary ones (KiB.. or K, M, G, T, P) powers of 1024.
+/// Like [`parse_size`], but 0 is allowed (a lower bound that lets everything through).
+pub fn parse_size_or_zero(s: &str) -> Result<u64, String> {
+    if s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" {
+        return Ok(0);
+    }
+    parse_size(s)
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s

@@ -11,6 +11,8 @@ use strata_admin::client::{self, Admin, Storage};
 use strata_admin::transfer::{self, NoProgress};
 use strata_proto::v1 as pb;
 
+pub mod moto;
+
 /// Path of a workspace binary next to the test executable (target/<profile>/<name>).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -533,6 +535,15 @@ pub async fn complete(
 /// A minimal HTTP/1.0 GET over loopback; returns (status code, body), or (0, the error) when
 /// nothing answers.
 pub async fn http_get(url: &str) -> (u16, String) {
+    http_request("GET", url, "").await
+}
+
+/// POSTs a JSON body (HTTP/1.0, loopback).
+pub async fn http_post(url: &str, body: &str) -> (u16, String) {
+    http_request("POST", url, body).await
+}
+
+async fn http_request(method: &str, url: &str, body: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").expect("http url");
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -542,13 +553,17 @@ pub async fn http_get(url: &str) -> (u16, String) {
     };
     let mut buf = String::new();
     let exchanged = async {
-        conn.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-            .await?;
+        let head = format!(
+            "{method} /{path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).await?;
+        conn.write_all(body.as_bytes()).await?;
         conn.read_to_string(&mut buf).await
     }
     .await;
     if let Err(e) = exchanged {
-        return (0, format!("GET {url}: {e}"));
+        return (0, format!("{method} {url}: {e}"));
     }
     let code = buf
         .split_whitespace()

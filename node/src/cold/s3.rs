@@ -6,7 +6,9 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumMode, GlacierJobParameters, RestoreRequest, Tier};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, ChecksumMode, GlacierJobParameters, RestoreRequest, Tier,
+};
 use base64::Engine;
 use bytes::Bytes;
 use strata_cluster::tier::{RestoreTier, StorageClass};
@@ -128,6 +130,7 @@ impl ColdStore for S3Store {
             .bucket(&self.bucket)
             .key(self.key(object))
             .content_length(body.len() as i64)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .checksum_crc32(crc)
             .body(ByteStream::from(body));
         // B2 has one class and refuses the header; S3 defaults to STANDARD without it.

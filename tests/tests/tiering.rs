@@ -1,0 +1,526 @@
+//! Cold tiering end to end: a real strata-node with the real aws-sdk-s3 talking to moto's S3
+//! server on loopback. Covers transition to GLACIER (checked on the server), Get refused while
+//! cold, restore (held in progress by moto's state manager), Get after restore byte for byte, a
+//! B2-style backend read through without restore, packing of small files, and the backend
+//! dying mid-transition.
+
+use std::time::{Duration, Instant};
+
+use strata_proto::v1 as pb;
+use strata_tests::moto::Moto;
+use strata_tests::{Node, chunk_ids, data, get, http_get, metric, put_chunked, stat, wait_until};
+
+const MIB: usize = 1024 * 1024;
+const CHUNK: u32 = MIB as u32;
+
+/// A node whose config adds `backends` (TOML) and packs archives of `pack_bytes`.
+fn node_with(backends: &str, pack_bytes: usize, extra_tier: &str) -> (tempfile::TempDir, Node) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("strata.toml");
+    let toml = format!(
+        "[tier]\ninterval = \"1h\"\npack_bytes = {pack_bytes}\nlocal_restore_delay = \"1s\"\n{extra_tier}\n{backends}"
+    );
+    std::fs::write(&file, toml).expect("write config");
+    let config = file.to_string_lossy().into_owned();
+    let node = Node::start_with(&[
+        ("STRATA_CONFIG", config.as_str()),
+        ("STRATA_JANITOR_INTERVAL", "1s"),
+    ]);
+    (dir, node)
+}
+
+async fn run_tiering(node: &Node) -> pb::TierPass {
+    node.admin()
+        .await
+        .run_tiering(pb::RunTieringRequest {})
+        .await
+        .expect("run tiering")
+        .into_inner()
+}
+
+fn tier_state(info: &pb::ObjectInfo) -> pb::tier_info::State {
+    info.tier
+        .as_ref()
+        .and_then(|t| pb::tier_info::State::try_from(t.state).ok())
+        .expect("Stat reports a tier")
+}
+
+/// The status of a Get that must be refused.
+async fn get_refused(node: &Node, bucket: &str, key: &str) -> tonic::Status {
+    let mut s = node.storage().await;
+    let req = pb::GetRequest {
+        bucket: bucket.into(),
+        key: key.into(),
+        version: 0,
+        offset: 0,
+        length: 0,
+    };
+    match s.get(req).await {
+        Err(status) => status,
+        Ok(resp) => match resp.into_inner().message().await {
+            Err(status) => status,
+            Ok(m) => panic!("Get of a cold object returned data: {m:?}"),
+        },
+    }
+}
+
+async fn metrics_text(node: &Node) -> String {
+    http_get(&node.metrics).await.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn glacier_transition_refuse_restore_and_read_back() {
+    let moto = Moto::start().await;
+    moto.create_bucket("cold").await;
+    let backends = moto.backend_toml("glacier", "s3", "cold", "GLACIER");
+    let (_cfg, node) = node_with(&backends, 2 * MIB, "");
+    let mut s = node.storage().await;
+    let big = data(5 * MIB + 123, 1);
+    let small = data(1000, 2);
+    put_chunked(&mut s, node.root.path(), "photos", "big.raw", &big, CHUNK).await;
+    put_chunked(
+        &mut s,
+        node.root.path(),
+        "photos",
+        "small.txt",
+        &small,
+        CHUNK,
+    )
+    .await;
+    assert!(!chunk_ids(&node.data_dir).is_empty());
+
+    // A policy through the CLI: everything idle for 0 s goes to the Glacier backend.
+    let out = node.cli(&[
+        "tier",
+        "policy",
+        "set",
+        "archive-all",
+        "--backend",
+        "glacier",
+        "--idle",
+        "0s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pass = run_tiering(&node).await;
+    assert_eq!(pass.moved_versions, 2, "{pass:?}");
+    assert!(pass.errors.is_empty(), "{pass:?}");
+
+    // On the server: archives in GLACIER, holding every byte (plus the index trailers).
+    let objects = moto.objects("cold").await;
+    assert!(!objects.is_empty());
+    for (key, class) in &objects {
+        assert_eq!(class.as_deref(), Some("GLACIER"), "{key}");
+    }
+    let info = stat(&mut s, "photos", "big.raw").await.expect("stat");
+    assert_eq!(tier_state(&info), pb::tier_info::State::Cold);
+    assert_eq!(info.tier.as_ref().expect("tier").storage_class, "GLACIER");
+
+    // The hot copies go once the cold copy is verified and recorded.
+    wait_until(30, "hot chunk files released", || async {
+        chunk_ids(&node.data_dir).is_empty()
+    })
+    .await;
+
+    let refused = get_refused(&node, "photos", "big.raw").await;
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("cold storage") && refused.message().contains("strata restore"),
+        "{}",
+        refused.message()
+    );
+
+    // Restore, held in progress by moto for a few looks.
+    moto.hold_restores(3).await;
+    let out = node.cli(&["restore", "photos/big.raw", "--tier", "bulk"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pass = run_tiering(&node).await;
+    assert_eq!(pass.restores_done, 0, "{pass:?}");
+    let out = node.cli(&["stat", "photos/big.raw"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("restoring from glacier (GLACIER), bulk tier"),
+        "{text}"
+    );
+    let info = stat(&mut s, "photos", "big.raw").await.expect("stat");
+    assert_eq!(tier_state(&info), pb::tier_info::State::Restoring);
+    assert!(info.tier.as_ref().expect("tier").restore_started_ms > 0);
+    let refused = get_refused(&node, "photos", "big.raw").await;
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("being restored"),
+        "{}",
+        refused.message()
+    );
+    let text = metrics_text(&node).await;
+    assert_eq!(metric(&text, "strata_restores_in_flight"), 1.0);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pass = run_tiering(&node).await;
+        if pass.restores_done == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restore never finished: {pass:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let info = stat(&mut s, "photos", "big.raw").await.expect("stat");
+    assert_eq!(tier_state(&info), pb::tier_info::State::Hot);
+    assert_eq!(
+        get(&mut s, "photos", "big.raw", 0, 0, 0)
+            .await
+            .expect("get"),
+        big
+    );
+    // A range too, and the other object is still cold.
+    assert_eq!(
+        get(&mut s, "photos", "big.raw", 0, MIB as u64 - 7, 100)
+            .await
+            .expect("range"),
+        big[MIB - 7..MIB + 93]
+    );
+    let refused = get_refused(&node, "photos", "small.txt").await;
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+
+    let text = metrics_text(&node).await;
+    assert!(metric(&text, "strata_tier_moves_total") >= 2.0);
+    assert!(metric(&text, "strata_tier_rehydrated_bytes_total") >= big.len() as f64);
+    assert!(metric(&text, "strata_tier_backend_requests_total") > 0.0);
+
+    // `strata tier status` as JSON.
+    let out = node.cli(&["--json", "tier", "status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let glacier = v["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .find(|b| b["name"] == "glacier")
+        .expect("glacier backend")
+        .clone();
+    assert_eq!(glacier["bytes"], 1000, "{v}");
+    assert_eq!(v["cold_versions"], 1, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b2_reads_through_and_small_files_are_packed() {
+    let moto = Moto::start().await;
+    moto.create_bucket("b2-bucket").await;
+    let backends = moto.backend_toml("b2", "b2", "b2-bucket", "");
+    let (_cfg, node) = node_with(&backends, 4 * MIB, "");
+    let mut s = node.storage().await;
+    let mut files = Vec::new();
+    for i in 0..40u64 {
+        let bytes = data(10_000 + i as usize * 10, 100 + i);
+        put_chunked(
+            &mut s,
+            node.root.path(),
+            "logs",
+            &format!("day-{i:02}.log"),
+            &bytes,
+            CHUNK,
+        )
+        .await;
+        files.push(bytes);
+    }
+    // Only the logs bucket of this tenant, and only files of at least 10 KB.
+    let tenant = "default"; // the tenant dev mode creates
+    let out = node.cli(&[
+        "tier",
+        "policy",
+        "set",
+        "logs-to-b2",
+        "--backend",
+        "b2",
+        "--idle",
+        "0s",
+        "--min-size",
+        "10KB",
+        "--bucket",
+        &format!("{tenant}/logs"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = node.cli(&["--json", "tier", "policy", "list"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v[0]["bucket"], "logs", "{v}");
+
+    let pass = run_tiering(&node).await;
+    assert_eq!(pass.moved_versions, 40, "{pass:?}");
+    // 40 files of ~10 KB in one archive: 1 PutObject + 1 HeadObject, not 80 requests.
+    assert_eq!(pass.archives, 1, "{pass:?}");
+    let objects = moto.objects("b2-bucket").await;
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    assert!(
+        objects[0].1.as_deref().is_none_or(|c| c == "STANDARD"),
+        "{objects:?}"
+    );
+    wait_until(30, "hot chunk files released", || async {
+        chunk_ids(&node.data_dir).is_empty()
+    })
+    .await;
+
+    // Online class: reads go straight to the backend, verified, no restore needed.
+    for (i, bytes) in files.iter().enumerate().step_by(7) {
+        let key = format!("day-{i:02}.log");
+        let info = stat(&mut s, "logs", &key).await.expect("stat");
+        assert_eq!(tier_state(&info), pb::tier_info::State::Cold);
+        assert_eq!(
+            &get(&mut s, "logs", &key, 0, 0, 0).await.expect("get"),
+            bytes
+        );
+    }
+    let text = metrics_text(&node).await;
+    assert!(metric(&text, "strata_tier_cold_read_bytes_total") >= 50_000.0);
+
+    // A restore from B2 needs no RestoreObject: the next pass brings it back.
+    let out = node.cli(&["restore", "logs/day-03.log"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pass = run_tiering(&node).await;
+    assert_eq!(pass.restores_done, 1, "{pass:?}");
+    assert_eq!(
+        tier_state(&stat(&mut s, "logs", "day-03.log").await.expect("stat")),
+        pb::tier_info::State::Hot
+    );
+    assert_eq!(chunk_ids(&node.data_dir).len(), 1);
+
+    // Purging every cold file leaves the archive dead; the next pass deletes it.
+    for i in 0..40 {
+        let _ = node.cli(&["rm", &format!("logs/day-{i:02}.log")]);
+    }
+    let out = node.cli(&["tier", "policy", "delete", "logs-to-b2"]);
+    assert!(out.status.success());
+    let out = node.cli(&["tier", "policy", "get", "logs-to-b2"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_outage_mid_transition_loses_nothing() {
+    let mut moto = Moto::start().await;
+    moto.create_bucket("cold").await;
+    let backends = moto.backend_toml("glacier", "s3", "cold", "DEEP_ARCHIVE");
+    // 256 KiB archives at 2 MiB/s: the 6 MiB move takes about 3 s.
+    let (_cfg, node) = node_with(&backends, 256 * 1024, "rate_bytes = 2097152\n");
+    let mut s = node.storage().await;
+    let bytes = data(6 * MIB, 7);
+    put_chunked(
+        &mut s,
+        node.root.path(),
+        "vault",
+        "db.dump",
+        &bytes,
+        256 * 1024,
+    )
+    .await;
+    let hot = chunk_ids(&node.data_dir);
+    let out = node.cli(&[
+        "tier",
+        "policy",
+        "set",
+        "deep",
+        "--backend",
+        "glacier",
+        "--idle",
+        "0s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Start the move, and stop the server once the first archive has arrived.
+    let endpoint = node.endpoint.clone();
+    let admin_token = node.admin_token.clone();
+    let pass = tokio::spawn(async move {
+        let channel = strata_admin::client::connect(&endpoint)
+            .await
+            .expect("connect");
+        let mut admin = strata_admin::client::admin(channel, &admin_token).expect("admin");
+        admin
+            .run_tiering(pb::RunTieringRequest {})
+            .await
+            .expect("run")
+            .into_inner()
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while moto.objects("cold").await.is_empty() {
+        assert!(Instant::now() < deadline, "no archive reached the server");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    moto.kill();
+    let pass = pass.await.expect("pass task");
+    assert_eq!(pass.moved_versions, 0, "{pass:?}");
+    assert_eq!(pass.failed_versions, 1, "{pass:?}");
+    assert!(!pass.errors.is_empty());
+
+    // Nothing changed: still hot, every chunk file still here, readable byte for byte.
+    let info = stat(&mut s, "vault", "db.dump").await.expect("stat");
+    assert_eq!(tier_state(&info), pb::tier_info::State::Hot);
+    tokio::time::sleep(Duration::from_secs(2)).await; // two janitor sweeps
+    assert_eq!(chunk_ids(&node.data_dir), hot);
+    assert_eq!(
+        get(&mut s, "vault", "db.dump", 0, 0, 0).await.expect("get"),
+        bytes
+    );
+    let text = metrics_text(&node).await;
+    assert!(metric(&text, "strata_tier_backend_errors_total") >= 1.0);
+
+    // The server comes back (empty): the next pass moves the version.
+    moto.restart().await;
+    moto.create_bucket("cold").await;
+    let pass = run_tiering(&node).await;
+    assert_eq!(pass.moved_versions, 1, "{pass:?}");
+    let objects = moto.objects("cold").await;
+    assert_eq!(objects.len(), 24, "6 MiB in 256 KiB archives: {objects:?}");
+    assert!(
+        objects
+            .iter()
+            .all(|(_, c)| c.as_deref() == Some("DEEP_ARCHIVE"))
+    );
+    let refused = get_refused(&node, "vault", "db.dump").await;
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("DEEP_ARCHIVE"),
+        "{}",
+        refused.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_input_errors_are_precise() {
+    let (_cfg, node) = node_with("", MIB, "");
+    let mut s = node.storage().await;
+    put_chunked(
+        &mut s,
+        node.root.path(),
+        "photos",
+        "a.jpg",
+        &data(5000, 3),
+        CHUNK,
+    )
+    .await;
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["tier", "policy", "set", "x", "--backend", "nowhere"],
+            "not configured",
+        ),
+        (
+            &["tier", "policy", "set", "bad name", "--backend", "local"],
+            "policy name",
+        ),
+        (
+            &[
+                "tier",
+                "policy",
+                "set",
+                "x",
+                "--backend",
+                "local",
+                "--class",
+                "ONEZONE",
+            ],
+            "storage class",
+        ),
+        (
+            &[
+                "tier",
+                "policy",
+                "set",
+                "x",
+                "--backend",
+                "local",
+                "--bucket",
+                "ghost/photos",
+            ],
+            "not found",
+        ),
+        (&["tier", "policy", "get", "missing"], "not found"),
+        (&["restore", "photos/a.jpg"], "nothing to restore"),
+        (
+            &["restore", "photos/a.jpg", "--tier", "instant"],
+            "restore tier",
+        ),
+        (&["restore", "photos/none.jpg"], "not found"),
+    ];
+    for (args, want) in cases {
+        let out = node.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: one-line error: {err}"
+        );
+    }
+    let out = node.cli(&["tier", "policy", "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no tier policies"));
+
+    // The embedded local backend: archived, with a (1 s) simulated restore.
+    let out = node.cli(&[
+        "tier",
+        "policy",
+        "set",
+        "all",
+        "--backend",
+        "local",
+        "--idle",
+        "0s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(run_tiering(&node).await.moved_versions, 1);
+    assert_eq!(
+        get_refused(&node, "photos", "a.jpg").await.code(),
+        tonic::Code::FailedPrecondition
+    );
+    let out = node.cli(&["restore", "photos/a.jpg"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _ in 0..50 {
+        run_tiering(&node).await;
+        if tier_state(&stat(&mut s, "photos", "a.jpg").await.expect("stat"))
+            == pb::tier_info::State::Hot
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        get(&mut s, "photos", "a.jpg", 0, 0, 0).await.expect("get"),
+        data(5000, 3)
+    );
+}
