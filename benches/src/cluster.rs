@@ -39,7 +39,7 @@ fn iperf3() -> anyhow::Result<f64> {
     Ok(bps / 8.0 / 1e6)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -131,7 +131,7 @@ fn strata_cluster_id(data: &[u8]) -> strata_cluster::ChunkId {
 }
 
 /// A node process started by the benchmark (killed on drop).
-struct Spawned {
+pub(crate) struct Spawned {
     child: Child,
     dir: PathBuf,
 }
@@ -146,7 +146,7 @@ impl Drop for Spawned {
 impl Spawned {
     /// Starts `strata-node ARGS --data-dir DIR` and waits for `node.json` in `node_dir` (DIR
     /// itself, or DIR/node-1 for `dev --nodes N`).
-    fn start(
+    pub(crate) fn start(
         dir: &Path,
         node_dir: &Path,
         args: &[&str],
@@ -190,14 +190,14 @@ impl Spawned {
         Ok(())
     }
 
-    fn endpoint(&self) -> anyhow::Result<String> {
+    pub(crate) fn endpoint(&self) -> anyhow::Result<String> {
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(self.dir.join("node.json"))?)?;
         Ok(v["grpc"].as_str().context("grpc in node.json")?.to_owned())
     }
 }
 
-fn token(dir: &Path, name: &str) -> anyhow::Result<String> {
+pub(crate) fn token(dir: &Path, name: &str) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(dir.join(name))
         .with_context(|| format!("{name} in {}", dir.display()))?
         .trim()
@@ -205,7 +205,7 @@ fn token(dir: &Path, name: &str) -> anyhow::Result<String> {
 }
 
 /// Uploads `files` (already planned) through `endpoint`; returns MB/s.
-async fn upload(
+pub(crate) async fn upload(
     endpoint: &str,
     tok: &str,
     files: &[(PathBuf, transfer::FilePlan)],

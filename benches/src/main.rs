@@ -18,6 +18,7 @@
 //! then the rebalance rate when a 4th node joins; starts its own nodes).
 
 mod cluster;
+mod tier;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -87,6 +88,14 @@ struct Args {
     /// --work-dir, uploads --size bytes to each, then adds a 4th node and times the rebalance.
     #[arg(long)]
     replication: bool,
+    /// Tiering mode: starts moto's S3 server (pip install 'moto[server]') and nodes under
+    /// --work-dir, and compares moving a --size file to GLACIER with a plain PutObject loop of
+    /// the same bytes; also counts backend requests per GiB with and without packing.
+    #[arg(long)]
+    tier: bool,
+    /// Small files (16 KiB each) for the tiering mode's packing figures.
+    #[arg(long, default_value_t = 2000)]
+    small_files: usize,
     /// Comma-separated gRPC endpoints for metadata mode (default: the --data-dir node's).
     #[arg(long)]
     endpoints: Option<String>,
@@ -547,6 +556,13 @@ async fn metadata_bench(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let size = parse_size(&args.size)?;
+    if args.tier {
+        let work = match &args.work_dir {
+            Some(d) => tempfile::tempdir_in(d)?,
+            None => tempfile::tempdir()?,
+        };
+        return tier::tier(work.path(), size, args.small_files, args.json).await;
+    }
     if args.replication {
         let work = match &args.work_dir {
             Some(d) => tempfile::tempdir_in(d)?,

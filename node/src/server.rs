@@ -410,6 +410,13 @@ impl DevPeers {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let exe = std::env::current_exe()?;
+        let local_cold = ctx
+            .config
+            .tier_backends()
+            .into_iter()
+            .next()
+            .map(|b| b.path)
+            .unwrap_or_default();
         let mut children = Vec::new();
         for k in 2..=n {
             let dir = base.join(format!("node-{k}"));
@@ -444,6 +451,8 @@ impl DevPeers {
                 ])
                 .env("STRATA_CLUSTER_SECRET", ctx.cluster.peers.secret())
                 .env("STRATA_LOG", &ctx.config.log)
+                // One local cold directory for the whole dev cluster (the leader may move).
+                .env("STRATA_COLD_DIR", &local_cold)
                 .stdout(std::process::Stdio::null())
                 .stderr(log)
                 .spawn()
