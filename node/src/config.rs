@@ -427,6 +427,13 @@ mod tests {
     }
 
     #[test]
+    fn deploy_example_is_the_defaults() {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/strata.toml");
+        let c = Config::load(Some(&file), &Overrides::default()).expect("deploy/strata.toml");
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
     fn default_toml_round_trips() {
         let parsed: Config = toml::from_str(&Config::default_toml()).expect("parse");
         assert_eq!(parsed, Config::default());

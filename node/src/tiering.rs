@@ -24,7 +24,7 @@ use crate::metrics as m;
 use crate::placement::RateLimit;
 
 /// Versions looked at per pass.
-const PASS_VERSIONS: usize = 1000;
+const PASS_VERSIONS: usize = 10_000;
 /// Moves are recorded (and their archives settled) at least every this many bytes.
 const SETTLE_BYTES: u64 = 1 << 30;
 /// A key's read is recorded again only if the last recorded one is older than this.
