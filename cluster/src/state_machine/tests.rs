@@ -332,6 +332,17 @@ enum Op {
         tenant: u64,
         key: u8,
     },
+    /// Move the key's current version to the cold tier (chunks without a cold copy go to a
+    /// new archive).
+    Cold {
+        tenant: u64,
+        key: u8,
+    },
+    /// Restore the key's current version (start, rehydrate, finish).
+    Restore {
+        tenant: u64,
+        key: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -342,11 +353,101 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1u64..3, 0u8..3).prop_map(|(tenant, key)| Op::Trash { tenant, key }),
         1 => (1u64..3, 0u8..3).prop_map(|(tenant, key)| Op::Untrash { tenant, key }),
         1 => (1u64..3, 0u8..3).prop_map(|(tenant, key)| Op::Purge { tenant, key }),
+        2 => (1u64..3, 0u8..3).prop_map(|(tenant, key)| Op::Cold { tenant, key }),
+        1 => (1u64..3, 0u8..3).prop_map(|(tenant, key)| Op::Restore { tenant, key }),
     ]
 }
 
-/// Turns an op into the commands a node would propose (session ids numbered in order).
-fn commands(ops: &[Op]) -> Vec<Command> {
+/// A step of a random history: a command, or a tier op whose commands depend on the state.
+enum Step {
+    Cmd(Command),
+    Cold(u64, u8),
+    Restore(u64, u8),
+}
+
+/// The commands a tier step proposes against the current state `sm` (as the leader would).
+fn tier_commands(sm: &StateMachine, step: &Step, n: usize) -> Vec<Command> {
+    let (tenant, k, restore) = match step {
+        Step::Cmd(c) => return vec![c.clone()],
+        Step::Cold(t, k) => (TenantId(*t), key(*k), false),
+        Step::Restore(t, k) => (TenantId(*t), key(*k), true),
+    };
+    let Some(head) = sm.object(tenant, &bucket(), &k).expect("read") else {
+        return Vec::new();
+    };
+    let version = head.current.version;
+    if restore {
+        return vec![
+            Command::StartRestore {
+                tenant,
+                bucket: bucket(),
+                key: k.clone(),
+                version,
+                tier: crate::tier::RestoreTier::Bulk,
+                days: 1,
+                now_ms: 20,
+            },
+            Command::Rehydrate {
+                tenant,
+                bucket: bucket(),
+                key: k.clone(),
+                version,
+            },
+            Command::FinishRestore {
+                tenant,
+                bucket: bucket(),
+                key: k,
+                version,
+                now_ms: 21,
+            },
+        ];
+    }
+    let rec = sm
+        .version(tenant, &bucket(), &k, version)
+        .expect("read")
+        .expect("version of a head");
+    let object = format!("arc-{n}");
+    let mut chunks = Vec::new();
+    let mut offset = 0;
+    for c in &rec.chunks {
+        if sm.cold_chunk(&c.id).expect("read").is_none()
+            && !chunks.iter().any(|(id, _)| *id == c.id)
+        {
+            chunks.push((
+                c.id,
+                crate::tier::ColdLocation {
+                    backend: "b".into(),
+                    object: object.clone(),
+                    offset,
+                    len: c.len,
+                    class: crate::tier::StorageClass::Glacier,
+                },
+            ));
+            offset += c.len as u64;
+        }
+    }
+    vec![Command::TransitionVersion {
+        tenant,
+        bucket: bucket(),
+        key: k,
+        version,
+        backend: "b".into(),
+        class: crate::tier::StorageClass::Glacier,
+        chunks,
+        archives: vec![crate::tier::ArchiveRecord {
+            backend: "b".into(),
+            object,
+            class: crate::tier::StorageClass::Glacier,
+            bytes: offset,
+            live_chunks: 0,
+            created_at_ms: 9,
+        }],
+        now_ms: 9,
+    }]
+}
+
+/// Turns ops into steps (session ids numbered in order).
+fn steps(ops: &[Op]) -> Vec<Step> {
     let mut out = Vec::new();
     let mut next = 0u8;
     for op in ops {
@@ -360,11 +461,11 @@ fn commands(ops: &[Op]) -> Vec<Command> {
             } => {
                 next += 1;
                 let s = sid(next);
-                out.push(open(s, *tenant, *k, chunks));
+                out.push(Step::Cmd(open(s, *tenant, *k, chunks)));
                 let mut offset = 0;
                 for c in chunks.iter().take(*added) {
                     let e = entry(*c);
-                    out.push(Command::AddChunk {
+                    out.push(Step::Cmd(Command::AddChunk {
                         session: s,
                         tenant: TenantId(*tenant),
                         offset,
@@ -372,41 +473,43 @@ fn commands(ops: &[Op]) -> Vec<Command> {
                         len: e.len,
                         cv: None,
                         now_ms: 2,
-                    });
+                    }));
                     offset += e.len as u64;
                 }
                 if *complete {
-                    out.push(Command::CompleteSession {
+                    out.push(Step::Cmd(Command::CompleteSession {
                         session: s,
                         tenant: TenantId(*tenant),
                         file_hash: [0; 32],
                         now_ms: 3,
-                    });
+                    }));
                 }
             }
-            Op::Abort { session } => out.push(Command::AbortSession {
+            Op::Abort { session } => out.push(Step::Cmd(Command::AbortSession {
                 session: sid(*session),
                 tenant: None,
                 idle_before_ms: None,
-            }),
-            Op::Trash { tenant, key: k } => out.push(Command::TrashObject {
+            })),
+            Op::Trash { tenant, key: k } => out.push(Step::Cmd(Command::TrashObject {
                 tenant: TenantId(*tenant),
                 bucket: bucket(),
                 key: key(*k),
                 now_ms: 5,
                 purge_at_ms: 6,
-            }),
-            Op::Untrash { tenant, key: k } => out.push(Command::UntrashObject {
+            })),
+            Op::Untrash { tenant, key: k } => out.push(Step::Cmd(Command::UntrashObject {
                 tenant: TenantId(*tenant),
                 bucket: bucket(),
                 key: key(*k),
-            }),
-            Op::Purge { tenant, key: k } => out.push(Command::PurgeObject {
+            })),
+            Op::Purge { tenant, key: k } => out.push(Step::Cmd(Command::PurgeObject {
                 tenant: TenantId(*tenant),
                 bucket: bucket(),
                 key: key(*k),
                 now_ms: 10,
-            }),
+            })),
+            Op::Cold { tenant, key: k } => out.push(Step::Cold(*tenant, *k)),
+            Op::Restore { tenant, key: k } => out.push(Step::Restore(*tenant, *k)),
         }
     }
     out
@@ -456,8 +559,17 @@ fn check_refs(sm: &StateMachine) -> Result<(), TestCaseError> {
             c
         );
         let queued = sm.gc_queue(100).expect("gc").contains(&id);
+        let released = sm
+            .cold_chunk(&id)
+            .expect("read")
+            .is_some_and(|c| c.released);
         if want > 0 {
-            prop_assert!(!queued, "referenced chunk {} is queued for collection", c);
+            prop_assert_eq!(
+                queued,
+                released,
+                "referenced chunk {} queued iff released",
+                c
+            );
         }
         for t in 1..3 {
             if !expected.contains_key(&(id, t)) {
@@ -467,6 +579,61 @@ fn check_refs(sm: &StateMachine) -> Result<(), TestCaseError> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks the cold-tier invariants (see state_machine/tier.rs).
+fn check_tier(sm: &StateMachine) -> Result<(), TestCaseError> {
+    let mut cold_expected: HashMap<ChunkId, u64> = HashMap::new();
+    for kv in sm.tree.scan_prefix([keys::VERSION]) {
+        let (k, v) = kv.expect("kv");
+        let mut mark = k.to_vec();
+        mark[0] = keys::COLD_VERSION;
+        if sm.tree.contains_key(&mark).expect("read") {
+            let rec: VersionRecord = decode("version", &v).expect("decode");
+            for c in rec.chunks {
+                *cold_expected.entry(c.id).or_default() += 1;
+            }
+        }
+    }
+    let mut live: HashMap<String, u32> = HashMap::new();
+    for c in 0..6 {
+        let id = entry(c).id;
+        let refs = sm.chunk_refs(&id).expect("refs");
+        let cold_refs = sm
+            .tree
+            .get(keys::cold_refs(&id))
+            .expect("read")
+            .and_then(|v| keys::be_u64(&v, 0))
+            .unwrap_or(0);
+        let want = cold_expected.get(&id).copied().unwrap_or(0);
+        prop_assert_eq!(cold_refs, want, "cold refs of chunk {}", c);
+        prop_assert!(
+            cold_refs <= refs,
+            "chunk {}: {} cold refs > {} refs",
+            c,
+            cold_refs,
+            refs
+        );
+        let cold = sm.cold_chunk(&id).expect("read");
+        prop_assert_eq!(cold.is_some(), cold_refs > 0, "chunk {} cold record", c);
+        if let Some(cold) = cold {
+            if cold.released {
+                prop_assert_eq!(cold_refs, refs, "released chunk {} has hot refs", c);
+            }
+            *live.entry(cold.loc.object).or_default() += 1;
+        }
+    }
+    for kv in sm.tree.scan_prefix([keys::ARCHIVE]) {
+        let a: crate::tier::ArchiveRecord = decode("archive", &kv.expect("kv").1).expect("decode");
+        let n = live.get(&a.object).copied().unwrap_or(0);
+        prop_assert_eq!(a.live_chunks, n, "live chunks of {}", a.object);
+        let dead = sm
+            .tree
+            .contains_key(keys::archive_dead(&a.backend, &a.object))
+            .expect("read");
+        prop_assert_eq!(dead, n == 0, "dead mark of {}", a.object);
     }
     Ok(())
 }
@@ -485,11 +652,14 @@ proptest! {
     fn random_histories_keep_refcounts_and_are_deterministic(ops in proptest::collection::vec(op(), 1..25)) {
         let (_d1, a) = sm();
         let (_d2, b) = sm();
-        for cmd in commands(&ops) {
-            let ra = a.apply(&cmd).map_err(|e| e.to_string());
-            let rb = b.apply(&cmd).map_err(|e| e.to_string());
-            prop_assert_eq!(ra, rb);
-            check_refs(&a)?;
+        for (n, step) in steps(&ops).iter().enumerate() {
+            for cmd in tier_commands(&a, step, n) {
+                let ra = a.apply(&cmd).map_err(|e| e.to_string());
+                let rb = b.apply(&cmd).map_err(|e| e.to_string());
+                prop_assert_eq!(ra, rb);
+                check_refs(&a)?;
+                check_tier(&a)?;
+            }
         }
         prop_assert_eq!(dump(&a), dump(&b));
     }
