@@ -524,3 +524,130 @@ async fn tier_input_errors_are_precise() {
         data(5000, 3)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_release_everywhere_restore_to_homes_and_move_after_a_leader_change() {
+    let cold = tempfile::tempdir().expect("tempdir");
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let file = cfg.path().join("strata.toml");
+    std::fs::write(
+        &file,
+        "[tier]\ninterval = \"1h\"\nlocal_restore_delay = \"1s\"\npack_bytes = 2097152\n",
+    )
+    .expect("config");
+    let (file, cold_dir) = (
+        file.to_string_lossy().into_owned(),
+        cold.path().to_string_lossy().into_owned(),
+    );
+    let mut c = strata_tests::TestCluster::start(
+        3,
+        &[
+            ("STRATA_CONFIG", file.as_str()),
+            ("STRATA_COLD_DIR", cold_dir.as_str()),
+            ("STRATA_JANITOR_INTERVAL", "1s"),
+        ],
+    );
+    let bytes = data(6 * MIB + 5, 21);
+    let mut s = c.nodes[1].storage().await;
+    put_chunked(
+        &mut s,
+        c.nodes[1].root.path(),
+        "media",
+        "film.mkv",
+        &bytes,
+        CHUNK,
+    )
+    .await;
+    // R=3 on three nodes: every node ends up with all 7 chunks.
+    for n in &c.nodes {
+        wait_until(30, "three copies of every chunk", || async {
+            chunk_ids(&n.data_dir).len() == 7
+        })
+        .await;
+    }
+    let out = c.nodes[0].cli(&[
+        "tier",
+        "policy",
+        "set",
+        "all",
+        "--backend",
+        "local",
+        "--idle",
+        "0s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `strata tier run` finds the leader itself, whichever node it asks.
+    let l = c.leader().await;
+    let other = (l + 1) % 3;
+    let out = c.nodes[other].cli(&["--json", "tier", "run"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["moved_versions"], 1, "{v}");
+
+    // Released on every node.
+    for n in &c.nodes {
+        wait_until(30, "hot copies released on every node", || async {
+            chunk_ids(&n.data_dir).is_empty()
+        })
+        .await;
+    }
+    let refused = get_refused(&c.nodes[2], "media", "film.mkv").await;
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+
+    // Restored through one node, driven by the leader: the chunks return to their homes.
+    let out = c.nodes[2].cli(&["restore", "media/film.mkv", "--tier", "expedited"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run_tiering(&c.nodes[l]).await.restores_done == 0 {
+        assert!(Instant::now() < deadline, "restore never finished");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for n in &c.nodes {
+        wait_until(30, "every home holds the restored chunks", || async {
+            chunk_ids(&n.data_dir).len() == 7
+        })
+        .await;
+        let mut s = n.storage().await;
+        assert_eq!(
+            get(&mut s, "media", "film.mkv", 0, 0, 0)
+                .await
+                .expect("get"),
+            bytes
+        );
+    }
+
+    // The leader dies; the new one runs the next moves (the restored file is idle again under
+    // the 0 s policy, and a new file joins it).
+    c.nodes[l].kill();
+    let l2 = c.leader().await;
+    assert_ne!(l2, l);
+    let mut s = c.nodes[l2].storage().await;
+    let second = data(MIB, 22);
+    put_chunked(
+        &mut s,
+        c.nodes[l2].root.path(),
+        "media",
+        "clip.mkv",
+        &second,
+        CHUNK,
+    )
+    .await;
+    let pass = run_tiering(&c.nodes[l2]).await;
+    assert_eq!(pass.moved_versions, 2, "{pass:?}");
+    for key in ["film.mkv", "clip.mkv"] {
+        let info = stat(&mut s, "media", key).await.expect("stat");
+        assert_eq!(tier_state(&info), pb::tier_info::State::Cold, "{key}");
+    }
+}
