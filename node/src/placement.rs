@@ -424,11 +424,22 @@ async fn repair_local(ctx: &Arc<Context>, id: ChunkId, data: Bytes) {
 /// Returns how many entries remain.
 pub async fn drain_queue(ctx: &Arc<Context>, limit: usize) -> NodeResult<usize> {
     let p = &ctx.placement;
-    let ids: Vec<ChunkId> = p
+    let mut ids: Vec<ChunkId> = p
         .queued(limit)
         .into_iter()
         .filter(|id| p.claim(*id))
         .collect();
+    // A chunk released to the cold tier since it was queued needs no more hot copies.
+    let mut keep = Vec::with_capacity(ids.len());
+    for id in ids.drain(..) {
+        if !ctx.sm.cold_chunk(&id)?.is_some_and(|c| c.released) {
+            keep.push(id);
+        } else {
+            p.dequeue(&id);
+            p.release_claim(&id);
+        }
+    }
+    let ids = keep;
     if ids.is_empty() {
         return Ok(p.queue_len());
     }

@@ -96,7 +96,8 @@ impl Actor for Janitor {
     }
 }
 
-/// Deletes chunk files nothing references and the GC queue does not know: a crash between a
+/// Deletes chunk files nothing references (or whose chunk was released to the cold tier) and
+/// the GC queue does not know: a crash between a
 /// chunk's durable write and its AddChunk leaves one (it was never acknowledged), and so does
 /// a replica sent for an upload that then failed. Files younger than ORPHAN_GRACE stay. Runs once
 /// per node start and every ORPHAN_CHECK_EVERY sweeps. A write in progress holds the chunk's lock until its AddChunk is applied, so
@@ -110,7 +111,9 @@ async fn collect_orphans(ctx: &Arc<Context>) -> anyhow::Result<usize> {
         if ctx.store.age(&id).is_some_and(|age| age < ORPHAN_GRACE) {
             continue; // maybe a replica whose AddChunk is still on its way
         }
-        if ctx.sm.chunk_refs(&id)? == 0 {
+        // Unreferenced, or released to the cold tier (a copy that missed its collection,
+        // e.g. on a node that was down then).
+        if !ctx.sm.chunk_needs_hot(&id)? {
             let c = ctx.clone();
             tokio::task::spawn_blocking(move || c.store.delete(&id)).await??;
             metrics::counter!(m::CHUNKS_COLLECTED).increment(1);
