@@ -537,7 +537,14 @@ async fn advance_restores(ctx: &Arc<Context>, report: &mut PassReport) -> NodeRe
         }
         let mut ready = true;
         for (backend, object) in need.keys() {
-            let store = ctx.tiering.backend(backend)?.clone();
+            let store = match ctx.tiering.backend(backend) {
+                Ok(s) => s.clone(),
+                Err(e) => {
+                    report.errors.push(e.to_string());
+                    ready = false;
+                    continue;
+                }
+            };
             report.backend_requests += 1;
             let state = match cold::observe(store.as_ref(), "head", store.head(object)).await {
                 Ok(h) => h.restore,
