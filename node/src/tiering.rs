@@ -156,7 +156,14 @@ struct Packer {
     store: Arc<dyn ColdStore>,
     class: StorageClass,
     pack_bytes: u64,
-    current: Option<(String, BytesMut, Vec<(ChunkId, u64, u32)>)>,
+    current: Option<OpenArchive>,
+}
+
+/// The archive being filled: its object name, bytes so far, and index.
+struct OpenArchive {
+    object: String,
+    buf: BytesMut,
+    index: Vec<(ChunkId, u64, u32)>,
 }
 
 impl Packer {
@@ -171,26 +178,33 @@ impl Packer {
 
     /// Appends a chunk; returns its location and, if the archive is now full, the sealed one.
     fn add(&mut self, id: ChunkId, data: &[u8]) -> (ColdLocation, Option<Sealed>) {
-        if self.current.is_none() {
-            let cap = (self.pack_bytes as usize).clamp(data.len(), 256 << 20);
-            self.current = Some((self.new_object(), BytesMut::with_capacity(cap), Vec::new()));
-        }
-        let (object, buf, index) = self.current.as_mut().expect("just set");
+        let cap = (self.pack_bytes as usize).clamp(data.len(), 256 << 20);
+        let object = self.new_object();
+        let (backend, class) = (self.store.name().to_owned(), self.class);
+        let a = self.current.get_or_insert_with(|| OpenArchive {
+            object,
+            buf: BytesMut::with_capacity(cap),
+            index: Vec::new(),
+        });
         let loc = ColdLocation {
-            backend: self.store.name().to_owned(),
-            object: object.clone(),
-            offset: buf.len() as u64,
+            backend,
+            object: a.object.clone(),
+            offset: a.buf.len() as u64,
             len: data.len() as u32,
-            class: self.class,
+            class,
         };
-        index.push((id, loc.offset, loc.len));
-        buf.extend_from_slice(data);
-        let full = buf.len() as u64 >= self.pack_bytes;
+        a.index.push((id, loc.offset, loc.len));
+        a.buf.extend_from_slice(data);
+        let full = a.buf.len() as u64 >= self.pack_bytes;
         (loc, if full { self.seal() } else { None })
     }
 
     fn seal(&mut self) -> Option<Sealed> {
-        let (object, mut buf, index) = self.current.take()?;
+        let OpenArchive {
+            object,
+            mut buf,
+            index,
+        } = self.current.take()?;
         let entries: Vec<([u8; 32], u64, u32)> = index
             .iter()
             .map(|(id, o, l)| (*id.as_bytes(), *o, *l))
