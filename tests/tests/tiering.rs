@@ -64,6 +64,17 @@ async fn get_refused(node: &Node, bucket: &str, key: &str) -> tonic::Status {
     }
 }
 
+/// Runs the CLI against `node`; it must succeed.
+fn cli_ok(node: &Node, args: &[&str]) -> std::process::Output {
+    let out = node.cli(args);
+    assert!(
+        out.status.success(),
+        "strata {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 async fn metrics_text(node: &Node) -> String {
     http_get(&node.metrics).await.1
 }
@@ -90,20 +101,18 @@ async fn glacier_transition_refuse_restore_and_read_back() {
     assert!(!chunk_ids(&node.data_dir).is_empty());
 
     // A policy through the CLI: everything idle for 0 s goes to the Glacier backend.
-    let out = node.cli(&[
-        "tier",
-        "policy",
-        "set",
-        "archive-all",
-        "--backend",
-        "glacier",
-        "--idle",
-        "0s",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    cli_ok(
+        &node,
+        &[
+            "tier",
+            "policy",
+            "set",
+            "archive-all",
+            "--backend",
+            "glacier",
+            "--idle",
+            "0s",
+        ],
     );
     let pass = run_tiering(&node).await;
     assert_eq!(pass.moved_versions, 2, "{pass:?}");
@@ -139,12 +148,7 @@ async fn glacier_transition_refuse_restore_and_read_back() {
 
     // Restore, held in progress by moto for a few looks.
     moto.hold_restores(3).await;
-    let out = node.cli(&["restore", "photos/big.raw", "--tier", "bulk"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_ok(&node, &["restore", "photos/big.raw", "--tier", "bulk"]);
     let pass = run_tiering(&node).await;
     assert_eq!(pass.restores_done, 0, "{pass:?}");
     let out = node.cli(&["stat", "photos/big.raw"]);
@@ -202,12 +206,7 @@ async fn glacier_transition_refuse_restore_and_read_back() {
     assert!(metric(&text, "strata_tier_backend_requests_total") > 0.0);
 
     // `strata tier status` as JSON.
-    let out = node.cli(&["--json", "tier", "status"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cli_ok(&node, &["--json", "tier", "status"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let glacier = v["backends"]
         .as_array()
@@ -243,24 +242,22 @@ async fn b2_reads_through_and_small_files_are_packed() {
     }
     // Only the logs bucket of this tenant, and only files of at least 10 KB.
     let tenant = "default"; // the tenant dev mode creates
-    let out = node.cli(&[
-        "tier",
-        "policy",
-        "set",
-        "logs-to-b2",
-        "--backend",
-        "b2",
-        "--idle",
-        "0s",
-        "--min-size",
-        "10KB",
-        "--bucket",
-        &format!("{tenant}/logs"),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    cli_ok(
+        &node,
+        &[
+            "tier",
+            "policy",
+            "set",
+            "logs-to-b2",
+            "--backend",
+            "b2",
+            "--idle",
+            "0s",
+            "--min-size",
+            "10KB",
+            "--bucket",
+            &format!("{tenant}/logs"),
+        ],
     );
     let out = node.cli(&["--json", "tier", "policy", "list"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -295,12 +292,7 @@ async fn b2_reads_through_and_small_files_are_packed() {
     assert!(metric(&text, "strata_tier_cold_read_bytes_total") >= 50_000.0);
 
     // A restore from B2 needs no RestoreObject: the next pass brings it back.
-    let out = node.cli(&["restore", "logs/day-03.log"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_ok(&node, &["restore", "logs/day-03.log"]);
     let pass = run_tiering(&node).await;
     assert_eq!(pass.restores_done, 1, "{pass:?}");
     assert_eq!(
@@ -339,20 +331,18 @@ async fn backend_outage_mid_transition_loses_nothing() {
     )
     .await;
     let hot = chunk_ids(&node.data_dir);
-    let out = node.cli(&[
-        "tier",
-        "policy",
-        "set",
-        "deep",
-        "--backend",
-        "glacier",
-        "--idle",
-        "0s",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    cli_ok(
+        &node,
+        &[
+            "tier",
+            "policy",
+            "set",
+            "deep",
+            "--backend",
+            "glacier",
+            "--idle",
+            "0s",
+        ],
     );
 
     // Start the move, and stop the server once the first archive has arrived.
@@ -484,32 +474,25 @@ async fn tier_input_errors_are_precise() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("no tier policies"));
 
     // The embedded local backend: archived, with a (1 s) simulated restore.
-    let out = node.cli(&[
-        "tier",
-        "policy",
-        "set",
-        "all",
-        "--backend",
-        "local",
-        "--idle",
-        "0s",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    cli_ok(
+        &node,
+        &[
+            "tier",
+            "policy",
+            "set",
+            "all",
+            "--backend",
+            "local",
+            "--idle",
+            "0s",
+        ],
     );
     assert_eq!(run_tiering(&node).await.moved_versions, 1);
     assert_eq!(
         get_refused(&node, "photos", "a.jpg").await.code(),
         tonic::Code::FailedPrecondition
     );
-    let out = node.cli(&["restore", "photos/a.jpg"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_ok(&node, &["restore", "photos/a.jpg"]);
     for _ in 0..50 {
         run_tiering(&node).await;
         if tier_state(&stat(&mut s, "photos", "a.jpg").await.expect("stat"))
@@ -565,30 +548,23 @@ async fn three_nodes_release_everywhere_restore_to_homes_and_move_after_a_leader
         })
         .await;
     }
-    let out = c.nodes[0].cli(&[
-        "tier",
-        "policy",
-        "set",
-        "all",
-        "--backend",
-        "local",
-        "--idle",
-        "0s",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    cli_ok(
+        &c.nodes[0],
+        &[
+            "tier",
+            "policy",
+            "set",
+            "all",
+            "--backend",
+            "local",
+            "--idle",
+            "0s",
+        ],
     );
     // `strata tier run` finds the leader itself, whichever node it asks.
     let l = c.leader().await;
     let other = (l + 1) % 3;
-    let out = c.nodes[other].cli(&["--json", "tier", "run"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cli_ok(&c.nodes[other], &["--json", "tier", "run"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["moved_versions"], 1, "{v}");
 
@@ -603,11 +579,9 @@ async fn three_nodes_release_everywhere_restore_to_homes_and_move_after_a_leader
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
 
     // Restored through one node, driven by the leader: the chunks return to their homes.
-    let out = c.nodes[2].cli(&["restore", "media/film.mkv", "--tier", "expedited"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    cli_ok(
+        &c.nodes[2],
+        &["restore", "media/film.mkv", "--tier", "expedited"],
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     while run_tiering(&c.nodes[l]).await.restores_done == 0 {
