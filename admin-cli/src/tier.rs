@@ -83,12 +83,13 @@ pub fn pass_json(p: &pb::TierPass) -> Value {
         "archives": p.archives, "archive_bytes": p.archive_bytes,
         "backend_requests": p.backend_requests, "restores_done": p.restores_done,
         "restores_waiting": p.restores_waiting, "archives_deleted": p.archives_deleted,
+        "orphans_deleted": p.orphans_deleted,
         "errors": p.errors })
 }
 
 pub fn print_pass(p: &pb::TierPass) {
     println!(
-        "moved {} version(s) in {} archive(s), {} ({} backend requests); {} failed; {} restore(s) finished, {} waiting; {} archive(s) deleted",
+        "moved {} version(s) in {} archive(s), {} ({} backend requests); {} failed; {} restore(s) finished, {} waiting; {} archive(s) deleted ({} orphans)",
         p.moved_versions,
         p.archives,
         human(p.archive_bytes),
@@ -96,7 +97,8 @@ pub fn print_pass(p: &pb::TierPass) {
         p.failed_versions,
         p.restores_done,
         p.restores_waiting,
-        p.archives_deleted
+        p.archives_deleted,
+        p.orphans_deleted
     );
     for e in &p.errors {
         println!("  error: {e}");

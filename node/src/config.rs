@@ -107,6 +107,10 @@ pub struct TierConfig {
     /// How long the embedded `local` backend takes to "restore" an archived object.
     #[serde(with = "humantime_serde")]
     pub local_restore_delay: Duration,
+    /// An archive in a backend that no metadata records (left by a leader that crashed or
+    /// lost leadership mid-pass) is deleted once it is this old.
+    #[serde(with = "humantime_serde")]
+    pub orphan_archive_grace: Duration,
     /// Cold backends besides the embedded `local` one.
     pub backends: Vec<BackendConfig>,
 }
@@ -119,6 +123,7 @@ impl Default for TierConfig {
             parallel: 4,
             rate_bytes: 0,
             local_restore_delay: Duration::from_secs(30),
+            orphan_archive_grace: Duration::from_secs(24 * 3600),
             backends: Vec::new(),
         }
     }

@@ -45,6 +45,7 @@ pub struct PassReport {
     pub restores_done: u64,
     pub restores_waiting: u64,
     pub archives_deleted: u64,
+    pub orphans_deleted: u64,
     pub errors: Vec<String>,
 }
 
@@ -52,6 +53,8 @@ pub struct Tiering {
     pub backends: Backends,
     reads: Mutex<HashSet<(TenantId, BucketName, ObjectKey)>>,
     last: Mutex<PassReport>,
+    /// When the leader last looked for orphan archives (None: not since this node started).
+    orphan_sweep: Mutex<Option<std::time::Instant>>,
 }
 
 impl Tiering {
@@ -60,6 +63,7 @@ impl Tiering {
             backends,
             reads: Mutex::new(HashSet::new()),
             last: Mutex::new(PassReport::default()),
+            orphan_sweep: Mutex::new(None),
         }
     }
 
@@ -137,6 +141,9 @@ pub async fn run_pass(ctx: &Arc<Context>) -> PassReport {
     }
     if let Err(e) = delete_dead_archives(ctx, &mut report).await {
         report.errors.push(format!("archive deletion: {e}"));
+    }
+    if let Err(e) = sweep_orphan_archives(ctx, &mut report).await {
+        report.errors.push(format!("orphan archive sweep: {e}"));
     }
     report.finished_ms = now_ms();
     for e in &report.errors {
@@ -660,6 +667,62 @@ async fn delete_dead_archives(ctx: &Arc<Context>, report: &mut PassReport) -> No
             Err(e) => report
                 .errors
                 .push(format!("deleting {backend}/{object}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// How often the leader lists its backends for orphan archives.
+const ORPHAN_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Archives looked at per backend and sweep.
+const ORPHAN_SWEEP_LIMIT: usize = 100_000;
+
+/// Deletes archives that no metadata records and that are older than
+/// `tier.orphan_archive_grace`: a pass commits or deletes its own archives before it ends, so
+/// these come from a leader that crashed or was deposed mid-pass. Runs at the first pass after
+/// the node starts, then at most hourly (listing costs requests).
+async fn sweep_orphan_archives(ctx: &Arc<Context>, report: &mut PassReport) -> NodeResult<()> {
+    {
+        let Ok(mut last) = ctx.tiering.orphan_sweep.lock() else {
+            return Ok(());
+        };
+        if last.is_some_and(|t| t.elapsed() < ORPHAN_SWEEP_EVERY) {
+            return Ok(());
+        }
+        *last = Some(std::time::Instant::now());
+    }
+    let before = now_ms() - ctx.config.tier.orphan_archive_grace.as_millis() as i64;
+    for store in ctx.tiering.backends.values() {
+        report.backend_requests += 1;
+        let listed = match cold::observe(
+            store.as_ref(),
+            "list",
+            store.list("archives/", ORPHAN_SWEEP_LIMIT),
+        )
+        .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("listing backend {}: {e}", store.name()));
+                continue;
+            }
+        };
+        for (object, modified) in listed {
+            if modified > before || ctx.sm.archive(store.name(), &object)?.is_some() {
+                continue;
+            }
+            report.backend_requests += 1;
+            match cold::observe(store.as_ref(), "delete", store.delete(&object)).await {
+                Ok(()) => {
+                    report.orphans_deleted += 1;
+                    tracing::info!(backend = store.name(), object, "deleted an orphan archive");
+                }
+                Err(e) => report
+                    .errors
+                    .push(format!("deleting orphan {}/{object}: {e}", store.name())),
+            }
         }
     }
     Ok(())

@@ -224,7 +224,18 @@ async fn b2_reads_through_and_small_files_are_packed() {
     let moto = Moto::start().await;
     moto.create_bucket("b2-bucket").await;
     let backends = moto.backend_toml("b2", "b2", "b2-bucket", "");
-    let (_cfg, node) = node_with(&backends, 4 * MIB, "");
+    let (_cfg, node) = node_with(&backends, 4 * MIB, "orphan_archive_grace = \"0s\"\n");
+    // An archive no metadata records (as a crashed leader would leave): the sweep deletes it.
+    moto.client()
+        .put_object()
+        .bucket("b2-bucket")
+        .key("archives/1/orphan.spk")
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(
+            b"left behind",
+        ))
+        .send()
+        .await
+        .expect("put orphan");
     let mut s = node.storage().await;
     let mut files = Vec::new();
     for i in 0..40u64 {
@@ -265,10 +276,12 @@ async fn b2_reads_through_and_small_files_are_packed() {
 
     let pass = run_tiering(&node).await;
     assert_eq!(pass.moved_versions, 40, "{pass:?}");
+    assert_eq!(pass.orphans_deleted, 1, "{pass:?}");
     // 40 files of ~10 KB in one archive: 1 PutObject + 1 HeadObject, not 80 requests.
     assert_eq!(pass.archives, 1, "{pass:?}");
     let objects = moto.objects("b2-bucket").await;
     assert_eq!(objects.len(), 1, "{objects:?}");
+    assert!(!objects[0].0.contains("orphan"), "{objects:?}");
     assert!(
         objects[0].1.as_deref().is_none_or(|c| c == "STANDARD"),
         "{objects:?}"

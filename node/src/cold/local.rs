@@ -194,6 +194,54 @@ impl ColdStore for LocalStore {
         .map_err(io)
     }
 
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, i64)>, ColdError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut dirs = vec![root.clone()];
+            while let Some(dir) = dirs.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io(e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(io)?;
+                    let path = entry.path();
+                    let meta = entry.metadata().map_err(io)?;
+                    if meta.is_dir() {
+                        dirs.push(path);
+                        continue;
+                    }
+                    let Some(name) = path
+                        .strip_prefix(&root)
+                        .ok()
+                        .and_then(|p| p.to_str())
+                        .map(str::to_owned)
+                    else {
+                        continue;
+                    };
+                    if name.ends_with(".meta.json") || !name.starts_with(&prefix) {
+                        continue;
+                    }
+                    let modified = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_millis() as i64);
+                    out.push((name, modified));
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| ColdError::Backend(e.to_string()))?
+    }
+
     async fn delete(&self, object: &str) -> Result<(), ColdError> {
         let file = self.path(object)?;
         for p in [Self::sidecar_path(&file), file] {

@@ -73,6 +73,9 @@ pub trait ColdStore: Send + Sync {
     /// Bytes `offset..offset+len` of the object (restored first, if its class needs it).
     async fn get_range(&self, object: &str, offset: u64, len: u64) -> Result<Bytes, ColdError>;
     async fn delete(&self, object: &str) -> Result<(), ColdError>;
+    /// Up to `limit` objects whose names start with `prefix`, with their modification time
+    /// (milliseconds since the epoch).
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, i64)>, ColdError>;
 }
 
 /// Checks that `object` as the backend reports it is the one written: same size and CRC32.

@@ -225,6 +225,38 @@ impl ColdStore for S3Store {
         Ok(body)
     }
 
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, i64)>, ColdError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        while out.len() < limit {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(self.key(prefix))
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| err(prefix, "ListObjectsV2", e))?;
+            for o in page.contents() {
+                let Some(name) = o.key().and_then(|k| k.strip_prefix(self.prefix.as_str())) else {
+                    continue;
+                };
+                let modified = o
+                    .last_modified()
+                    .and_then(|t| t.to_millis().ok())
+                    .unwrap_or(0);
+                out.push((name.to_owned(), modified));
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
     async fn delete(&self, object: &str) -> Result<(), ColdError> {
         self.client
             .delete_object()

@@ -192,6 +192,7 @@ pub fn pass_to_pb(r: &PassReport) -> pb::TierPass {
         restores_done: r.restores_done,
         restores_waiting: r.restores_waiting,
         archives_deleted: r.archives_deleted,
+        orphans_deleted: r.orphans_deleted,
         errors: r.errors.clone(),
     }
 }
