@@ -504,22 +504,27 @@ async fn write_hot(ctx: &Arc<Context>, id: ChunkId, data: Bytes) -> NodeResult<(
     crate::placement::replicate_new(ctx, id, data).await
 }
 
-/// Reads a chunk's cold copy and checks it is the chunk.
-pub async fn read_cold(ctx: &Context, id: ChunkId, loc: &ColdLocation) -> NodeResult<Bytes> {
-    let store = ctx.tiering.backend(&loc.backend)?;
-    let data = cold::observe(
-        store.as_ref(),
-        "get",
-        store.get_range(&loc.object, loc.offset, u64::from(loc.len)),
-    )
-    .await
-    .map_err(|e| match e {
-        ColdError::NotRestored(_) => NodeError::FailedPrecondition(format!(
-            "chunk {id} is archived in backend {} ({}) and must be restored first",
-            loc.backend, loc.class
-        )),
-        e => NodeError::Unavailable(format!("cold backend {}: {e}", loc.backend)),
-    })?;
+/// Bytes `offset..offset+len` of an archive, with backend errors as node errors.
+async fn fetch(
+    ctx: &Context,
+    backend: &str,
+    object: &str,
+    offset: u64,
+    len: u64,
+) -> NodeResult<Bytes> {
+    let store = ctx.tiering.backend(backend)?;
+    cold::observe(store.as_ref(), "get", store.get_range(object, offset, len))
+        .await
+        .map_err(|e| match e {
+            ColdError::NotRestored(_) => NodeError::FailedPrecondition(format!(
+                "{object} in backend {backend} is archived and must be restored first"
+            )),
+            e => NodeError::Unavailable(format!("cold backend {backend}: {e}")),
+        })
+}
+
+/// Checks that bytes read from a cold copy are the chunk (never serve or store anything else).
+async fn check(id: ChunkId, data: &Bytes, loc: &ColdLocation) -> NodeResult<()> {
     let c = data.clone();
     let actual = tokio::task::spawn_blocking(move || ChunkId::of(&c))
         .await
@@ -527,12 +532,52 @@ pub async fn read_cold(ctx: &Context, id: ChunkId, loc: &ColdLocation) -> NodeRe
     if actual != id {
         metrics::counter!(m::CHUNK_CORRUPT).increment(1);
         return Err(NodeError::Internal(format!(
-            "the cold copy of chunk {id} in {}/{} is corrupt (hashes to {actual}); not served",
+            "the cold copy of chunk {id} in {}/{} is corrupt (hashes to {actual}); not used",
             loc.backend, loc.object
         )));
     }
+    Ok(())
+}
+
+/// Reads a chunk's cold copy and checks it is the chunk.
+pub async fn read_cold(ctx: &Context, id: ChunkId, loc: &ColdLocation) -> NodeResult<Bytes> {
+    let data = fetch(
+        ctx,
+        &loc.backend,
+        &loc.object,
+        loc.offset,
+        u64::from(loc.len),
+    )
+    .await?;
+    check(id, &data, loc).await?;
     metrics::counter!(m::TIER_COLD_READ_BYTES).increment(data.len() as u64);
     Ok(data)
+}
+
+/// Largest range a restore reads from an archive in one GET (adjacent chunks are read
+/// together, so a packed archive comes back in few requests).
+const RESTORE_READ_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Groups chunks of one archive (sorted by offset) into runs of adjacent ones, each at most
+/// RESTORE_READ_BYTES long (a larger single chunk is a run of its own).
+fn adjacent_runs(chunks: &[(ChunkId, ColdLocation)]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < chunks.len() {
+        let start = chunks[i].1.offset;
+        let mut end = start + u64::from(chunks[i].1.len);
+        let mut j = i + 1;
+        while j < chunks.len()
+            && chunks[j].1.offset == end
+            && end + u64::from(chunks[j].1.len) - start <= RESTORE_READ_BYTES
+        {
+            end += u64::from(chunks[j].1.len);
+            j += 1;
+        }
+        runs.push(i..j);
+        i = j;
+    }
+    runs
 }
 
 async fn advance_restores(ctx: &Arc<Context>, report: &mut PassReport) -> NodeResult<()> {
@@ -631,12 +676,23 @@ async fn rehydrate(
         })
         .await?;
     }
-    for chunks in need.values() {
-        for (id, loc) in chunks {
-            let data = read_cold(ctx, *id, loc).await?;
-            let n = data.len() as u64;
-            write_hot(ctx, *id, data).await?;
-            metrics::counter!(m::TIER_REHYDRATED_BYTES).increment(n);
+    for ((backend, object), mut chunks) in need {
+        chunks.sort_by_key(|(_, loc)| loc.offset);
+        for run in adjacent_runs(&chunks) {
+            let run = &chunks[run];
+            let start = run[0].1.offset;
+            let end = run
+                .last()
+                .map_or(start, |(_, l)| l.offset + u64::from(l.len));
+            let data = fetch(ctx, &backend, &object, start, end - start).await?;
+            for (id, loc) in run {
+                let lo = (loc.offset - start) as usize;
+                let piece = data.slice(lo..lo + loc.len as usize);
+                check(*id, &piece, loc).await?;
+                let n = piece.len() as u64;
+                write_hot(ctx, *id, piece).await?;
+                metrics::counter!(m::TIER_REHYDRATED_BYTES).increment(n);
+            }
         }
     }
     ctx.propose(Command::FinishRestore {
@@ -726,4 +782,39 @@ async fn sweep_orphan_archives(ctx: &Arc<Context>, report: &mut PassReport) -> N
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(offset: u64, len: u32) -> (ChunkId, ColdLocation) {
+        (
+            ChunkId::of(&offset.to_be_bytes()),
+            ColdLocation {
+                backend: "b".into(),
+                object: "o".into(),
+                offset,
+                len,
+                class: StorageClass::Glacier,
+            },
+        )
+    }
+
+    #[test]
+    fn restores_read_adjacent_chunks_together() {
+        const M: u32 = 16 << 20;
+        // Four adjacent 16 MiB chunks fill one 64 MiB read; a gap and an oversize chunk split.
+        let chunks = vec![
+            loc(0, M),
+            loc(16 << 20, M),
+            loc(32 << 20, M),
+            loc(48 << 20, M),
+            loc(64 << 20, M),
+            loc(100 << 20, 10),
+            loc(100 << 20 | 10, 100 << 20),
+        ];
+        assert_eq!(adjacent_runs(&chunks), vec![0..4, 4..5, 5..6, 6..7]);
+        assert!(adjacent_runs(&[]).is_empty());
+    }
 }

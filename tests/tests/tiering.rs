@@ -201,6 +201,15 @@ async fn glacier_transition_refuse_restore_and_read_back() {
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
 
     let text = metrics_text(&node).await;
+    // Adjacent chunks come back in one ranged GET: big.raw's 6 chunks lie in 3 archives.
+    let gets: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("strata_tier_backend_requests_total{") && l.contains("op=\"get\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(gets, 3.0, "{text}");
     assert!(metric(&text, "strata_tier_moves_total") >= 2.0);
     assert!(metric(&text, "strata_tier_rehydrated_bytes_total") >= big.len() as f64);
     assert!(metric(&text, "strata_tier_backend_requests_total") > 0.0);
