@@ -1,11 +1,11 @@
 //! Micro-benchmarks of the per-chunk work on the write and read paths: BLAKE3 of a chunk (its
 //! id), its chaining value at an offset (for the whole-file hash), and the chunk store's
-//! durable put and verified get.
+//! durable put and verified get (its blocking core, which the node runs on blocking threads).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use strata_cluster::ChunkId;
 use strata_cluster::file_hash;
-use strata_node::chunk_store::ChunkStore;
+use strata_node::chunk_store::Files;
 
 fn chunk(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -35,7 +35,7 @@ fn store(c: &mut Criterion) {
     let dir =
         tempfile::tempdir_in(std::env::var("STRATA_BENCH_DIR").unwrap_or_else(|_| ".".into()))
             .expect("tempdir");
-    let store = ChunkStore::open(dir.path()).expect("open store");
+    let store = Files::open(dir.path(), 1).expect("open store");
     let mut g = c.benchmark_group("chunk_store");
     g.sample_size(20);
     let len = 4 << 20;
@@ -50,7 +50,7 @@ fn store(c: &mut Criterion) {
             },
             |(id, d)| {
                 store.put(&id, &d).expect("put");
-                store.delete(&id).expect("delete");
+                store.lock(&id).remove().expect("delete");
             },
             criterion::BatchSize::PerIteration,
         )

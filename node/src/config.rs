@@ -8,6 +8,7 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+pub use strata_cold::{BackendConfig, BackendKind};
 
 /// Every configuration key; also the names accepted as STRATA_<KEY> environment variables.
 pub const KEYS: &[&str] = &[
@@ -32,9 +33,14 @@ pub const KEYS: &[&str] = &[
     "read_cache_bytes",
     "rebalance_rate_bytes",
     "cold_dir",
+    "gc_grace",
+    "stream_idle_timeout",
+    "max_streams",
+    "max_streams_per_tenant",
+    "min_free_bytes",
 ];
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Name of this node in status output and metrics.
@@ -47,7 +53,8 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// Largest chunk accepted, in bytes (at most 64 MiB).
     pub max_chunk_bytes: u32,
-    /// Chunk bytes being verified and written at once across all uploads (memory bound).
+    /// Memory for chunk bytes held at once: uploads being verified and written, download
+    /// read-ahead, chunks moving between nodes (at least twice max_chunk_bytes plus 1 MiB).
     pub max_inflight_bytes: u64,
     /// An upload session with no activity for this long is aborted and its chunks collected.
     #[serde(with = "humantime_serde")]
@@ -86,8 +93,33 @@ pub struct Config {
     /// Directory of the embedded `local` cold backend (empty: <data_dir>/cold). Every node of
     /// a cluster must see the same directory (one machine, or a shared filesystem).
     pub cold_dir: PathBuf,
+    /// A chunk file younger than this is never deleted by garbage collection (its reference
+    /// may still be on its way through Raft); unreferenced files are collected after it.
+    #[serde(with = "humantime_serde")]
+    pub gc_grace: Duration,
+    /// An upload or download stream on which nothing moves for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
+    /// Upload and download streams open at once on this node, and per tenant.
+    pub max_streams: usize,
+    pub max_streams_per_tenant: usize,
+    /// Free bytes kept on the data directory's filesystem: chunk writes stop above it, metadata
+    /// writes (except deletes) at a quarter of it, so the metadata store never meets a full
+    /// disk (0: 2% of the filesystem, at least 8 MiB and at most 2 GiB).
+    pub min_free_bytes: u64,
     /// Cold tiering: how the leader moves data and which backends exist.
     pub tier: TierConfig,
+}
+
+/// Debug output never shows the cluster secret (or, through BackendConfig, S3 keys).
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.clone();
+        if !shown.cluster_secret.is_empty() {
+            shown.cluster_secret = "<redacted>".into();
+        }
+        f.write_str(&toml::to_string(&shown).unwrap_or_else(|e| format!("<config: {e}>")))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,65 +161,6 @@ impl Default for TierConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    /// A directory (archived classes need a simulated restore).
-    Local,
-    /// Amazon S3 or another S3 server: GLACIER, DEEP_ARCHIVE, GLACIER_IR or STANDARD.
-    S3,
-    /// Backblaze B2 through its S3-compatible endpoint: always online (STANDARD).
-    B2,
-}
-
-/// One `[[tier.backends]]` entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendConfig {
-    /// The name tier policies use.
-    pub name: String,
-    pub kind: BackendKind,
-    /// Local: the directory.
-    #[serde(default)]
-    pub path: PathBuf,
-    /// Local: how long a restore takes.
-    #[serde(default, with = "humantime_serde")]
-    pub restore_delay: Duration,
-    /// S3/B2: endpoint URL (empty: AWS's endpoint for the region).
-    #[serde(default)]
-    pub endpoint: String,
-    #[serde(default = "default_region")]
-    pub region: String,
-    #[serde(default)]
-    pub bucket: String,
-    /// Prefix of every object name Strata writes.
-    #[serde(default)]
-    pub prefix: String,
-    /// Path-style addressing (http://host/bucket/key), needed by most non-AWS servers.
-    #[serde(default)]
-    pub path_style: bool,
-    /// Credentials (B2: application key id and key). Empty: AWS's standard credential chain
-    /// (environment, profile, instance role).
-    #[serde(default)]
-    pub access_key_id: String,
-    #[serde(default)]
-    pub secret_access_key: String,
-    /// Class written when a policy names none (S3 and local: GLACIER; B2: STANDARD).
-    #[serde(default)]
-    pub storage_class: String,
-    /// Days a restored copy stays readable in the backend (S3 RestoreObject Days).
-    #[serde(default = "default_restore_days")]
-    pub restore_days: u32,
-}
-
-fn default_region() -> String {
-    "us-east-1".into()
-}
-
-fn default_restore_days() -> u32 {
-    1
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -212,6 +185,11 @@ impl Default for Config {
             read_cache_bytes: 64 * 1024 * 1024,
             rebalance_rate_bytes: 200 * 1024 * 1024,
             cold_dir: PathBuf::new(),
+            gc_grace: Duration::from_secs(600),
+            stream_idle_timeout: Duration::from_secs(60),
+            max_streams: 1024,
+            max_streams_per_tenant: 64,
+            min_free_bytes: 0,
             tier: TierConfig::default(),
         }
     }
@@ -234,7 +212,25 @@ pub struct Overrides {
     pub join: Option<String>,
 }
 
+/// The largest chunk any configuration may allow (and the peer protocol carries).
 pub const MAX_CHUNK_LIMIT: u32 = 64 * 1024 * 1024;
+
+/// Most chunks one upload may hold (with 16 MiB chunks, a 1 TiB file): an upload's manifest and
+/// its version's chunk list each travel in one Raft command, which must stay far below the
+/// Raft message limit.
+pub const MAX_UPLOAD_CHUNKS: usize = 65_536;
+
+/// Free bytes kept on a filesystem of `total` bytes: `min_free_bytes`, or when it is 0, 2% of
+/// the filesystem, at least 8 MiB and at most 2 GiB.
+pub fn reserve_for(min_free_bytes: u64, total: u64) -> u64 {
+    if min_free_bytes > 0 {
+        return min_free_bytes;
+    }
+    (total / 50).clamp(8 << 20, 2 << 30)
+}
+
+/// Room in a gRPC message besides the chunk bytes.
+pub const MESSAGE_OVERHEAD: u64 = 1 << 20;
 
 impl Config {
     /// Builds the configuration from its layers and checks it.
@@ -260,8 +256,19 @@ impl Config {
         if self.max_chunk_bytes < 1024 || self.max_chunk_bytes > MAX_CHUNK_LIMIT {
             anyhow::bail!("max_chunk_bytes must be between 1024 and {MAX_CHUNK_LIMIT}");
         }
-        if self.max_inflight_bytes < u64::from(self.max_chunk_bytes) {
-            anyhow::bail!("max_inflight_bytes must be at least max_chunk_bytes");
+        let largest = self.largest_message();
+        if self.max_inflight_bytes < 2 * largest {
+            anyhow::bail!(
+                "max_inflight_bytes ({}) must be at least twice max_chunk_bytes plus 1 MiB ({}): uploads and chunks moving between nodes each need room for one chunk",
+                self.max_inflight_bytes,
+                2 * largest
+            );
+        }
+        if self.max_streams == 0 || self.max_streams_per_tenant == 0 {
+            anyhow::bail!("max_streams and max_streams_per_tenant must be greater than zero");
+        }
+        if self.stream_idle_timeout.is_zero() {
+            anyhow::bail!("stream_idle_timeout must be greater than zero");
         }
         if self.raft_snapshot_logs < 10 {
             anyhow::bail!("raft_snapshot_logs must be at least 10");
@@ -340,24 +347,20 @@ impl Config {
         } else {
             self.cold_dir.clone()
         };
-        let local = BackendConfig {
-            name: "local".into(),
-            kind: BackendKind::Local,
-            path,
-            restore_delay: self.tier.local_restore_delay,
-            endpoint: String::new(),
-            region: default_region(),
-            bucket: String::new(),
-            prefix: String::new(),
-            path_style: false,
-            access_key_id: String::new(),
-            secret_access_key: String::new(),
-            storage_class: String::new(),
-            restore_days: 1,
-        };
+        let local = BackendConfig::local(path, self.tier.local_restore_delay);
         std::iter::once(local)
             .chain(self.tier.backends.iter().cloned())
             .collect()
+    }
+
+    /// The largest gRPC message accepted: one chunk plus room for the rest of the message.
+    pub fn largest_message(&self) -> u64 {
+        u64::from(self.max_chunk_bytes) + MESSAGE_OVERHEAD
+    }
+
+    /// Free bytes kept on a filesystem of `total` bytes (see `min_free_bytes`).
+    pub fn reserve_for(&self, total: u64) -> u64 {
+        reserve_for(self.min_free_bytes, total)
     }
 
     /// The default configuration as TOML, for `strata-node config`.
@@ -429,6 +432,37 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn memory_budget_must_hold_two_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("strata.toml");
+        // Equal values used to hang every upload of a largest chunk.
+        std::fs::write(
+            &file,
+            "max_chunk_bytes = 16777216\nmax_inflight_bytes = 16777216\n",
+        )
+        .expect("write");
+        let e = Config::load(Some(&file), &Overrides::default()).expect_err("refused");
+        assert!(e.to_string().contains("twice max_chunk_bytes"), "{e}");
+        std::fs::write(
+            &file,
+            "max_chunk_bytes = 16777216\nmax_inflight_bytes = 35651584\n",
+        )
+        .expect("write");
+        Config::load(Some(&file), &Overrides::default()).expect("two chunks and overhead fit");
+    }
+
+    #[test]
+    fn debug_output_hides_the_cluster_secret() {
+        let c = Config {
+            cluster_secret: "sks_very_secret".into(),
+            ..Config::default()
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("sks_very_secret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! leader) and 503 otherwise, with the reason.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -11,17 +11,31 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
+use strata_cluster::raft::Raft;
 use tokio::net::TcpListener;
 
-use crate::context::Context;
+use crate::blocks::BlockManager;
+use crate::budget::MemoryBudget;
+use crate::disk::DiskSpace;
+
+/// What the endpoint reads.
+#[derive(Clone)]
+pub struct Probe {
+    pub node_id: String,
+    pub raft: Raft,
+    pub disk: Arc<DiskSpace>,
+    pub blocks: Arc<BlockManager>,
+    pub budget: Arc<MemoryBudget>,
+    pub started: Instant,
+}
 
 #[derive(Clone)]
 struct Http {
     handle: PrometheusHandle,
-    ctx: Arc<Context>,
+    probe: Probe,
 }
 
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle, ctx: Arc<Context>) {
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle, probe: Probe) {
     // Histograms need periodic upkeep when the exporter does not run its own listener.
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -33,18 +47,21 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, ctx: Arc<Con
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
-        .with_state(Http { handle, ctx });
+        .with_state(Http { handle, probe });
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "metrics endpoint stopped");
     }
 }
 
 async fn metrics(State(s): State<Http>) -> impl IntoResponse {
-    metrics::gauge!(crate::metrics::UPTIME).set(s.ctx.started.elapsed().as_secs_f64());
-    let dir = &s.ctx.config.data_dir;
-    metrics::gauge!(crate::metrics::DISK_TOTAL).set(fs4::total_space(dir).unwrap_or(0) as f64);
-    metrics::gauge!(crate::metrics::DISK_FREE).set(fs4::available_space(dir).unwrap_or(0) as f64);
-    let (chunks, bytes) = s.ctx.store.usage();
+    let p = &s.probe;
+    metrics::gauge!(crate::metrics::UPTIME).set(p.started.elapsed().as_secs_f64());
+    metrics::gauge!(crate::metrics::DISK_TOTAL).set(p.disk.total() as f64);
+    metrics::gauge!(crate::metrics::DISK_FREE).set(p.disk.free() as f64);
+    for (pool, bytes) in p.budget.in_use() {
+        metrics::gauge!(crate::metrics::MEMORY_IN_USE, "pool" => pool).set(bytes as f64);
+    }
+    let (chunks, bytes) = p.blocks.store().usage();
     metrics::gauge!(crate::metrics::CHUNK_STORE_CHUNKS).set(chunks as f64);
     metrics::gauge!(crate::metrics::CHUNK_STORE_BYTES).set(bytes as f64);
     (
@@ -54,7 +71,7 @@ async fn metrics(State(s): State<Http>) -> impl IntoResponse {
 }
 
 async fn health(State(s): State<Http>) -> impl IntoResponse {
-    let m = s.ctx.cluster.raft.metrics().borrow().clone();
+    let m = s.probe.raft.metrics().borrow().clone();
     let role = format!("{:?}", m.state).to_lowercase();
     let (code, serving, why) = if m.running_state.is_err() {
         (
@@ -73,7 +90,7 @@ async fn health(State(s): State<Http>) -> impl IntoResponse {
     };
     let body = format!(
         "{{\"serving\":{serving},\"reason\":\"{why}\",\"node_id\":\"{}\",\"raft_role\":\"{role}\",\"leader\":{}}}\n",
-        s.ctx.config.node_id,
+        s.probe.node_id,
         m.current_leader
             .map_or("null".to_owned(), |l| l.to_string())
     );

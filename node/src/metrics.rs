@@ -52,8 +52,11 @@ pub const TIER_MOVES_PENDING: &str = "strata_tier_moves_pending";
 pub const RESTORES_IN_FLIGHT: &str = "strata_restores_in_flight";
 pub const TIER_REHYDRATED_BYTES: &str = "strata_tier_rehydrated_bytes_total";
 pub const TIER_COLD_READ_BYTES: &str = "strata_tier_cold_read_bytes_total";
-pub const TIER_BACKEND_REQUESTS: &str = "strata_tier_backend_requests_total";
-pub const TIER_BACKEND_ERRORS: &str = "strata_tier_backend_errors_total";
+pub const TIER_BACKEND_REQUESTS: &str = strata_cold::metrics::BACKEND_REQUESTS;
+pub const TIER_BACKEND_ERRORS: &str = strata_cold::metrics::BACKEND_ERRORS;
+pub const INGRESS_REFUSED: &str = "strata_ingress_refused_total";
+pub const STREAMS_OPEN: &str = "strata_streams_open";
+pub const MEMORY_IN_USE: &str = "strata_chunk_memory_bytes";
 
 /// Installs the global recorder; the handle renders the Prometheus text (see `http.rs`).
 pub fn install() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
@@ -102,6 +105,12 @@ pub fn install() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle
         LAYOUT_VERSION,
     ] {
         metrics::gauge!(name).set(0.0);
+    }
+    for kind in ["put", "get"] {
+        metrics::gauge!(STREAMS_OPEN, "kind" => kind).set(0.0);
+    }
+    for pool in ["client", "peer"] {
+        metrics::gauge!(MEMORY_IN_USE, "pool" => pool).set(0.0);
     }
     Ok(handle)
 }
@@ -238,6 +247,19 @@ fn describe() {
     describe_counter!(
         TIER_BACKEND_ERRORS,
         "failed requests to cold backends by backend and operation"
+    );
+    describe_counter!(
+        INGRESS_REFUSED,
+        "requests refused at the door, by the limit that refused them (message_size, max_streams, max_streams_per_tenant)"
+    );
+    describe_gauge!(
+        STREAMS_OPEN,
+        "open upload (kind=put) and download (kind=get) streams"
+    );
+    describe_gauge!(
+        MEMORY_IN_USE,
+        Unit::Bytes,
+        "chunk bytes held in memory against max_inflight_bytes, by pool (client: uploads and downloads; peer: chunks between nodes)"
     );
     describe_gauge!(
         LAYOUT_VERSION,

@@ -1,13 +1,14 @@
-//! Starting and stopping a node: open the stores, start the actors, bind gRPC and metrics,
-//! create first-run credentials, serve until shutdown, then drain.
+//! Starting and stopping a node: open the stores, build the node's parts (the one place that
+//! does), start the actors, bind gRPC and metrics, create first-run credentials, serve until
+//! shutdown, then drain.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use ractor::Actor;
-use std::time::Duration;
+use ractor::{Actor, ActorRef};
 
 use strata_cluster::state_machine::open_db;
 use strata_cluster::{Command, LayoutChange, StateMachine, TokenHash};
@@ -17,19 +18,141 @@ use strata_proto::v1::storage_server::StorageServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::actors::supervisor::NodeSupervisor;
+use crate::actors::supervisor::{ActorDeps, NodeSupervisor, SupervisorMsg};
+use crate::blocks::{BlockConfig, BlockManager, MemberBook, PeerService};
+use crate::budget::MemoryBudget;
 use crate::chunk_store::ChunkStore;
+use crate::clock::now_ms;
 use crate::config::Config;
-use crate::context::{Context, now_ms};
+use crate::disk::DiskSpace;
 use crate::peer::tls;
 use crate::raft::Cluster;
-use crate::raft::service::ClusterService;
-use crate::service::admin::{AdminService, create_tenant};
-use crate::service::storage::StorageService;
+use crate::reads::Reads;
+use crate::service::admin::{AdminDeps, AdminService, create_tenant};
+use crate::service::cluster::ClusterService;
+use crate::service::ingress::{IngressLayer, StreamGate};
+use crate::service::layout::NodeReport;
+use crate::service::storage::{StorageDeps, StorageService};
+use crate::tiering::Tiering;
 use crate::{auth, metrics};
 
+/// The parts of a running node. Only this module builds it; nothing below it imports it: each
+/// part gets the handles it needs.
+pub struct Node {
+    pub config: Arc<Config>,
+    pub sm: Arc<StateMachine>,
+    pub db: sled::Db,
+    pub cluster: Arc<Cluster>,
+    pub disk: Arc<DiskSpace>,
+    pub budget: Arc<MemoryBudget>,
+    pub blocks: Arc<BlockManager>,
+    pub tiering: Arc<Tiering>,
+    pub reads: Arc<Reads>,
+    pub started: Instant,
+}
+
+impl Node {
+    /// Opens the stores and builds every part, with Raft started at `advertise`.
+    async fn open(config: Config, advertise: String, secret: String) -> anyhow::Result<Node> {
+        let config = Arc::new(config);
+        let dir = config.data_dir.clone();
+        let (db, sm, disk) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+            let meta = dir.join("meta");
+            let db = open_db(&meta)
+                .with_context(|| format!("cannot open metadata in {}", meta.display()))?;
+            let sm = Arc::new(StateMachine::with_db(db.clone())?);
+            Ok((db, sm, DiskSpace::new(dir)))
+        })
+        .await??;
+        let dir = &config.data_dir;
+        let reserve = config.reserve_for(disk.total());
+        let store = ChunkStore::open(dir, config.min_free_bytes)
+            .await
+            .with_context(|| format!("cannot open chunk store in {}", dir.display()))?;
+        let cluster = Arc::new(
+            Cluster::start(
+                dir,
+                config.raft_snapshot_logs,
+                &db,
+                sm.clone(),
+                advertise,
+                secret,
+                disk.clone(),
+                reserve / 4,
+            )
+            .await?,
+        );
+        let members = Arc::new(MemberBook::default());
+        members.follow(cluster.raft.clone());
+        let budget = Arc::new(MemoryBudget::new(
+            config.max_inflight_bytes,
+            config.largest_message(),
+        ));
+        let blocks = Arc::new(BlockManager::new(
+            cluster.id,
+            store,
+            sm.clone(),
+            members,
+            budget.clone(),
+            BlockConfig {
+                read_cache_bytes: config.read_cache_bytes,
+                rebalance_rate_bytes: config.rebalance_rate_bytes,
+                gc_grace: config.gc_grace,
+            },
+        )?);
+        let backends = strata_cold::open_backends(&config.tier_backends()).await?;
+        let tiering = Arc::new(Tiering::new(
+            backends,
+            sm.clone(),
+            cluster.clone(),
+            blocks.clone(),
+            config.tier.clone(),
+        ));
+        let reads = Arc::new(Reads::new(sm.clone(), blocks.clone(), tiering.clone()));
+        Ok(Node {
+            config,
+            sm,
+            db,
+            cluster,
+            disk,
+            budget,
+            blocks,
+            tiering,
+            reads,
+            started: Instant::now(),
+        })
+    }
+
+    /// What the actors get.
+    pub fn actor_deps(&self) -> ActorDeps {
+        ActorDeps {
+            config: self.config.clone(),
+            sm: self.sm.clone(),
+            cluster: self.cluster.clone(),
+            blocks: self.blocks.clone(),
+            tiering: self.tiering.clone(),
+            reads: self.reads.clone(),
+        }
+    }
+
+    fn report(&self) -> Arc<NodeReport> {
+        Arc::new(NodeReport {
+            name: self.config.node_id.clone(),
+            disk: self.disk.clone(),
+            blocks: self.blocks.clone(),
+        })
+    }
+}
+
 /// How long a stopping node waits for in-flight requests.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 flow-control windows of the gRPC server (see `run`).
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Largest message of the internal service (Raft snapshots, forwarded commands).
+const INTERNAL_MESSAGE_LIMIT: usize = 256 << 20;
 
 /// How the node was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,15 +177,6 @@ pub async fn run(
     dev_nodes: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let dir = config.data_dir.clone();
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    let store = ChunkStore::open(&dir)
-        .with_context(|| format!("cannot open chunk store in {}", dir.display()))?;
-    let db = open_db(&dir.join("meta"))
-        .with_context(|| format!("cannot open metadata in {}", dir.join("meta").display()))?;
-    let sm = Arc::new(StateMachine::with_db(db.clone())?);
-
     let grpc = bind(config.listen, mode).await?;
     let grpc_addr = grpc.local_addr()?;
     let metrics_listener = bind(config.metrics_listen, mode).await?;
@@ -79,43 +193,57 @@ pub async fn run(
             "listening on {grpc_addr} without `advertise`: other nodes will be told {advertise}, which they cannot reach"
         );
     }
+    let dir = config.data_dir.clone();
     let secret_file = dir.join("cluster.secret");
     let secret = if !config.cluster_secret.is_empty() {
         config.cluster_secret.clone()
     } else {
-        std::fs::read_to_string(&secret_file)
+        let f = secret_file.clone();
+        tokio::task::spawn_blocking(move || std::fs::read_to_string(f))
+            .await?
             .map(|s| s.trim().to_owned())
             .unwrap_or_default()
     };
-    let cluster = Cluster::start(
-        &dir,
-        config.raft_snapshot_logs,
-        &db,
-        sm.clone(),
-        advertise,
-        secret.clone(),
-    )
-    .await?;
     let join = config.join.clone();
-    let backends = crate::cold::open_backends(&config).await?;
-    let ctx = Arc::new(Context::new(config, store, sm, cluster, backends)?);
-    let (supervisor, supervisor_handle) =
-        Actor::spawn(Some("node-supervisor".into()), NodeSupervisor, ctx.clone())
-            .await
-            .context("cannot start the node supervisor")?;
+    let node = Node::open(config, advertise, secret.clone()).await?;
+    node.disk.follow(Duration::from_secs(1));
+    let (supervisor, supervisor_handle) = Actor::spawn(
+        Some("node-supervisor".into()),
+        NodeSupervisor,
+        node.actor_deps(),
+    )
+    .await
+    .context("cannot start the node supervisor")?;
 
-    let max_msg = ctx.config.max_chunk_bytes as usize + 1024 * 1024;
-    let storage = StorageServer::new(StorageService::new(ctx.clone(), supervisor.clone()))
-        .max_decoding_message_size(max_msg.max(64 * 1024 * 1024))
-        .max_encoding_message_size(max_msg);
-    let admin = AdminServer::new(AdminService::new(
-        ctx.clone(),
-        supervisor.clone(),
-        format!("http://{grpc_addr}"),
-    ));
-    let internal = ClusterServer::new(ClusterService::new(ctx.clone()))
-        .max_decoding_message_size(256 * 1024 * 1024)
-        .max_encoding_message_size(256 * 1024 * 1024);
+    let limit = node.config.largest_message() as usize;
+    let streams = StreamGate::new(node.config.max_streams, node.config.max_streams_per_tenant);
+    let storage = StorageServer::new(StorageService::new(StorageDeps {
+        sm: node.sm.clone(),
+        cluster: node.cluster.clone(),
+        reads: node.reads.clone(),
+        tiering: node.tiering.clone(),
+        sup: supervisor.clone(),
+        config: node.config.clone(),
+        budget: node.budget.clone(),
+        streams,
+    }))
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
+    let report = node.report();
+    let admin = AdminServer::new(AdminService::new(AdminDeps {
+        sm: node.sm.clone(),
+        cluster: node.cluster.clone(),
+        tiering: node.tiering.clone(),
+        report: report.clone(),
+        sup: supervisor.clone(),
+        grpc_address: format!("http://{grpc_addr}"),
+        data_dir: dir.display().to_string(),
+        started: node.started,
+    }))
+    .max_decoding_message_size(limit);
+    let internal = ClusterServer::new(ClusterService::new(node.cluster.clone(), report))
+        .max_decoding_message_size(INTERNAL_MESSAGE_LIMIT)
+        .max_encoding_message_size(INTERNAL_MESSAGE_LIMIT);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<StorageServer<StorageService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
@@ -125,11 +253,18 @@ pub async fn run(
         .build_v1()?;
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    // Large HTTP/2 windows: the default 64 KiB window throttles multi-MiB chunk streams.
+    // HTTP/2 windows: a stream's window is what a client can send before the node reads (the
+    // ingress layer reads a chunk only once it has memory for it), so it is kept small; the
+    // connection window lets several streams of one client move at once.
     let server = tonic::transport::Server::builder()
-        .initial_stream_window_size(16 * 1024 * 1024)
-        .initial_connection_window_size(64 * 1024 * 1024)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .tcp_nodelay(true)
+        .layer(IngressLayer::new(
+            node.budget.clone(),
+            limit,
+            INTERNAL_MESSAGE_LIMIT,
+        ))
         .add_service(storage)
         .add_service(admin)
         .add_service(internal)
@@ -144,11 +279,18 @@ pub async fn run(
     tokio::spawn(crate::http::serve(
         metrics_listener,
         metrics_handle,
-        ctx.clone(),
+        crate::http::Probe {
+            node_id: node.config.node_id.clone(),
+            raft: node.cluster.raft.clone(),
+            disk: node.disk.clone(),
+            blocks: node.blocks.clone(),
+            budget: node.budget.clone(),
+            started: node.started,
+        },
     ));
-    tokio::spawn(metrics::follow_raft(ctx.cluster.raft.clone()));
+    tokio::spawn(metrics::follow_raft(node.cluster.raft.clone()));
 
-    let member = bootstrap(&ctx, mode, init, &join, &secret_file).await?;
+    let member = bootstrap(&node, mode, init, &join, &secret_file).await?;
     let mut first = FirstRun {
         admin_token: None,
         tenant_token: None,
@@ -156,8 +298,8 @@ pub async fn run(
     // The node that creates a cluster (dev, --init) also creates its first credentials; after
     // a read barrier, so a restarted node whose replica lags never makes a second set.
     if member && join.is_empty() && (mode == Mode::Dev || init) {
-        match ctx.linearize().await {
-            Ok(()) => first = first_run(&ctx, mode).await?,
+        match node.cluster.linearize().await {
+            Ok(()) => first = first_run(&node, mode).await?,
             Err(e) => {
                 tracing::warn!(error = %e, "first-run credentials not checked: no quorum yet")
             }
@@ -165,21 +307,28 @@ pub async fn run(
     }
     let creator = member && join.is_empty() && (mode == Mode::Dev || init);
     let transport = if member {
-        Some(tokio::spawn(start_transport(ctx.clone(), grpc_addr)))
+        Some(tokio::spawn(start_transport(
+            node.sm.clone(),
+            node.cluster.clone(),
+            node.blocks.clone(),
+            node.config.data_dir.clone(),
+            node.config.node_id.clone(),
+            grpc_addr,
+        )))
     } else {
         None
     };
     if creator {
         let dev_single = mode == Mode::Dev && dev_nodes <= 1;
-        if let Err(e) = initial_layout(&ctx, dev_single).await {
+        if let Err(e) = initial_layout(&node, dev_single).await {
             tracing::warn!(error = %e, "could not put this node in the layout");
         }
     }
-    write_node_file(&dir, grpc_addr, metrics_addr, &ctx.config.node_id)?;
-    banner(&ctx.config, mode, grpc_addr, metrics_addr, &first);
+    write_node_file(&dir, grpc_addr, metrics_addr, &node.config.node_id).await?;
+    banner(&node.config, mode, grpc_addr, metrics_addr, &first);
     let _peers = if mode == Mode::Dev && dev_nodes > 1 {
-        let peers = DevPeers::start(&ctx, dev_nodes).await?;
-        dev_layout(&ctx).await?;
+        let peers = DevPeers::start(&node, dev_nodes).await?;
+        dev_layout(&node).await?;
         peers
     } else {
         DevPeers(Vec::new())
@@ -202,17 +351,14 @@ pub async fn run(
         }
     };
     tracing::info!("shutting down: stopping actors and raft, flushing metadata");
-    if let Ok(peers) = ctx.placement.peers() {
-        peers.endpoint().close(0u32.into(), b"shutdown");
-    }
+    node.blocks.close_transport();
     if let Some(t) = transport {
         t.abort();
     }
-    supervisor.stop(Some("shutdown".into()));
-    let _ = supervisor_handle.await;
-    let _ = ctx.cluster.raft.shutdown().await;
-    ctx.sm.flush().await?;
-    let _ = std::fs::remove_file(dir.join("node.json"));
+    stop_actors(supervisor, supervisor_handle).await;
+    let _ = node.cluster.raft.shutdown().await;
+    node.sm.flush().await?;
+    let _ = tokio::fs::remove_file(dir.join("node.json")).await;
     result.context("gRPC server failed")
 }
 
@@ -220,13 +366,13 @@ pub async fn run(
 /// starts a new one-node cluster with a fresh secret. Returns whether the node is now a
 /// member of a cluster.
 async fn bootstrap(
-    ctx: &Context,
+    node: &Node,
     mode: Mode,
     init: bool,
     join: &str,
     secret_file: &Path,
 ) -> anyhow::Result<bool> {
-    let cluster = &ctx.cluster;
+    let cluster = &node.cluster;
     if cluster.is_initialized().await {
         if cluster.peers.secret().is_empty() {
             anyhow::bail!(
@@ -267,15 +413,21 @@ async fn bootstrap(
 /// Brings up the peer transport: the cluster CA (created by the first member that finds none),
 /// this node's certificate, and the QUIC endpoint on UDP at the gRPC port. Retries until it
 /// works (a restarted node may have to wait for a quorum to read the CA).
-async fn start_transport(ctx: Arc<Context>, grpc_addr: SocketAddr) {
+async fn start_transport(
+    sm: Arc<StateMachine>,
+    cluster: Arc<Cluster>,
+    blocks: Arc<BlockManager>,
+    data_dir: std::path::PathBuf,
+    node_name: String,
+    grpc_addr: SocketAddr,
+) {
     let mut attempt = 0u32;
     loop {
-        match try_start_transport(&ctx, grpc_addr).await {
+        match try_start_transport(&sm, &cluster, &blocks, &data_dir, &node_name, grpc_addr).await {
             Ok(()) => return,
             Err(e) => {
                 attempt += 1;
-                let level_warn = attempt % 10 == 1;
-                if level_warn {
+                if attempt % 10 == 1 {
                     tracing::warn!(error = %e, "peer transport not up yet; retrying");
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -284,70 +436,83 @@ async fn start_transport(ctx: Arc<Context>, grpc_addr: SocketAddr) {
     }
 }
 
-async fn try_start_transport(ctx: &Arc<Context>, grpc_addr: SocketAddr) -> anyhow::Result<()> {
-    let ca = match ctx.sm.cluster_ca()? {
+async fn try_start_transport(
+    sm: &StateMachine,
+    cluster: &Cluster,
+    blocks: &Arc<BlockManager>,
+    data_dir: &Path,
+    node_name: &str,
+    grpc_addr: SocketAddr,
+) -> anyhow::Result<()> {
+    let ca = match sm.cluster_ca()? {
         Some(ca) => ca,
         None => {
-            ctx.linearize().await?;
-            if ctx.sm.cluster_ca()?.is_none() {
+            cluster.linearize().await?;
+            if sm.cluster_ca()?.is_none() {
                 let ca = tls::new_ca()?;
-                ctx.propose(Command::SetClusterCa {
-                    cert_pem: ca.cert_pem,
-                    key_pem: ca.key_pem,
-                })
-                .await?;
+                cluster
+                    .propose(Command::SetClusterCa {
+                        cert_pem: ca.cert_pem,
+                        key_pem: ca.key_pem,
+                    })
+                    .await?;
                 tracing::info!("created the cluster CA for the peer transport");
             }
-            ctx.sm
-                .cluster_ca()?
+            sm.cluster_ca()?
                 .ok_or_else(|| anyhow::anyhow!("the cluster CA is not in the metadata"))?
         }
     };
-    let dir = &ctx.config.data_dir;
-    let identity = match tls::Identity::load(dir, &ca.cert_pem) {
-        Some(i) => i,
-        None => {
-            let name = format!("{} (raft id {})", ctx.config.node_id, ctx.cluster.id);
-            let i = tls::Identity::create(dir, &ca, &name)?;
-            tracing::info!(dir = %dir.join("tls").display(), "signed this node's certificate with the cluster CA");
-            i
+    let dir = data_dir.to_owned();
+    let name = format!("{node_name} (raft id {})", cluster.id);
+    let identity = tokio::task::spawn_blocking(move || -> anyhow::Result<tls::Identity> {
+        if let Some(i) = tls::Identity::load(&dir, &ca.cert_pem) {
+            return Ok(i);
         }
-    };
+        let i = tls::Identity::create(&dir, &ca, &name)?;
+        tracing::info!(dir = %dir.join("tls").display(), "signed this node's certificate with the cluster CA");
+        Ok(i)
+    })
+    .await??;
     let mut endpoint = quinn::Endpoint::server(identity.server_config()?, grpc_addr)
         .with_context(|| format!("cannot listen for QUIC on udp/{grpc_addr}"))?;
     endpoint.set_default_client_config(identity.client_config()?);
-    tokio::spawn(crate::peer::server::serve(endpoint.clone(), ctx.clone()));
-    ctx.placement
-        .set_peers(Arc::new(crate::peer::PeerClient::new(endpoint)));
+    tokio::spawn(crate::peer::server::serve(
+        endpoint.clone(),
+        Arc::new(PeerService(blocks.clone())),
+    ));
+    blocks.set_peers(Arc::new(crate::peer::PeerClient::new(endpoint)));
     tracing::info!(addr = %grpc_addr, "peer transport (QUIC, mutual TLS) listening on udp/{grpc_addr}");
     Ok(())
 }
 
 /// This node's capacity weight: the configured one, or its data disk's size.
-pub fn own_capacity(config: &Config) -> u64 {
+fn own_capacity(config: &Config, disk: &DiskSpace) -> u64 {
     if config.capacity > 0 {
         return config.capacity;
     }
-    fs4::total_space(&config.data_dir).unwrap_or(1 << 40).max(1)
+    match disk.total() {
+        0 => 1 << 40,
+        t => t,
+    }
 }
 
 /// The node that creates a cluster puts itself in the layout (version 1), so a new cluster
 /// stores chunks at once. A single-node `dev` cluster keeps one copy of each chunk.
-async fn initial_layout(ctx: &Context, dev_single: bool) -> anyhow::Result<()> {
-    let state = ctx.sm.layout()?;
+async fn initial_layout(node: &Node, dev_single: bool) -> anyhow::Result<()> {
+    let state = node.sm.layout()?;
     if state.current.version > 0 || state.staged.is_some() {
         return Ok(());
     }
     let (r, w) = if dev_single {
         (1, 1)
     } else {
-        (ctx.config.replication, ctx.config.write_quorum)
+        (node.config.replication, node.config.write_quorum)
     };
     let cmd = Command::Batch(vec![
         Command::StageLayout(LayoutChange::Assign {
-            node: ctx.cluster.id,
-            zone: ctx.config.zone.clone(),
-            capacity: own_capacity(&ctx.config),
+            node: node.cluster.id,
+            zone: node.config.zone.clone(),
+            capacity: own_capacity(&node.config, &node.disk),
         }),
         Command::StageLayout(LayoutChange::Replication {
             replication: r,
@@ -355,7 +520,7 @@ async fn initial_layout(ctx: &Context, dev_single: bool) -> anyhow::Result<()> {
         }),
         Command::ApplyLayout { version: 1 },
     ]);
-    batch_ok(ctx.propose(cmd).await?)?;
+    batch_ok(node.cluster.propose(cmd).await?)?;
     tracing::info!(
         replication = r,
         write_quorum = w,
@@ -365,9 +530,9 @@ async fn initial_layout(ctx: &Context, dev_single: bool) -> anyhow::Result<()> {
 }
 
 /// Every member of a new `dev --nodes N` cluster goes into the layout, in one version.
-async fn dev_layout(ctx: &Context) -> anyhow::Result<()> {
-    let state = ctx.sm.layout()?;
-    let voters = ctx.cluster.voters();
+async fn dev_layout(node: &Node) -> anyhow::Result<()> {
+    let state = node.sm.layout()?;
+    let voters = node.cluster.voters();
     if voters.iter().all(|v| state.current.nodes.contains_key(v)) {
         return Ok(());
     }
@@ -377,15 +542,15 @@ async fn dev_layout(ctx: &Context) -> anyhow::Result<()> {
         .map(|v| {
             Command::StageLayout(LayoutChange::Assign {
                 node: *v,
-                zone: ctx.config.zone.clone(),
-                capacity: own_capacity(&ctx.config),
+                zone: node.config.zone.clone(),
+                capacity: own_capacity(&node.config, &node.disk),
             })
         })
         .collect();
     cmds.push(Command::ApplyLayout {
         version: state.current.version + 1,
     });
-    batch_ok(ctx.propose(Command::Batch(cmds)).await?)?;
+    batch_ok(node.cluster.propose(Command::Batch(cmds)).await?)?;
     Ok(())
 }
 
@@ -402,15 +567,15 @@ fn batch_ok(r: strata_cluster::Response) -> anyhow::Result<()> {
 struct DevPeers(Vec<std::process::Child>);
 
 impl DevPeers {
-    async fn start(ctx: &Context, n: usize) -> anyhow::Result<DevPeers> {
-        let base = ctx
+    async fn start(node: &Node, n: usize) -> anyhow::Result<DevPeers> {
+        let base = node
             .config
             .data_dir
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let exe = std::env::current_exe()?;
-        let local_cold = ctx
+        let local_cold = node
             .config
             .tier_backends()
             .into_iter()
@@ -423,12 +588,12 @@ impl DevPeers {
             std::fs::create_dir_all(&dir)?;
             let log = std::fs::File::create(dir.join("node.log"))?;
             let listen = std::net::SocketAddr::new(
-                ctx.config.listen.ip(),
-                ctx.config.listen.port().saturating_add(k as u16 - 1),
+                node.config.listen.ip(),
+                node.config.listen.port().saturating_add(k as u16 - 1),
             );
             let metrics = std::net::SocketAddr::new(
-                ctx.config.metrics_listen.ip(),
-                ctx.config
+                node.config.metrics_listen.ip(),
+                node.config
                     .metrics_listen
                     .port()
                     .saturating_add(k as u16 - 1),
@@ -447,10 +612,10 @@ impl DevPeers {
                     "--node-id",
                     &format!("node-{k}"),
                     "--join",
-                    &ctx.cluster.addr,
+                    &node.cluster.addr,
                 ])
-                .env("STRATA_CLUSTER_SECRET", ctx.cluster.peers.secret())
-                .env("STRATA_LOG", &ctx.config.log)
+                .env("STRATA_CLUSTER_SECRET", node.cluster.peers.secret())
+                .env("STRATA_LOG", &node.config.log)
                 // One local cold directory for the whole dev cluster (the leader may move).
                 .env("STRATA_COLD_DIR", &local_cold)
                 .stdout(std::process::Stdio::null())
@@ -463,7 +628,7 @@ impl DevPeers {
         // Wait until every node has joined as a voter.
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
-            let voters = ctx.cluster.voters().len();
+            let voters = node.cluster.voters().len();
             if voters >= n {
                 break;
             }
@@ -513,29 +678,23 @@ impl Drop for DevPeers {
     }
 }
 
-/// A single-node context on `config.data_dir`, initialized and leading, without gRPC: for
-/// tests and tools that drive the actors directly.
-pub async fn open_single_node(config: Config) -> anyhow::Result<Arc<Context>> {
-    let dir = config.data_dir.clone();
-    std::fs::create_dir_all(&dir)?;
-    let store = ChunkStore::open(&dir)?;
-    let db = open_db(&dir.join("meta"))?;
-    let sm = Arc::new(StateMachine::with_db(db.clone())?);
-    let secret = auth::new_token();
-    let cluster = Cluster::start(
-        &dir,
-        config.raft_snapshot_logs,
-        &db,
-        sm.clone(),
-        "http://127.0.0.1:1".into(),
-        secret,
-    )
-    .await?;
-    cluster.init_single().await?;
-    let backends = crate::cold::open_backends(&config).await?;
-    Ok(Arc::new(Context::new(
-        config, store, sm, cluster, backends,
-    )?))
+/// A single-node cluster on `config.data_dir`, initialized and leading, without gRPC or a peer
+/// transport: for tests and tools that drive the actors directly.
+pub async fn open_single_node(config: Config) -> anyhow::Result<Node> {
+    let node = Node::open(config, "http://127.0.0.1:1".into(), auth::new_token()).await?;
+    node.cluster.init_single().await?;
+    Ok(node)
+}
+
+/// Stops the supervisor and its children, waiting at most a few seconds.
+async fn stop_actors(supervisor: ActorRef<SupervisorMsg>, handle: tokio::task::JoinHandle<()>) {
+    supervisor.stop(Some("shutdown".into()));
+    if tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .is_err()
+    {
+        tracing::warn!("actors did not stop within 10 s");
+    }
 }
 
 async fn bind(addr: SocketAddr, mode: Mode) -> anyhow::Result<TcpListener> {
@@ -563,24 +722,25 @@ async fn bind(addr: SocketAddr, mode: Mode) -> anyhow::Result<TcpListener> {
     ))
 }
 
-async fn first_run(ctx: &Context, mode: Mode) -> anyhow::Result<FirstRun> {
+async fn first_run(node: &Node, mode: Mode) -> anyhow::Result<FirstRun> {
     let mut first = FirstRun {
         admin_token: None,
         tenant_token: None,
     };
-    let dir = &ctx.config.data_dir;
-    if !ctx.sm.has_admin_token()? {
+    let dir = &node.config.data_dir;
+    if !node.sm.has_admin_token()? {
         let token = auth::new_token();
-        ctx.propose(Command::CreateAdminToken {
-            token: TokenHash::of(&token),
-            now_ms: now_ms(),
-        })
-        .await?;
+        node.cluster
+            .propose(Command::CreateAdminToken {
+                token: TokenHash::of(&token),
+                now_ms: now_ms(),
+            })
+            .await?;
         write_secret(&dir.join("admin.token"), &token)?;
         first.admin_token = Some(token);
     }
-    if mode == Mode::Dev && ctx.sm.counts()?.tenants == 0 {
-        let (_, token) = create_tenant(ctx, "default").await?;
+    if mode == Mode::Dev && node.sm.counts()?.tenants == 0 {
+        let (_, token) = create_tenant(&node.cluster, "default").await?;
         write_secret(&dir.join("tenant.token"), &token)?;
         first.tenant_token = Some(token);
     }
@@ -604,7 +764,7 @@ fn write_secret(path: &Path, token: &str) -> anyhow::Result<()> {
 }
 
 /// `node.json` in the data dir says where a running node listens (scripts and tests read it).
-fn write_node_file(
+async fn write_node_file(
     dir: &Path,
     grpc: SocketAddr,
     metrics: SocketAddr,
@@ -615,8 +775,8 @@ fn write_node_file(
         std::process::id()
     );
     let tmp = dir.join("node.json.tmp");
-    std::fs::write(&tmp, body)?;
-    std::fs::rename(tmp, dir.join("node.json"))?;
+    tokio::fs::write(&tmp, body).await?;
+    tokio::fs::rename(tmp, dir.join("node.json")).await?;
     Ok(())
 }
 

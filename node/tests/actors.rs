@@ -18,10 +18,10 @@ async fn killed_session_actor_is_restarted_with_its_state() {
         data_dir: dir.path().to_owned(),
         ..Config::default()
     };
-    let ctx = strata_node::server::open_single_node(config)
+    let node = strata_node::server::open_single_node(config)
         .await
         .expect("single node");
-    let (sup, _handle) = Actor::spawn(None, NodeSupervisor, ctx.clone())
+    let (sup, _handle) = Actor::spawn(None, NodeSupervisor, node.actor_deps())
         .await
         .expect("supervisor");
 
@@ -36,18 +36,19 @@ async fn killed_session_actor_is_restarted_with_its_state() {
         .collect();
     let session = SessionId::from_bytes([7; 16]);
     let tenant = TenantId(1);
-    ctx.propose(Command::OpenSession {
-        session,
-        tenant,
-        bucket: strata_cluster::BucketName::new("bucket").expect("bucket"),
-        key: strata_cluster::ObjectKey::new("k").expect("key"),
-        size: whole.len() as u64,
-        manifest: Some(manifest),
-        content_type: String::new(),
-        now_ms: strata_node::context::now_ms(),
-    })
-    .await
-    .expect("open");
+    node.cluster
+        .propose(Command::OpenSession {
+            session,
+            tenant,
+            bucket: strata_cluster::BucketName::new("bucket").expect("bucket"),
+            key: strata_cluster::ObjectKey::new("k").expect("key"),
+            size: whole.len() as u64,
+            manifest: Some(manifest),
+            content_type: String::new(),
+            now_ms: strata_node::clock::now_ms(),
+        })
+        .await
+        .expect("open");
 
     let first = session_actor(&sup, session).await.expect("actor");
     let ack = call(&first, |reply| SessionMsg::Put {
@@ -55,6 +56,7 @@ async fn killed_session_actor_is_restarted_with_its_state() {
         offset: 0,
         id: ChunkId::of(&parts[0]),
         data: Bytes::from(parts[0].clone()),
+        permit: None,
         reply,
     })
     .await
@@ -82,6 +84,7 @@ async fn killed_session_actor_is_restarted_with_its_state() {
         offset: 0,
         id: ChunkId::of(&parts[0]),
         data: Bytes::from(parts[0].clone()),
+        permit: None,
         reply,
     })
     .await
@@ -96,6 +99,7 @@ async fn killed_session_actor_is_restarted_with_its_state() {
         offset: 2048,
         id: ChunkId::of(&parts[1]),
         data: Bytes::from(parts[1].clone()),
+        permit: None,
         reply,
     })
     .await

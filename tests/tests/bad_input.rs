@@ -92,6 +92,7 @@ async fn unknown_or_expired_sessions_are_not_found() {
     let node = Node::start_with(&[
         ("STRATA_SESSION_IDLE_TIMEOUT", "1s"),
         ("STRATA_JANITOR_INTERVAL", "200ms"),
+        ("STRATA_GC_GRACE", "1s"),
     ]);
     let mut s = node.storage().await;
     let unknown = "00112233445566778899aabbccddeeff";

@@ -59,7 +59,10 @@ async fn full_disk_is_resource_exhausted_and_the_node_stays_up() {
     let mut node = Node::start_in(
         root,
         mount.0.join("data"),
-        &[("STRATA_JANITOR_INTERVAL", "200ms")],
+        &[
+            ("STRATA_JANITOR_INTERVAL", "200ms"),
+            ("STRATA_GC_GRACE", "1s"),
+        ],
     );
     let mut s = node.storage().await;
     let small = data(10_000, 1);

@@ -11,6 +11,7 @@ async fn versions_trash_and_purge() {
     let node = Node::start_with(&[
         ("STRATA_TRASH_RETENTION", "2s"),
         ("STRATA_JANITOR_INTERVAL", "200ms"),
+        ("STRATA_GC_GRACE", "1s"),
     ]);
     let mut s = node.storage().await;
     let v1 = data(5 * 1024 * 1024, 1);

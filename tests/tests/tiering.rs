@@ -25,6 +25,7 @@ fn node_with(backends: &str, pack_bytes: usize, extra_tier: &str) -> (tempfile::
     let node = Node::start_with(&[
         ("STRATA_CONFIG", config.as_str()),
         ("STRATA_JANITOR_INTERVAL", "1s"),
+        ("STRATA_GC_GRACE", "1s"),
     ]);
     (dir, node)
 }
@@ -550,6 +551,7 @@ async fn three_nodes_release_everywhere_restore_to_homes_and_move_after_a_leader
             ("STRATA_CONFIG", file.as_str()),
             ("STRATA_COLD_DIR", cold_dir.as_str()),
             ("STRATA_JANITOR_INTERVAL", "1s"),
+            ("STRATA_GC_GRACE", "1s"),
         ],
     );
     let bytes = data(6 * MIB + 5, 21);

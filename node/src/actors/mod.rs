@@ -4,7 +4,8 @@
 //! NodeSupervisor
 //! ├── UploadSession   one per open upload, spawned on demand, state recovered from metadata
 //! ├── Janitor         session expiry, trash purge, chunk garbage collection
-//! └── Placement       replication queue retries, rebalancing after layout changes, draining
+//! ├── Placement       replication queue retries, rebalancing after layout changes, draining
+//! └── Tiering         records reads; on the leader, moves versions cold, restores, deletes archives
 //! ```
 
 pub mod janitor;

@@ -10,10 +10,8 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::context::Context;
-use crate::error::NodeResult;
+use crate::blocks::{BlockManager, BlockResult};
 use crate::metrics as m;
-use crate::placement;
 
 /// How often the actor looks for work.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -26,12 +24,12 @@ pub struct PlacementActor;
 
 pub enum PlacementMsg {
     Tick,
-    QueueDone(NodeResult<usize>),
-    PassDone(NodeResult<u64>),
+    QueueDone(BlockResult<usize>),
+    PassDone(BlockResult<u64>),
 }
 
 pub struct PlacementState {
-    ctx: Arc<Context>,
+    blocks: Arc<BlockManager>,
     queue_running: bool,
     pass_running: bool,
     /// No pass before this instant (after one that left chunks pending or failed).
@@ -43,16 +41,16 @@ pub struct PlacementState {
 impl Actor for PlacementActor {
     type Msg = PlacementMsg;
     type State = PlacementState;
-    type Arguments = Arc<Context>;
+    type Arguments = Arc<BlockManager>;
 
     async fn pre_start(
         &self,
         myself: ActorRef<PlacementMsg>,
-        ctx: Arc<Context>,
+        blocks: Arc<BlockManager>,
     ) -> Result<PlacementState, ActorProcessingErr> {
         myself.send_interval(TICK, || PlacementMsg::Tick);
         Ok(PlacementState {
-            ctx,
+            blocks,
             queue_running: false,
             pass_running: false,
             next_pass: Instant::now(),
@@ -80,7 +78,7 @@ impl Actor for PlacementActor {
                     Ok(0) => {
                         st.pass_pending = false;
                         tracing::info!(
-                            layout = st.ctx.placement.scanned_version(),
+                            layout = st.blocks.scanned_version(),
                             "rebalance pass complete: every chunk held here is at its homes"
                         );
                     }
@@ -103,30 +101,30 @@ impl Actor for PlacementActor {
 
 impl PlacementState {
     fn tick(&mut self, myself: &ActorRef<PlacementMsg>) -> Result<(), ActorProcessingErr> {
-        let ctx = &self.ctx;
-        metrics::gauge!(m::REPLICATION_QUEUE).set(ctx.placement.queue_len() as f64);
+        let blocks = &self.blocks;
+        metrics::gauge!(m::REPLICATION_QUEUE).set(blocks.queue_len() as f64);
         // Nothing moves before the peer transport is up (a joining node).
-        if ctx.placement.peers().is_err() {
+        if !blocks.transport_up() {
             return Ok(());
         }
-        let current = ctx.sm.layout()?.current.version;
+        let current = blocks.layout_version()?;
         metrics::gauge!(m::LAYOUT_VERSION).set(current as f64);
-        if !self.queue_running && ctx.placement.queue_len() > 0 {
+        if !self.queue_running && blocks.queue_len() > 0 {
             self.queue_running = true;
-            let (ctx, me) = (ctx.clone(), myself.clone());
+            let (blocks, me) = (blocks.clone(), myself.clone());
             tokio::spawn(async move {
-                let r = placement::drain_queue(&ctx, QUEUE_BATCH).await;
+                let r = blocks.drain_queue(QUEUE_BATCH).await;
                 let _ = me.cast(PlacementMsg::QueueDone(r));
             });
         }
         let due = current > 0
-            && (ctx.placement.scanned_version() != current || self.pass_pending)
+            && (blocks.scanned_version() != current || self.pass_pending)
             && Instant::now() >= self.next_pass;
         if !self.pass_running && due {
             self.pass_running = true;
-            let (ctx, me) = (ctx.clone(), myself.clone());
+            let (blocks, me) = (blocks.clone(), myself.clone());
             tokio::spawn(async move {
-                let r = placement::rebalance_pass(&ctx).await;
+                let r = blocks.rebalance_pass().await;
                 let _ = me.cast(PlacementMsg::PassDone(r));
             });
         }

@@ -1,7 +1,7 @@
 //! NodeSupervisor: the root of the node's actors. It spawns one UploadSession per open upload
-//! on demand (recovering its state from the state machine) and the Janitor; a child that fails
-//! is restarted with its state recovered. Placement (replication queue, rebalancing) runs here
-//! too; the Verifier and Tiering actors join here.
+//! on demand (recovering its state from the state machine), the Janitor, Placement
+//! (replication queue, rebalancing) and Tiering; a child that fails is restarted with its
+//! state recovered. The Verifier joins here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,15 +12,32 @@ use ractor::{
 };
 use strata_cluster::SessionId;
 
-use super::janitor::{Janitor, JanitorMsg};
+use strata_cluster::StateMachine;
+
+use super::janitor::{Janitor, JanitorArgs, JanitorMsg};
 use super::placement::{PlacementActor, PlacementMsg};
-use super::tiering::{TieringActor, TieringMsg};
-use super::upload_session::{SessionArgs, SessionMsg, UploadSession};
-use crate::context::Context;
+use super::tiering::{TieringActor, TieringArgs, TieringMsg};
+use super::upload_session::{SessionArgs, SessionDeps, SessionMsg, UploadSession};
+use crate::blocks::BlockManager;
+use crate::config::Config;
 use crate::error::{NodeError, NodeResult};
 use crate::metrics as m;
+use crate::raft::Cluster;
+use crate::reads::Reads;
+use crate::tiering::Tiering;
 
 pub struct NodeSupervisor;
+
+/// What the actors work with (built by the server).
+#[derive(Clone)]
+pub struct ActorDeps {
+    pub config: Arc<Config>,
+    pub sm: Arc<StateMachine>,
+    pub cluster: Arc<Cluster>,
+    pub blocks: Arc<BlockManager>,
+    pub tiering: Arc<Tiering>,
+    pub reads: Arc<Reads>,
+}
 
 /// Stop reasons of a session actor that ended its session on purpose.
 pub const PLANNED_STOPS: &[&str] = &["completed", "aborted", "session expired"];
@@ -37,7 +54,7 @@ pub enum SupervisorMsg {
 }
 
 pub struct SupervisorState {
-    ctx: Arc<Context>,
+    deps: ActorDeps,
     sessions: HashMap<SessionId, ActorRef<SessionMsg>>,
     by_actor: HashMap<ActorId, SessionId>,
     janitor: Option<ActorRef<JanitorMsg>>,
@@ -51,12 +68,19 @@ impl SupervisorState {
         myself: &ActorRef<SupervisorMsg>,
         id: SessionId,
     ) -> NodeResult<ActorRef<SessionMsg>> {
-        if self.ctx.sm.session(&id)?.is_none() {
+        if self.deps.sm.session(&id)?.is_none() {
             return Err(strata_cluster::Rejection::SessionNotFound.into());
         }
+        let d = &self.deps;
         let args = SessionArgs {
             id,
-            ctx: self.ctx.clone(),
+            deps: SessionDeps {
+                sm: d.sm.clone(),
+                cluster: d.cluster.clone(),
+                blocks: d.blocks.clone(),
+                reads: d.reads.clone(),
+                max_chunk_bytes: d.config.max_chunk_bytes,
+            },
         };
         let (actor, _) = Actor::spawn_linked(None, UploadSession, args, myself.get_cell())
             .await
@@ -71,13 +95,16 @@ impl SupervisorState {
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
     ) -> Result<(), ActorProcessingErr> {
-        let (janitor, _) = Actor::spawn_linked(
-            None,
-            Janitor,
-            (self.ctx.clone(), myself.clone()),
-            myself.get_cell(),
-        )
-        .await?;
+        let d = &self.deps;
+        let args = JanitorArgs {
+            sm: d.sm.clone(),
+            cluster: d.cluster.clone(),
+            blocks: d.blocks.clone(),
+            interval: d.config.janitor_interval,
+            session_idle_timeout: d.config.session_idle_timeout,
+            supervisor: myself.clone(),
+        };
+        let (janitor, _) = Actor::spawn_linked(None, Janitor, args, myself.get_cell()).await?;
         self.janitor = Some(janitor);
         Ok(())
     }
@@ -86,8 +113,9 @@ impl SupervisorState {
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
     ) -> Result<(), ActorProcessingErr> {
+        let blocks = self.deps.blocks.clone();
         let (actor, _) =
-            Actor::spawn_linked(None, PlacementActor, self.ctx.clone(), myself.get_cell()).await?;
+            Actor::spawn_linked(None, PlacementActor, blocks, myself.get_cell()).await?;
         self.placement = Some(actor);
         Ok(())
     }
@@ -96,8 +124,12 @@ impl SupervisorState {
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
     ) -> Result<(), ActorProcessingErr> {
-        let (actor, _) =
-            Actor::spawn_linked(None, TieringActor, self.ctx.clone(), myself.get_cell()).await?;
+        let args = TieringArgs {
+            tiering: self.deps.tiering.clone(),
+            cluster: self.deps.cluster.clone(),
+            interval: self.deps.config.tier.interval,
+        };
+        let (actor, _) = Actor::spawn_linked(None, TieringActor, args, myself.get_cell()).await?;
         self.tiering = Some(actor);
         Ok(())
     }
@@ -131,15 +163,15 @@ impl SupervisorState {
 impl Actor for NodeSupervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
-    type Arguments = Arc<Context>;
+    type Arguments = ActorDeps;
 
     async fn pre_start(
         &self,
         myself: ActorRef<SupervisorMsg>,
-        ctx: Arc<Context>,
+        deps: ActorDeps,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let mut st = SupervisorState {
-            ctx,
+            deps,
             sessions: HashMap::new(),
             by_actor: HashMap::new(),
             janitor: None,
@@ -199,7 +231,7 @@ impl Actor for NodeSupervisor {
                     .as_deref()
                     .is_some_and(|r| PLANNED_STOPS.contains(&r));
                 if let Some(id) = st.forget_actor(&cell) {
-                    if !planned && st.ctx.sm.session(&id)?.is_some() {
+                    if !planned && st.deps.sm.session(&id)?.is_some() {
                         // Killed or stopped by someone else while its upload is open: bring it back.
                         metrics::counter!(m::ACTOR_RESTARTS).increment(1);
                         tracing::warn!(session = %id, ?reason, "upload session actor stopped unexpectedly; restarting it");

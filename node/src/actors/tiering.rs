@@ -3,12 +3,12 @@
 //! up behind a long pass are skipped.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::context::Context;
-use crate::tiering::{self, PassReport};
+use crate::raft::Cluster;
+use crate::tiering::{PassReport, Tiering};
 
 pub struct TieringActor;
 
@@ -18,24 +18,30 @@ pub enum TieringMsg {
     RunNow(RpcReplyPort<PassReport>),
 }
 
+pub struct TieringArgs {
+    pub tiering: Arc<Tiering>,
+    pub cluster: Arc<Cluster>,
+    pub interval: Duration,
+}
+
 pub struct TieringState {
-    ctx: Arc<Context>,
+    args: TieringArgs,
     last: Option<Instant>,
 }
 
 impl Actor for TieringActor {
     type Msg = TieringMsg;
     type State = TieringState;
-    type Arguments = Arc<Context>;
+    type Arguments = TieringArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<TieringMsg>,
-        ctx: Arc<Context>,
+        args: TieringArgs,
     ) -> Result<TieringState, ActorProcessingErr> {
-        myself.send_interval(ctx.config.tier.interval, || TieringMsg::Tick);
-        tiering::update_gauges(&ctx);
-        Ok(TieringState { ctx, last: None })
+        myself.send_interval(args.interval, || TieringMsg::Tick);
+        args.tiering.update_gauges();
+        Ok(TieringState { args, last: None })
     }
 
     async fn handle(
@@ -44,24 +50,22 @@ impl Actor for TieringActor {
         msg: TieringMsg,
         st: &mut TieringState,
     ) -> Result<(), ActorProcessingErr> {
-        let ctx = st.ctx.clone();
-        if let Err(e) = tiering::flush_reads(&ctx).await {
+        let tiering = st.args.tiering.clone();
+        if let Err(e) = tiering.flush_reads().await {
             tracing::debug!(error = %e, "reads not recorded yet; retrying next interval");
         }
         match msg {
             TieringMsg::Tick => {
-                let recent = st
-                    .last
-                    .is_some_and(|t| t.elapsed() < ctx.config.tier.interval / 2);
-                if ctx.cluster.is_leader() && !recent {
-                    tiering::run_pass(&ctx).await;
+                let recent = st.last.is_some_and(|t| t.elapsed() < st.args.interval / 2);
+                if st.args.cluster.is_leader() && !recent {
+                    tiering.run_pass().await;
                     st.last = Some(Instant::now());
                 } else {
-                    tiering::update_gauges(&ctx);
+                    tiering.update_gauges();
                 }
             }
             TieringMsg::RunNow(reply) => {
-                let report = tiering::run_pass(&ctx).await;
+                let report = tiering.run_pass().await;
                 st.last = Some(Instant::now());
                 let _ = reply.send(report);
             }

@@ -11,17 +11,32 @@ use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use strata_cluster::file_hash::{self, Piece};
 use strata_cluster::records::{ManifestEntry, ObjectView, SessionChunk, SessionRecord};
-use strata_cluster::{ChunkId, Command, Rejection, Response, SessionId, TenantId};
+use strata_cluster::{ChunkId, Command, Rejection, Response, SessionId, StateMachine, TenantId};
 
-use crate::context::{Context, now_ms};
+use crate::blocks::BlockManager;
+use crate::budget::Permit;
+use crate::clock::now_ms;
+use crate::config::MAX_UPLOAD_CHUNKS;
 use crate::error::{NodeError, NodeResult};
 use crate::metrics as m;
+use crate::raft::Cluster;
+use crate::reads::Reads;
 
 pub struct UploadSession;
 
+/// What a session works with.
+#[derive(Clone)]
+pub struct SessionDeps {
+    pub sm: Arc<StateMachine>,
+    pub cluster: Arc<Cluster>,
+    pub blocks: Arc<BlockManager>,
+    pub reads: Arc<Reads>,
+    pub max_chunk_bytes: u32,
+}
+
 pub struct SessionArgs {
     pub id: SessionId,
-    pub ctx: Arc<Context>,
+    pub deps: SessionDeps,
 }
 
 /// Acknowledgement of one durable chunk.
@@ -40,6 +55,8 @@ pub enum SessionMsg {
         offset: u64,
         id: ChunkId,
         data: Bytes,
+        /// The memory the chunk's bytes hold (released once they are stored everywhere).
+        permit: Option<Permit>,
         reply: RpcReplyPort<NodeResult<Ack>>,
     },
     /// A spawned write finished (internal).
@@ -59,7 +76,7 @@ pub enum SessionMsg {
 }
 
 pub struct SessionState {
-    ctx: Arc<Context>,
+    deps: SessionDeps,
     rec: SessionRecord,
     /// Manifest entries by offset, when the session has a manifest.
     manifest: Option<BTreeMap<u64, ManifestEntry>>,
@@ -83,7 +100,7 @@ impl Actor for UploadSession {
         _myself: ActorRef<SessionMsg>,
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
-        let sm = &args.ctx.sm;
+        let sm = &args.deps.sm;
         let rec = sm
             .session(&args.id)?
             .ok_or_else(|| format!("session {} not found", args.id))?;
@@ -101,7 +118,7 @@ impl Actor for UploadSession {
         };
         let present = sm.session_chunks(&args.id)?.into_iter().collect();
         Ok(SessionState {
-            ctx: args.ctx,
+            deps: args.deps,
             rec,
             manifest,
             present,
@@ -121,6 +138,7 @@ impl Actor for UploadSession {
                 offset,
                 id,
                 data,
+                permit,
                 reply,
             } => {
                 if let Err(e) = st
@@ -153,7 +171,9 @@ impl Actor for UploadSession {
                     },
                 );
                 let job = WriteJob {
-                    ctx: st.ctx.clone(),
+                    blocks: st.deps.blocks.clone(),
+                    cluster: st.deps.cluster.clone(),
+                    permit,
                     session: st.rec.id,
                     tenant,
                     offset,
@@ -186,7 +206,7 @@ impl Actor for UploadSession {
                 for w in f.waiters {
                     let _ = w.send(match &ack {
                         Ok(a) => Ok(*a),
-                        Err(e) => Err(clone_err(e)),
+                        Err(e) => Err(e.duplicate()),
                     });
                 }
             }
@@ -208,14 +228,16 @@ impl Actor for UploadSession {
             SessionMsg::Abort { tenant, reply } => {
                 let result = match st.check_tenant(tenant) {
                     Ok(()) => st
-                        .ctx
+                        .deps
+                        .cluster
                         .propose(Command::AbortSession {
                             session: st.rec.id,
                             tenant: Some(tenant),
                             idle_before_ms: None,
                         })
                         .await
-                        .map(|_| ()),
+                        .map(|_| ())
+                        .map_err(NodeError::from),
                     Err(e) => Err(e),
                 };
                 let done = result.is_ok();
@@ -229,18 +251,6 @@ impl Actor for UploadSession {
     }
 }
 
-/// Errors are not Clone (they wrap io::Error); waiters on one write get equivalent errors.
-fn clone_err(e: &NodeError) -> NodeError {
-    match e.code() {
-        tonic::Code::InvalidArgument => NodeError::InvalidArgument(e.to_string()),
-        tonic::Code::NotFound => NodeError::NotFound(e.to_string()),
-        tonic::Code::FailedPrecondition => NodeError::FailedPrecondition(e.to_string()),
-        tonic::Code::ResourceExhausted => NodeError::ResourceExhausted(e.to_string()),
-        tonic::Code::Unavailable => NodeError::Unavailable(e.to_string()),
-        _ => NodeError::Internal(e.to_string()),
-    }
-}
-
 impl SessionState {
     fn check_tenant(&self, tenant: TenantId) -> NodeResult<()> {
         if tenant != self.rec.tenant {
@@ -251,7 +261,7 @@ impl SessionState {
 
     /// Whether a chunk of `len` bytes with `id` may be stored at `offset` in this session.
     fn check_put(&self, offset: u64, id: &ChunkId, len: usize) -> NodeResult<()> {
-        let max = self.ctx.config.max_chunk_bytes as usize;
+        let max = self.deps.max_chunk_bytes as usize;
         if len == 0 {
             return Err(NodeError::InvalidArgument(format!(
                 "chunk at offset {offset} is empty"
@@ -302,6 +312,11 @@ impl SessionState {
                 Err(Rejection::ChunkOverlap { offset }.into())
             };
         }
+        if self.present.len() + self.inflight.len() >= MAX_UPLOAD_CHUNKS {
+            return Err(NodeError::InvalidArgument(format!(
+                "an upload holds at most {MAX_UPLOAD_CHUNKS} chunks: use larger chunks (up to {max} bytes) or split the file"
+            )));
+        }
         // No manifest: chunks may come at any offsets; they must not overlap.
         let overlaps = |o: u64, l: u32| o < end && offset < o + l as u64;
         let before = self
@@ -344,7 +359,7 @@ impl SessionState {
             file_hash: actual,
             now_ms: now_ms(),
         };
-        match self.ctx.propose(cmd).await? {
+        match self.deps.cluster.propose(cmd).await? {
             Response::Committed(view) => Ok(view),
             other => Err(NodeError::Internal(format!(
                 "unexpected response to CompleteSession: {other:?}"
@@ -410,7 +425,7 @@ impl SessionState {
         }
         let mut hasher = blake3::Hasher::new();
         for id in self.present.values().map(|c| c.id) {
-            let data = self.ctx.read_chunk(id).await?;
+            let data = self.deps.reads.chunk(id).await?;
             hasher = tokio::task::spawn_blocking(move || {
                 hasher.update(&data);
                 hasher
@@ -422,9 +437,13 @@ impl SessionState {
     }
 }
 
-/// Verifies and durably stores one chunk, then records it in the session.
+/// Verifies and durably stores one chunk (here and at W of its homes), then records it in the
+/// session. No lock is held across any of it: the block layer guards its own file changes, and
+/// a chunk stored but not yet recorded is protected from collection by its age.
 struct WriteJob {
-    ctx: Arc<Context>,
+    blocks: Arc<BlockManager>,
+    cluster: Arc<Cluster>,
+    permit: Option<Permit>,
     session: SessionId,
     tenant: TenantId,
     offset: u64,
@@ -436,12 +455,6 @@ struct WriteJob {
 impl WriteJob {
     async fn run(self) -> NodeResult<(SessionChunk, bool, u64)> {
         let len = self.data.len();
-        let _permit = self
-            .ctx
-            .inflight
-            .acquire_many((len / 1024 + 1) as u32)
-            .await
-            .map_err(|_| NodeError::Unavailable("node is shutting down".into()))?;
         let (actual, cv) = hash_chunk(self.offset, self.data.clone(), self.size).await?;
         if actual != self.id {
             return Err(NodeError::InvalidArgument(format!(
@@ -450,15 +463,9 @@ impl WriteJob {
             )));
         }
         metrics::counter!(m::UPLOAD_BYTES).increment(len as u64);
-        let _lock = self.ctx.lock_chunk(&self.id).await;
-        let ctx = self.ctx.clone();
-        let (id, data) = (self.id, self.data);
-        let d = data.clone();
-        let written = tokio::task::spawn_blocking(move || ctx.store.put(&id, &d))
-            .await
-            .map_err(|e| NodeError::Internal(format!("write task: {e}")))??;
+        let id = self.id;
         // W durable copies before the chunk is recorded and acknowledged.
-        crate::placement::replicate_new(&self.ctx, id, data).await?;
+        let written = self.blocks.store_new(id, self.data, self.permit).await?;
         let cmd = Command::AddChunk {
             session: self.session,
             tenant: self.tenant,
@@ -468,8 +475,8 @@ impl WriteJob {
             cv,
             now_ms: now_ms(),
         };
-        match self.ctx.propose(cmd).await {
-            Ok(Response::ChunkAdded { bytes_present, .. }) => Ok((
+        match self.cluster.propose(cmd).await? {
+            Response::ChunkAdded { bytes_present, .. } => Ok((
                 SessionChunk {
                     id,
                     len: len as u32,
@@ -478,18 +485,9 @@ impl WriteJob {
                 written,
                 bytes_present,
             )),
-            Ok(other) => Err(NodeError::Internal(format!(
+            other => Err(NodeError::Internal(format!(
                 "unexpected response to AddChunk: {other:?}"
             ))),
-            Err(e) => {
-                // The chunk is on disk but the session refused it (e.g. it expired meanwhile):
-                // do not leave an unreferenced file behind.
-                if written && self.ctx.sm.chunk_refs(&id).unwrap_or(1) == 0 {
-                    let ctx = self.ctx.clone();
-                    let _ = tokio::task::spawn_blocking(move || ctx.store.delete(&id)).await;
-                }
-                Err(e)
-            }
         }
     }
 }

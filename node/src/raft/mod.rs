@@ -2,8 +2,8 @@
 //! store and state machine, bootstrapping or joining a cluster, writes that reach the leader
 //! from any node (forwarded, not redirected), and linearizable read barriers.
 
+mod error;
 pub mod network;
-pub mod service;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,7 +17,9 @@ use strata_cluster::{Command, Response, StateMachine};
 use strata_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{NodeError, NodeResult};
+use crate::codec;
+use crate::disk::DiskSpace;
+pub use error::{ClusterError, ClusterResult, WireError};
 use network::{NetworkFactory, Peers};
 
 /// How long a metadata write or read barrier may wait for a leader and a quorum.
@@ -35,7 +37,9 @@ fn raft_config(snapshot_logs: u64) -> anyhow::Result<openraft::Config> {
         election_timeout_min: ELECTION_TIMEOUT_MAX_MS / 2,
         election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
         install_snapshot_timeout: 2000,
-        max_payload_entries: 512,
+        // With entries of at most MAX_ENTRY_BYTES (one oversize command alone, at most
+        // MAX_COMMAND_BYTES), an AppendEntries stays far below the internal message limit.
+        max_payload_entries: 16,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs),
         max_in_snapshot_log_to_keep: (snapshot_logs / 5).min(1000),
         purge_batch_size: 256,
@@ -49,18 +53,29 @@ pub struct Cluster {
     pub id: NodeId,
     pub addr: String,
     pub peers: Peers,
-    batcher: mpsc::UnboundedSender<Proposal>,
+    batcher: mpsc::Sender<Proposal>,
+    /// Free space of the metadata's filesystem, and the floor below which writes are refused
+    /// (sled must never meet a full disk: it cannot recover from a failed write).
+    disk: Arc<DiskSpace>,
+    floor: u64,
 }
 
 /// Commands proposed at once from concurrent requests share one Raft entry, at most this many.
 const MAX_BATCH: usize = 256;
+/// Encoded bytes of commands sharing one entry (a command larger than this goes alone).
+const MAX_ENTRY_BYTES: usize = 2 << 20;
+/// Largest single command (a manifest of 65,536 chunks is about 2.4 MB).
+pub const MAX_COMMAND_BYTES: usize = 8 << 20;
 /// Batches being committed at once (more requests queue and form the next batches).
 const BATCHES_IN_FLIGHT: usize = 4;
+/// Proposals waiting for the batcher; more wait for room (each caller holds its command).
+const PROPOSAL_QUEUE: usize = 4096;
 
-/// A command waiting for the batcher, and where its result goes.
+/// A command waiting for the batcher, with its encoded size, and where its result goes.
 struct Proposal {
     cmd: Command,
-    reply: oneshot::Sender<NodeResult<(CommandResult, u64)>>,
+    bytes: usize,
+    reply: oneshot::Sender<ClusterResult<(CommandResult, u64)>>,
 }
 
 /// The part of the cluster handle that writes: cheap to clone into batch tasks.
@@ -72,18 +87,34 @@ struct Writer {
 }
 
 /// Groups concurrent proposals into `Command::Batch` entries: one Raft entry, one log flush
-/// and one replication round for the whole group.
-async fn batcher(writer: Writer, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+/// and one replication round for the whole group, at most MAX_BATCH commands and
+/// MAX_ENTRY_BYTES encoded bytes.
+async fn batcher(writer: Writer, mut rx: mpsc::Receiver<Proposal>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut held: Option<Proposal> = None;
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else { return };
+        let first = match held.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut bytes = first.bytes;
         let mut group = vec![first];
         while group.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(p) => group.push(p),
+                Ok(p) if bytes + p.bytes > MAX_ENTRY_BYTES => {
+                    held = Some(p);
+                    break;
+                }
+                Ok(p) => {
+                    bytes += p.bytes;
+                    group.push(p);
+                }
                 Err(_) => break,
             }
         }
@@ -106,15 +137,15 @@ async fn batcher(writer: Writer, mut rx: mpsc::UnboundedReceiver<Proposal>) {
                 }
                 Ok((other, _)) => {
                     for p in group {
-                        let _ = p.reply.send(Err(NodeError::Internal(format!(
+                        let _ = p.reply.send(Err(ClusterError::Internal(format!(
                             "unexpected batch result: {other:?}"
                         ))));
                     }
                 }
                 Err(e) => {
-                    let status = tonic::Status::from(e);
+                    let wire = WireError::from(&e);
                     for p in group {
-                        let _ = p.reply.send(Err(NodeError::from_status(status.clone())));
+                        let _ = p.reply.send(Err(wire.clone().into()));
                     }
                 }
             }
@@ -137,6 +168,7 @@ fn raft_id(dir: &Path) -> anyhow::Result<NodeId> {
 }
 
 impl Cluster {
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         dir: &Path,
         snapshot_logs: u64,
@@ -144,6 +176,8 @@ impl Cluster {
         sm: Arc<StateMachine>,
         addr: String,
         secret: String,
+        disk: Arc<DiskSpace>,
+        floor: u64,
     ) -> anyhow::Result<Cluster> {
         let id = raft_id(dir)?;
         let peers = Peers::new(secret);
@@ -160,7 +194,7 @@ impl Cluster {
         )
         .await
         .map_err(|e| anyhow::anyhow!("cannot start raft: {e}"))?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE);
         let writer = Writer {
             raft: raft.clone(),
             id,
@@ -173,6 +207,8 @@ impl Cluster {
             addr,
             peers,
             batcher: tx,
+            disk,
+            floor,
         })
     }
 
@@ -232,8 +268,8 @@ impl Cluster {
 
     /// Adds a node on the leader: as a learner (waiting until it has caught up), then as a
     /// voter through joint consensus.
-    pub async fn add_node(&self, id: NodeId, addr: &str) -> NodeResult<()> {
-        let unavailable = |e: String| NodeError::Unavailable(format!("cannot add node {id}: {e}"));
+    pub async fn add_node(&self, id: NodeId, addr: &str) -> ClusterResult<()> {
+        let unavailable = |e: String| ClusterError::NoQuorum(format!("cannot add node {id}: {e}"));
         let members = self
             .raft
             .metrics()
@@ -263,7 +299,7 @@ impl Cluster {
     }
 
     /// Removes a node (on the leader) through joint consensus. The last voter stays.
-    pub async fn remove_node(&self, id: NodeId) -> NodeResult<()> {
+    pub async fn remove_node(&self, id: NodeId) -> ClusterResult<()> {
         let membership = self
             .raft
             .metrics()
@@ -274,14 +310,10 @@ impl Cluster {
         let is_voter = membership.voter_ids().any(|v| v == id);
         let is_node = membership.get_node(&id).is_some();
         if !is_node {
-            return Err(NodeError::NotFound(format!(
-                "node {id} is not a member of this cluster"
-            )));
+            return Err(ClusterError::NotMember(id));
         }
         if is_voter && membership.voter_ids().count() == 1 {
-            return Err(NodeError::FailedPrecondition(format!(
-                "node {id} is the cluster's last voter: removing it would leave no one to hold the metadata"
-            )));
+            return Err(ClusterError::LastVoter(id));
         }
         let change = if is_voter {
             ChangeMembers::RemoveVoters([id].into())
@@ -293,24 +325,22 @@ impl Cluster {
             self.raft.change_membership(change, false),
         )
         .await
-        .map_err(|_| NodeError::Unavailable("membership change timed out (no quorum?)".into()))?
-        .map_err(|e| NodeError::Unavailable(format!("cannot remove node {id}: {e}")))?;
+        .map_err(|_| ClusterError::NoQuorum("membership change timed out".into()))?
+        .map_err(|e| ClusterError::NoQuorum(format!("cannot remove node {id}: {e}")))?;
         Ok(())
     }
 
     /// Runs a membership change on the leader, forwarding it there from a follower.
-    pub async fn on_leader<T, L, F>(&self, local: L, remote: F) -> NodeResult<T>
+    pub async fn on_leader<T, L, F>(&self, local: L, remote: F) -> ClusterResult<T>
     where
-        L: std::future::Future<Output = NodeResult<T>>,
+        L: std::future::Future<Output = ClusterResult<T>>,
         F: AsyncFnOnce(network::PeerClient) -> Result<T, tonic::Status>,
     {
         if self.is_leader() {
             return local.await;
         }
         let Some((leader, addr)) = self.leader() else {
-            return Err(NodeError::Unavailable(
-                "no leader is known: the cluster has no quorum; retry".into(),
-            ));
+            return Err(ClusterError::NoQuorum("no leader is known".into()));
         };
         if leader == self.id {
             return local.await;
@@ -318,8 +348,13 @@ impl Cluster {
         let client = self
             .peers
             .client(&addr)
-            .map_err(|s| NodeError::Unavailable(s.message().to_owned()))?;
-        remote(client).await.map_err(NodeError::from_status)
+            .map_err(|s| ClusterError::NoQuorum(s.message().to_owned()))?;
+        remote(client).await.map_err(|s| {
+            ClusterError::Leader(WireError {
+                code: s.code() as i32,
+                message: s.message().to_owned(),
+            })
+        })
     }
 
     /// Every member (voters and learners) with its gRPC address, as this node knows them.
@@ -360,34 +395,53 @@ impl Cluster {
 
     /// Commits `cmd` through Raft from any node (on a follower it is forwarded to the
     /// leader), batched with concurrent proposals. Returns its result and log index.
-    pub async fn write(&self, cmd: Command) -> NodeResult<(CommandResult, u64)> {
+    pub async fn write(&self, cmd: Command) -> ClusterResult<(CommandResult, u64)> {
+        let bytes = codec::encode("command", &cmd)?.len();
+        if bytes > MAX_COMMAND_BYTES {
+            return Err(ClusterError::TooLarge {
+                bytes,
+                limit: MAX_COMMAND_BYTES,
+            });
+        }
+        let free = self.disk.free();
+        if free < self.floor && !frees_space(&cmd) {
+            return Err(ClusterError::DiskFull {
+                free,
+                floor: self.floor,
+            });
+        }
         let (reply, rx) = oneshot::channel();
         self.batcher
-            .send(Proposal { cmd, reply })
-            .map_err(|_| NodeError::Unavailable("the node is shutting down".into()))?;
-        rx.await
-            .map_err(|_| NodeError::Unavailable("the node is shutting down".into()))?
+            .send(Proposal { cmd, bytes, reply })
+            .await
+            .map_err(|_| ClusterError::ShuttingDown)?;
+        rx.await.map_err(|_| ClusterError::ShuttingDown)?
+    }
+
+    /// Commits a metadata command through Raft (from any node) and waits until this node has
+    /// applied it, so what this node reads next includes it. Durable once it returns: the
+    /// leader acknowledges only entries flushed on a quorum's logs. A refusal by the state
+    /// machine is `Rejected`.
+    pub async fn propose(&self, cmd: Command) -> ClusterResult<Response> {
+        let (result, index) = self.write(cmd).await?;
+        self.wait_applied(index).await?;
+        Ok(result?)
     }
 
     /// Waits until this node has applied the log up to `index`.
-    pub async fn wait_applied(&self, index: u64) -> NodeResult<()> {
+    pub async fn wait_applied(&self, index: u64) -> ClusterResult<()> {
         self.raft
             .wait(Some(QUORUM_TIMEOUT))
             .applied_index_at_least(Some(index), "local apply")
             .await
             .map(|_| ())
-            .map_err(|e| NodeError::Unavailable(format!("this node is behind the cluster: {e}")))
+            .map_err(|e| ClusterError::Behind(e.to_string()))
     }
 
     /// A linearizable read barrier: after it, local reads see every write committed before
     /// the call. On a follower, the leader confirms its leadership and names its commit point.
-    pub async fn linearize(&self) -> NodeResult<()> {
-        let no_quorum = || {
-            NodeError::Unavailable(
-                "the metadata cluster has no quorum: a consistent read is not possible now; retry"
-                    .into(),
-            )
-        };
+    pub async fn linearize(&self) -> ClusterResult<()> {
+        let no_quorum = || ClusterError::NoQuorum("a consistent read is not possible now".into());
         let until = Instant::now() + QUORUM_TIMEOUT;
         loop {
             let left = until.saturating_duration_since(Instant::now());
@@ -416,7 +470,7 @@ impl Cluster {
                     return Err(no_quorum());
                 }
                 Ok(Err(e)) => {
-                    return Err(NodeError::Unavailable(format!(
+                    return Err(ClusterError::NoQuorum(format!(
                         "consistent read failed: {e}"
                     )));
                 }
@@ -429,6 +483,19 @@ impl Cluster {
     }
 }
 
+/// Commands that give space back: allowed even when the metadata disk is nearly full, so an
+/// operator can always delete and abort their way out.
+fn frees_space(cmd: &Command) -> bool {
+    match cmd {
+        Command::AbortSession { .. }
+        | Command::TrashObject { .. }
+        | Command::PurgeObject { .. }
+        | Command::ChunkCollected { .. } => true,
+        Command::Batch(cmds) => cmds.iter().all(frees_space),
+        _ => false,
+    }
+}
+
 impl Writer {
     /// Whether this node leads and has not heard from a quorum recently.
     fn leader_without_quorum(&self) -> bool {
@@ -438,11 +505,15 @@ impl Writer {
                 .is_none_or(|ms| ms > 2 * ELECTION_TIMEOUT_MAX_MS)
     }
 
-    /// Commits `cmd` (one Raft entry), forwarding it to the leader from a follower.
-    async fn write(&self, cmd: Command) -> NodeResult<(CommandResult, u64)> {
+    /// Commits `cmd` (one Raft entry), forwarding it to the leader from a follower. A definite
+    /// answer from the leader (including its refusal) is returned as it is; only a leader that
+    /// cannot be reached is retried until QUORUM_TIMEOUT.
+    async fn write(&self, cmd: Command) -> ClusterResult<(CommandResult, u64)> {
         let until = Instant::now() + QUORUM_TIMEOUT;
         let no_quorum = || {
-            NodeError::Unavailable("the metadata cluster has no quorum (no leader, or too few nodes reachable): the write was not committed; retry".into())
+            ClusterError::NoQuorum(
+                "no leader, or too few nodes reachable: the write was not committed".into(),
+            )
         };
         loop {
             let left = until.saturating_duration_since(Instant::now());
@@ -459,7 +530,8 @@ impl Writer {
                     match f.leader_node {
                         Some(node) if f.leader_id != Some(self.id) => {
                             match self.forward(&node.addr, &cmd, left).await {
-                                Ok(r) => return Ok(r),
+                                Ok(Ok(r)) => return Ok(r),
+                                Ok(Err(refused)) => return Err(refused.into()),
                                 Err(e) => {
                                     tracing::debug!(error = %e, "forwarding to the leader failed; retrying")
                                 }
@@ -470,7 +542,7 @@ impl Writer {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Ok(Err(e)) => {
-                    return Err(NodeError::Unavailable(format!(
+                    return Err(ClusterError::NoQuorum(format!(
                         "metadata write failed: {e}"
                     )));
                 }
@@ -478,23 +550,23 @@ impl Writer {
         }
     }
 
+    /// Sends `cmd` to the leader. The outer error is a transport failure (retry); the inner
+    /// one is the leader's answer (its code and message, returned to the caller as they are).
     async fn forward(
         &self,
         leader: &str,
         cmd: &Command,
         left: Duration,
-    ) -> Result<(CommandResult, u64), String> {
+    ) -> Result<Result<(CommandResult, u64), WireError>, String> {
         let mut client = self.peers.client(leader).map_err(|s| s.to_string())?;
-        let mut req = tonic::Request::new(pb::RaftPayload {
-            data: network::encode(cmd).into(),
-        });
+        let data = codec::encode("command", cmd).map_err(|e| e.to_string())?;
+        let mut req = tonic::Request::new(pb::RaftPayload { data: data.into() });
         req.set_timeout(left);
         let reply = client
             .propose(req)
             .await
             .map_err(|s| s.message().to_owned())?
             .into_inner();
-        let result: Result<(CommandResult, u64), String> = network::decode(&reply.data)?;
-        result
+        codec::decode("forwarded write result", &reply.data).map_err(|e| e.to_string())
     }
 }

@@ -23,6 +23,8 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::codec;
+
 /// Metadata key carrying the cluster secret on node-to-node calls.
 pub const SECRET_HEADER: &str = "x-strata-cluster-secret";
 
@@ -97,16 +99,6 @@ impl Peers {
     }
 }
 
-pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap_or_default()
-}
-
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| e.to_string())
-}
-
 pub struct NetworkFactory {
     pub peers: Peers,
 }
@@ -147,9 +139,9 @@ impl Network {
             .peers
             .client(&self.addr)
             .map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
-        let mut request = tonic::Request::new(RaftPayload {
-            data: encode(req).into(),
-        });
+        let data = codec::encode("raft message", req)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(RaftPayload { data: data.into() });
         request.set_timeout(option.hard_ttl());
         let reply = match method {
             "append" => client.append_entries(request).await,
@@ -170,8 +162,9 @@ impl Network {
             }
             Err(s) => return Err(RPCError::Network(NetworkError::new(&s))),
         };
-        let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply.data)
-            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            codec::decode("raft reply", &reply.data)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

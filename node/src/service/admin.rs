@@ -1,49 +1,71 @@
 //! The Admin service: node status and tenant management, for the admin token only.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use strata_cluster::{Command, Response as SmResponse, TokenHash};
+use strata_cluster::{Command, Response as SmResponse, StateMachine, TokenHash};
 use strata_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::layout;
+use super::layout::{self, NodeReport};
 use super::observe::observe;
 use super::tier;
+use crate::actors::supervisor::SupervisorMsg;
 use crate::auth;
-use crate::context::{Context, now_ms};
+use crate::clock::now_ms;
 use crate::error::{NodeError, NodeResult};
+use crate::raft::Cluster;
+use crate::tiering::Tiering;
 
 pub struct AdminService {
-    ctx: Arc<Context>,
-    sup: ractor::ActorRef<crate::actors::supervisor::SupervisorMsg>,
+    sm: Arc<StateMachine>,
+    cluster: Arc<Cluster>,
+    tiering: Arc<Tiering>,
+    report: Arc<NodeReport>,
+    sup: ractor::ActorRef<SupervisorMsg>,
     grpc_address: String,
+    data_dir: String,
+    started: Instant,
+}
+
+/// What the Admin service works with (built by the server).
+pub struct AdminDeps {
+    pub sm: Arc<StateMachine>,
+    pub cluster: Arc<Cluster>,
+    pub tiering: Arc<Tiering>,
+    pub report: Arc<NodeReport>,
+    pub sup: ractor::ActorRef<SupervisorMsg>,
+    pub grpc_address: String,
+    pub data_dir: String,
+    pub started: Instant,
 }
 
 impl AdminService {
     /// Raft state of this node and the member table as the leader sees it (asked of the
     /// leader when this node is not it; left partial if the leader cannot be reached).
     async fn raft_status(&self) -> NodeResult<pb::StatusResponse> {
-        let c = &self.ctx.cluster;
+        let c = &self.cluster;
         let mine = c.raft.metrics().borrow().clone();
-        let leader_view = if mine.state.is_leader() {
-            Some(mine.clone())
-        } else if let Some((_, addr)) = c.leader() {
-            match c.peers.client(&addr) {
-                Ok(mut client) => match client.metrics(pb::MetricsRequest {}).await {
-                    Ok(r) => crate::raft::network::decode::<
-                        openraft::RaftMetrics<u64, openraft::BasicNode>,
-                    >(&r.into_inner().data)
-                    .ok(),
+        let leader_view =
+            if mine.state.is_leader() {
+                Some(mine.clone())
+            } else if let Some((_, addr)) = c.leader() {
+                match c.peers.client(&addr) {
+                    Ok(mut client) => match client.metrics(pb::MetricsRequest {}).await {
+                        Ok(r) => crate::codec::decode::<
+                            openraft::RaftMetrics<u64, openraft::BasicNode>,
+                        >("raft metrics", &r.into_inner().data)
+                        .ok(),
+                        Err(_) => None,
+                    },
                     Err(_) => None,
-                },
-                Err(_) => None,
-            }
-        } else {
-            None
-        };
+                }
+            } else {
+                None
+            };
         let view = leader_view.as_ref().unwrap_or(&mine);
-        let layout = self.ctx.sm.layout()?;
-        let infos = layout::node_infos(&self.ctx).await;
+        let layout = self.sm.layout()?;
+        let infos = layout::node_infos(c, &self.report).await;
         let membership = view.membership_config.membership();
         let last = view.last_log_index.unwrap_or(0);
         let nodes = membership
@@ -113,15 +135,16 @@ impl AdminService {
         })
     }
 
-    pub fn new(
-        ctx: Arc<Context>,
-        sup: ractor::ActorRef<crate::actors::supervisor::SupervisorMsg>,
-        grpc_address: String,
-    ) -> Self {
+    pub fn new(d: AdminDeps) -> Self {
         AdminService {
-            ctx,
-            sup,
-            grpc_address,
+            sm: d.sm,
+            cluster: d.cluster,
+            tiering: d.tiering,
+            report: d.report,
+            sup: d.sup,
+            grpc_address: d.grpc_address,
+            data_dir: d.data_dir,
+            started: d.started,
         }
     }
 }
@@ -142,7 +165,7 @@ fn check_tenant_name(name: &str) -> NodeResult<()> {
 }
 
 /// Creates a tenant and returns its new token (only the hash is stored).
-pub async fn create_tenant(ctx: &Context, name: &str) -> NodeResult<(u64, String)> {
+pub async fn create_tenant(cluster: &Cluster, name: &str) -> NodeResult<(u64, String)> {
     check_tenant_name(name)?;
     let token = auth::new_token();
     let cmd = Command::CreateTenant {
@@ -150,7 +173,7 @@ pub async fn create_tenant(ctx: &Context, name: &str) -> NodeResult<(u64, String
         token: TokenHash::of(&token),
         now_ms: now_ms(),
     };
-    match ctx.propose(cmd).await? {
+    match cluster.propose(cmd).await? {
         SmResponse::TenantCreated(id) => Ok((id.0, token)),
         other => Err(NodeError::Internal(format!(
             "unexpected response to CreateTenant: {other:?}"
@@ -165,20 +188,19 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         observe("Status", async {
-            auth::admin(&self.ctx.sm, req.metadata())?;
-            let dir = &self.ctx.config.data_dir;
-            let (chunk_count, chunk_bytes) = self.ctx.store.usage();
-            let counts = self.ctx.sm.counts()?;
+            auth::admin(&self.sm, req.metadata())?;
+            let me = self.report.local();
+            let counts = self.sm.counts()?;
             Ok(pb::StatusResponse {
-                node_id: self.ctx.config.node_id.clone(),
+                node_id: me.node_name,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
-                uptime_seconds: self.ctx.started.elapsed().as_secs(),
+                uptime_seconds: self.started.elapsed().as_secs(),
                 grpc_address: self.grpc_address.clone(),
-                data_dir: dir.display().to_string(),
-                disk_total_bytes: fs4::total_space(dir).unwrap_or(0),
-                disk_free_bytes: fs4::available_space(dir).unwrap_or(0),
-                chunk_count,
-                chunk_bytes,
+                data_dir: self.data_dir.clone(),
+                disk_total_bytes: me.disk_total_bytes,
+                disk_free_bytes: me.disk_free_bytes,
+                chunk_count: me.chunk_count,
+                chunk_bytes: me.chunk_bytes,
                 open_sessions: counts.sessions,
                 object_count: counts.objects,
                 tenant_count: counts.tenants,
@@ -193,7 +215,7 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTenantResponse>, Status> {
         observe("CreateToken", async {
-            auth::admin(&self.ctx.sm, req.metadata())?;
+            auth::admin(&self.sm, req.metadata())?;
             let name = req.get_ref().tenant.clone();
             check_tenant_name(&name)?;
             let token = auth::new_token();
@@ -202,7 +224,7 @@ impl pb::admin_server::Admin for AdminService {
                 token: TokenHash::of(&token),
                 now_ms: now_ms(),
             };
-            match self.ctx.propose(cmd).await? {
+            match self.cluster.propose(cmd).await? {
                 SmResponse::TokenCreated(id) => Ok(pb::CreateTenantResponse {
                     tenant_id: id.0,
                     name,
@@ -221,10 +243,9 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         observe("ListTokens", async {
-            auth::admin(&self.ctx.sm, req.metadata())?;
-            self.ctx.linearize().await?;
+            auth::admin(&self.sm, req.metadata())?;
+            self.cluster.linearize().await?;
             let tokens = self
-                .ctx
                 .sm
                 .tokens()?
                 .into_iter()
@@ -245,16 +266,15 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         observe("RevokeToken", async {
-            auth::admin(&self.ctx.sm, req.metadata())?;
+            auth::admin(&self.sm, req.metadata())?;
             let id = req.get_ref().id.trim().to_lowercase();
             if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(NodeError::InvalidArgument(format!(
                     "token id {id:?} must be hex digits from `strata token list`"
                 )));
             }
-            self.ctx.linearize().await?;
+            self.cluster.linearize().await?;
             let matches: Vec<_> = self
-                .ctx
                 .sm
                 .tokens()?
                 .into_iter()
@@ -270,7 +290,6 @@ impl pb::admin_server::Admin for AdminService {
                 }
             };
             let admins = self
-                .ctx
                 .sm
                 .tokens()?
                 .iter()
@@ -282,7 +301,7 @@ impl pb::admin_server::Admin for AdminService {
                         .into(),
                 ));
             }
-            self.ctx
+            self.cluster
                 .propose(Command::RevokeToken { token: token.hash })
                 .await?;
             Ok(pb::RevokeTokenResponse {})
@@ -295,12 +314,12 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::AddNodeResponse>, Status> {
         observe("AddNode", async {
-            auth::admin(&self.ctx.sm, req.metadata())?;
+            auth::admin(&self.sm, req.metadata())?;
             let address = req.get_ref().address.trim().to_owned();
             if !(address.starts_with("http://") || address.starts_with("https://")) {
                 return Err(NodeError::InvalidArgument(format!("address {address:?} must be a URL like http://host:7400")));
             }
-            let c = &self.ctx.cluster;
+            let c = &self.cluster;
             let mut client = c.peers.client(&address).map_err(NodeError::from_status)?;
             let who = client
                 .identify(pb::IdentifyRequest {})
@@ -325,15 +344,15 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
         observe("RemoveNode", async {
-            auth::admin(&self.ctx.sm, req.metadata())?;
+            auth::admin(&self.sm, req.metadata())?;
             let id = req.get_ref().raft_id;
             // Unknown nodes and the last voter get their own refusals from the leader.
-            let members = layout::members(&self.ctx);
+            let members = self.cluster.members();
             if members.contains_key(&id) && members.len() > 1 {
-                self.ctx.linearize().await?;
-                layout::check_removable(&self.ctx.sm.layout()?, id)?;
+                self.cluster.linearize().await?;
+                layout::check_removable(&self.sm.layout()?, id)?;
             }
-            let c = &self.ctx.cluster;
+            let c = &self.cluster;
             c.on_leader(c.remove_node(id), async move |mut leader| {
                 leader
                     .remove(pb::RemoveRequest { raft_id: id })
@@ -351,9 +370,9 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::CreateTenantResponse>, Status> {
         observe("CreateTenant", async {
-            auth::admin(&self.ctx.sm, req.metadata())?;
+            auth::admin(&self.sm, req.metadata())?;
             let name = req.get_ref().name.clone();
-            let (tenant_id, token) = create_tenant(&self.ctx, &name).await?;
+            let (tenant_id, token) = create_tenant(&self.cluster, &name).await?;
             Ok(pb::CreateTenantResponse {
                 tenant_id,
                 name,
@@ -368,9 +387,9 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::GetLayoutRequest>,
     ) -> Result<Response<pb::LayoutResponse>, Status> {
         observe("GetLayout", async {
-            auth::admin(&self.ctx.sm, req.metadata())?;
-            self.ctx.linearize().await?;
-            layout::layout_response(&self.ctx).await
+            auth::admin(&self.sm, req.metadata())?;
+            self.cluster.linearize().await?;
+            layout::layout_response(&self.sm, &self.cluster, &self.report).await
         })
         .await
     }
@@ -380,10 +399,11 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::StageLayoutRequest>,
     ) -> Result<Response<pb::LayoutResponse>, Status> {
         observe("StageLayout", async {
-            auth::admin(&self.ctx.sm, req.metadata())?;
-            let change = layout::change_of(&self.ctx, req.into_inner()).await?;
-            layout::stage(&self.ctx, change).await?;
-            layout::layout_response(&self.ctx).await
+            auth::admin(&self.sm, req.metadata())?;
+            let change =
+                layout::change_of(&self.sm, &self.cluster, &self.report, req.into_inner()).await?;
+            layout::stage(&self.cluster, change).await?;
+            layout::layout_response(&self.sm, &self.cluster, &self.report).await
         })
         .await
     }
@@ -393,9 +413,9 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::ApplyLayoutRequest>,
     ) -> Result<Response<pb::LayoutResponse>, Status> {
         observe("ApplyLayout", async {
-            auth::admin(&self.ctx.sm, req.metadata())?;
-            layout::apply(&self.ctx, req.get_ref().version).await?;
-            layout::layout_response(&self.ctx).await
+            auth::admin(&self.sm, req.metadata())?;
+            layout::apply(&self.cluster, req.get_ref().version).await?;
+            layout::layout_response(&self.sm, &self.cluster, &self.report).await
         })
         .await
     }
@@ -405,9 +425,9 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::RevertLayoutRequest>,
     ) -> Result<Response<pb::LayoutResponse>, Status> {
         observe("RevertLayout", async {
-            auth::admin(&self.ctx.sm, req.metadata())?;
-            layout::revert(&self.ctx).await?;
-            layout::layout_response(&self.ctx).await
+            auth::admin(&self.sm, req.metadata())?;
+            layout::revert(&self.cluster).await?;
+            layout::layout_response(&self.sm, &self.cluster, &self.report).await
         })
         .await
     }
@@ -417,8 +437,8 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::TierPolicy>,
     ) -> Result<Response<pb::TierPolicy>, Status> {
         observe("SetTierPolicy", async {
-            auth::admin(&self.ctx.sm, req.metadata())?;
-            tier::set_policy(&self.ctx, req.get_ref()).await
+            auth::admin(&self.sm, req.metadata())?;
+            tier::set_policy(&self.sm, &self.cluster, &self.tiering, req.get_ref()).await
         })
         .await
     }
@@ -428,9 +448,9 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::TierPolicyName>,
     ) -> Result<Response<pb::TierPolicy>, Status> {
         observe("GetTierPolicy", async {
-            auth::admin(&self.ctx.sm, req.metadata())?;
-            self.ctx.linearize().await?;
-            tier::get_policy(&self.ctx, &req.get_ref().name)
+            auth::admin(&self.sm, req.metadata())?;
+            self.cluster.linearize().await?;
+            tier::get_policy(&self.sm, &req.get_ref().name)
         })
         .await
     }
@@ -440,9 +460,9 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::ListTierPoliciesRequest>,
     ) -> Result<Response<pb::ListTierPoliciesResponse>, Status> {
         observe("ListTierPolicies", async {
-            auth::admin(&self.ctx.sm, req.metadata())?;
-            self.ctx.linearize().await?;
-            tier::list_policies(&self.ctx)
+            auth::admin(&self.sm, req.metadata())?;
+            self.cluster.linearize().await?;
+            tier::list_policies(&self.sm)
         })
         .await
     }
@@ -452,8 +472,8 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::TierPolicyName>,
     ) -> Result<Response<pb::DeleteTierPolicyResponse>, Status> {
         observe("DeleteTierPolicy", async {
-            auth::admin(&self.ctx.sm, req.metadata())?;
-            tier::delete_policy(&self.ctx, &req.get_ref().name).await?;
+            auth::admin(&self.sm, req.metadata())?;
+            tier::delete_policy(&self.cluster, &req.get_ref().name).await?;
             Ok(pb::DeleteTierPolicyResponse {})
         })
         .await
@@ -464,9 +484,9 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::TierStatusRequest>,
     ) -> Result<Response<pb::TierStatusResponse>, Status> {
         observe("TierStatus", async {
-            auth::admin(&self.ctx.sm, req.metadata())?;
-            self.ctx.linearize().await?;
-            tier::status(&self.ctx).await
+            auth::admin(&self.sm, req.metadata())?;
+            self.cluster.linearize().await?;
+            tier::status(&self.sm, &self.cluster, &self.tiering, &self.report).await
         })
         .await
     }
@@ -476,8 +496,8 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::RunTieringRequest>,
     ) -> Result<Response<pb::TierPass>, Status> {
         observe("RunTiering", async {
-            auth::admin(&self.ctx.sm, req.metadata())?;
-            tier::run_now(&self.ctx, &self.sup).await
+            auth::admin(&self.sm, req.metadata())?;
+            tier::run_now(&self.cluster, &self.sup).await
         })
         .await
     }

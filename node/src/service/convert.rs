@@ -5,6 +5,7 @@ use strata_cluster::records::{ManifestEntry, ObjectView, VersionInfo};
 use strata_cluster::{BucketName, ChunkId, ObjectKey, SessionId};
 use strata_proto::v1 as pb;
 
+use crate::config::MAX_UPLOAD_CHUNKS;
 use crate::error::{NodeError, NodeResult};
 
 pub fn bucket(s: &str) -> NodeResult<BucketName> {
@@ -43,6 +44,12 @@ pub fn manifest(
 ) -> NodeResult<Option<Vec<ManifestEntry>>> {
     if entries.is_empty() {
         return Ok(None);
+    }
+    if entries.len() > MAX_UPLOAD_CHUNKS {
+        return Err(NodeError::InvalidArgument(format!(
+            "the manifest lists {} chunks, over the limit of {MAX_UPLOAD_CHUNKS} per upload: use larger chunks (up to {max_chunk} bytes) or split the file",
+            entries.len()
+        )));
     }
     entries
         .iter()

@@ -6,30 +6,43 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strata_cluster::layout::{Layout, NodeId};
-use strata_cluster::{Command, LayoutChange, LayoutState};
+use strata_cluster::{Command, LayoutChange, LayoutState, StateMachine};
 use strata_proto::v1 as pb;
 
-use crate::context::Context;
+use crate::blocks::BlockManager;
+use crate::disk::DiskSpace;
 use crate::error::{NodeError, NodeResult};
+use crate::raft::Cluster;
 
 /// How long a status table waits for a member's own report.
 const NODE_INFO_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What this node reports about itself.
-pub fn local_info(ctx: &Context) -> pb::NodeInfoResponse {
-    let dir = &ctx.config.data_dir;
-    let (chunk_count, chunk_bytes) = ctx.store.usage();
-    let p = ctx.placement.progress();
+/// What this node reports about itself (status tables, the internal NodeInfo call).
+pub struct NodeReport {
+    pub name: String,
+    pub disk: Arc<DiskSpace>,
+    pub blocks: Arc<BlockManager>,
+}
+
+impl NodeReport {
+    pub fn local(&self) -> pb::NodeInfoResponse {
+        local_info(self)
+    }
+}
+
+fn local_info(r: &NodeReport) -> pb::NodeInfoResponse {
+    let (chunk_count, chunk_bytes) = r.blocks.store().usage();
+    let p = r.blocks.progress();
     pb::NodeInfoResponse {
-        node_name: ctx.config.node_id.clone(),
+        node_name: r.name.clone(),
         chunk_count,
         chunk_bytes,
-        disk_total_bytes: fs4::total_space(dir).unwrap_or(0),
-        disk_free_bytes: fs4::available_space(dir).unwrap_or(0),
-        replication_queue: ctx.placement.queue_len() as u64,
+        disk_total_bytes: r.disk.total(),
+        disk_free_bytes: r.disk.free(),
+        replication_queue: r.blocks.queue_len() as u64,
         rebalance: Some(pb::Rebalance {
             layout_version: p.layout_version,
-            finished_version: ctx.placement.scanned_version(),
+            finished_version: r.blocks.scanned_version(),
             running: p.running,
             to_move_chunks: p.to_move_chunks,
             to_move_bytes: p.to_move_bytes,
@@ -42,19 +55,17 @@ pub fn local_info(ctx: &Context) -> pb::NodeInfoResponse {
     }
 }
 
-/// Every member's gRPC address.
-pub fn members(ctx: &Context) -> BTreeMap<NodeId, String> {
-    ctx.cluster.members()
-}
-
 /// Each member's own report (None where it did not answer in time), asked concurrently.
-pub async fn node_infos(ctx: &Context) -> BTreeMap<NodeId, Option<pb::NodeInfoResponse>> {
-    let asks = members(ctx).into_iter().map(|(id, addr)| async move {
-        if id == ctx.cluster.id {
-            return (id, Some(local_info(ctx)));
+pub async fn node_infos(
+    cluster: &Cluster,
+    report: &NodeReport,
+) -> BTreeMap<NodeId, Option<pb::NodeInfoResponse>> {
+    let asks = cluster.members().into_iter().map(|(id, addr)| async move {
+        if id == cluster.id {
+            return (id, Some(local_info(report)));
         }
         let info = async {
-            let mut client = ctx.cluster.peers.client(&addr).ok()?;
+            let mut client = cluster.peers.client(&addr).ok()?;
             let mut req = tonic::Request::new(pb::NodeInfoRequest {});
             req.set_timeout(NODE_INFO_TIMEOUT);
             let r = tokio::time::timeout(NODE_INFO_TIMEOUT, client.node_info(req))
@@ -69,9 +80,13 @@ pub async fn node_infos(ctx: &Context) -> BTreeMap<NodeId, Option<pb::NodeInfoRe
 }
 
 /// A node named by raft id, gRPC address or node name.
-pub async fn resolve_node(ctx: &Context, name: &str) -> NodeResult<NodeId> {
+pub async fn resolve_node(
+    cluster: &Cluster,
+    report: &NodeReport,
+    name: &str,
+) -> NodeResult<NodeId> {
     let name = name.trim();
-    let members = members(ctx);
+    let members = cluster.members();
     if let Ok(id) = name.parse::<u64>()
         && members.contains_key(&id)
     {
@@ -86,7 +101,7 @@ pub async fn resolve_node(ctx: &Context, name: &str) -> NodeResult<NodeId> {
     if let Some((id, _)) = members.iter().find(|(_, a)| bare(a) == bare(name)) {
         return Ok(*id);
     }
-    let named: Vec<NodeId> = node_infos(ctx)
+    let named: Vec<NodeId> = node_infos(cluster, report)
         .await
         .into_iter()
         .filter(|(_, i)| i.as_ref().is_some_and(|i| i.node_name == name))
@@ -162,10 +177,14 @@ fn warnings(l: &Layout, members: &BTreeMap<NodeId, String>) -> Vec<String> {
     w
 }
 
-pub async fn layout_response(ctx: &Context) -> NodeResult<pb::LayoutResponse> {
-    let state = ctx.sm.layout()?;
-    let members = members(ctx);
-    let names: BTreeMap<NodeId, String> = node_infos(ctx)
+pub async fn layout_response(
+    sm: &StateMachine,
+    cluster: &Cluster,
+    report: &NodeReport,
+) -> NodeResult<pb::LayoutResponse> {
+    let state = sm.layout()?;
+    let members = cluster.members();
+    let names: BTreeMap<NodeId, String> = node_infos(cluster, report)
         .await
         .into_iter()
         .filter_map(|(id, i)| i.map(|i| (id, i.node_name)))
@@ -198,7 +217,9 @@ pub async fn layout_response(ctx: &Context) -> NodeResult<pb::LayoutResponse> {
 
 /// Turns a StageLayout request into the change to propose.
 pub async fn change_of(
-    ctx: &Arc<Context>,
+    sm: &StateMachine,
+    cluster: &Cluster,
+    report: &NodeReport,
     req: pb::StageLayoutRequest,
 ) -> NodeResult<LayoutChange> {
     use pb::stage_layout_request::Change;
@@ -209,11 +230,11 @@ pub async fn change_of(
     };
     Ok(match change {
         Change::Assign(a) => {
-            let node = resolve_node(ctx, &a.node).await?;
+            let node = resolve_node(cluster, report, &a.node).await?;
             let capacity = if a.capacity > 0 {
                 a.capacity
             } else {
-                node_infos(ctx)
+                node_infos(cluster, report)
                     .await
                     .get(&node)
                     .cloned()
@@ -233,10 +254,10 @@ pub async fn change_of(
             }
         }
         Change::Drain(n) => LayoutChange::Drain {
-            node: resolve_layout_node(ctx, &n).await?,
+            node: resolve_layout_node(sm, cluster, report, &n).await?,
         },
         Change::Remove(n) => LayoutChange::Remove {
-            node: resolve_layout_node(ctx, &n).await?,
+            node: resolve_layout_node(sm, cluster, report, &n).await?,
         },
         Change::Replication(r) => {
             let small = |v: u32| u8::try_from(v).unwrap_or(u8::MAX);
@@ -250,27 +271,32 @@ pub async fn change_of(
 
 /// A node to drain or remove: a member, or a raft id still in the layout (a node that left
 /// the cluster without being removed from the layout first).
-async fn resolve_layout_node(ctx: &Context, name: &str) -> NodeResult<NodeId> {
+async fn resolve_layout_node(
+    sm: &StateMachine,
+    cluster: &Cluster,
+    report: &NodeReport,
+    name: &str,
+) -> NodeResult<NodeId> {
     if let Ok(id) = name.trim().parse::<u64>()
-        && ctx.sm.layout()?.current.nodes.contains_key(&id)
+        && sm.layout()?.current.nodes.contains_key(&id)
     {
         return Ok(id);
     }
-    resolve_node(ctx, name).await
+    resolve_node(cluster, report, name).await
 }
 
-pub async fn stage(ctx: &Arc<Context>, change: LayoutChange) -> NodeResult<()> {
-    ctx.propose(Command::StageLayout(change)).await?;
+pub async fn stage(cluster: &Cluster, change: LayoutChange) -> NodeResult<()> {
+    cluster.propose(Command::StageLayout(change)).await?;
     Ok(())
 }
 
-pub async fn apply(ctx: &Arc<Context>, version: u64) -> NodeResult<()> {
-    ctx.propose(Command::ApplyLayout { version }).await?;
+pub async fn apply(cluster: &Cluster, version: u64) -> NodeResult<()> {
+    cluster.propose(Command::ApplyLayout { version }).await?;
     Ok(())
 }
 
-pub async fn revert(ctx: &Arc<Context>) -> NodeResult<()> {
-    ctx.propose(Command::RevertLayout).await?;
+pub async fn revert(cluster: &Cluster) -> NodeResult<()> {
+    cluster.propose(Command::RevertLayout).await?;
     Ok(())
 }
 

@@ -1,7 +1,10 @@
-//! gRPC services: the client Storage service and the operator Admin service.
+//! gRPC services: the client Storage service, the operator Admin service, the internal
+//! node-to-node Cluster service, and the ingress layer in front of them.
 
 pub mod admin;
+pub mod cluster;
 pub mod convert;
+pub mod ingress;
 pub mod layout;
 mod observe;
 pub mod storage;

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
@@ -11,7 +12,8 @@ use ractor::ActorRef;
 use strata_cluster::query::{ListCursor, ListQuery};
 use strata_cluster::records::VersionRecord;
 use strata_cluster::{
-    BucketName, Command, ObjectKey, Rejection, Response as SmResponse, SessionId, TenantId,
+    BucketName, Command, ObjectKey, Rejection, Response as SmResponse, SessionId, StateMachine,
+    TenantId,
 };
 use strata_proto::v1 as pb;
 use tokio::sync::mpsc;
@@ -19,13 +21,19 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
+use super::ingress::{MessagePermits, StreamGate, StreamTicket};
 use super::observe::{observe, record};
 use crate::actors::supervisor::{SupervisorMsg, call, session_actor};
 use crate::actors::upload_session::{Ack, SessionMsg};
 use crate::auth;
-use crate::context::{Context, now_ms};
+use crate::budget::MemoryBudget;
+use crate::clock::now_ms;
+use crate::config::Config;
 use crate::error::{NodeError, NodeResult};
 use crate::metrics as m;
+use crate::raft::Cluster;
+use crate::reads::Reads;
+use crate::tiering::Tiering;
 
 /// Chunks of one PutChunks stream being verified and written at once.
 const PUT_WINDOW: usize = 8;
@@ -34,21 +42,45 @@ const GET_PIECE: usize = 1024 * 1024;
 const DEFAULT_PAGE: u32 = 1000;
 /// Largest object: 1 PiB (keeps every offset arithmetic far from overflow).
 const MAX_OBJECT_BYTES: u64 = 1 << 50;
-/// Chunks of one download read ahead of the one being sent.
-const GET_READ_AHEAD: usize = 3;
-
 pub struct StorageService {
-    ctx: Arc<Context>,
+    sm: Arc<StateMachine>,
+    cluster: Arc<Cluster>,
+    reads: Arc<Reads>,
+    tiering: Arc<Tiering>,
     sup: ActorRef<SupervisorMsg>,
+    config: Arc<Config>,
+    budget: Arc<MemoryBudget>,
+    streams: Arc<StreamGate>,
+}
+
+/// What the Storage service works with (built by the server).
+pub struct StorageDeps {
+    pub sm: Arc<StateMachine>,
+    pub cluster: Arc<Cluster>,
+    pub reads: Arc<Reads>,
+    pub tiering: Arc<Tiering>,
+    pub sup: ActorRef<SupervisorMsg>,
+    pub config: Arc<Config>,
+    pub budget: Arc<MemoryBudget>,
+    pub streams: Arc<StreamGate>,
 }
 
 impl StorageService {
-    pub fn new(ctx: Arc<Context>, sup: ActorRef<SupervisorMsg>) -> Self {
-        StorageService { ctx, sup }
+    pub fn new(d: StorageDeps) -> Self {
+        StorageService {
+            sm: d.sm,
+            cluster: d.cluster,
+            reads: d.reads,
+            tiering: d.tiering,
+            sup: d.sup,
+            config: d.config,
+            budget: d.budget,
+            streams: d.streams,
+        }
     }
 
     fn tenant<T>(&self, req: &Request<T>) -> NodeResult<TenantId> {
-        auth::tenant(&self.ctx.sm, req.metadata())
+        auth::tenant(&self.sm, req.metadata())
     }
 
     /// The version a Get or Stat names: the current one of a live key, or a given one.
@@ -60,11 +92,7 @@ impl StorageService {
         version: u64,
     ) -> NodeResult<(VersionRecord, u32)> {
         let not_found = || NodeError::NotFound(format!("{bucket}/{key} not found"));
-        let head = self
-            .ctx
-            .sm
-            .object(tenant, bucket, key)?
-            .ok_or_else(not_found)?;
+        let head = self.sm.object(tenant, bucket, key)?.ok_or_else(not_found)?;
         if head.trash.is_some() {
             return Err(NodeError::NotFound(format!(
                 "{bucket}/{key} is in the trash: undelete it to read it"
@@ -76,7 +104,6 @@ impl StorageService {
             version
         };
         let rec = self
-            .ctx
             .sm
             .version(tenant, bucket, key, v)?
             .ok_or_else(|| NodeError::NotFound(format!("{bucket}/{key} has no version {v}")))?;
@@ -97,7 +124,7 @@ impl pb::storage_server::Storage for StorageService {
             let r = req.get_ref();
             let bucket = convert::bucket(&r.bucket)?;
             let key = convert::key(&r.key)?;
-            let max_chunk = self.ctx.config.max_chunk_bytes;
+            let max_chunk = self.config.max_chunk_bytes;
             let manifest = convert::manifest(&r.manifest, max_chunk)?;
             if r.size > MAX_OBJECT_BYTES {
                 return Err(NodeError::InvalidArgument(format!(
@@ -121,7 +148,7 @@ impl pb::storage_server::Storage for StorageService {
                 content_type: r.content_type.clone(),
                 now_ms: now_ms(),
             };
-            match self.ctx.propose(cmd).await? {
+            match self.cluster.propose(cmd).await? {
                 SmResponse::SessionOpened {
                     session,
                     resumed,
@@ -153,19 +180,35 @@ impl pb::storage_server::Storage for StorageService {
         &self,
         req: Request<Streaming<pb::PutChunkRequest>>,
     ) -> Result<Response<Self::PutChunksStream>, Status> {
-        let tenant = match self.tenant(&req) {
+        let start = std::time::Instant::now();
+        let opened = self
+            .tenant(&req)
+            .and_then(|tenant| Ok((tenant, self.streams.enter(tenant, "put")?)));
+        let (tenant, ticket) = match opened {
             Ok(t) => t,
             Err(e) => {
-                record("PutChunks", std::time::Instant::now(), Some(&e));
+                record("PutChunks", start, Some(&e));
                 return Err(e.into());
             }
         };
+        let permits = req
+            .extensions()
+            .get::<Arc<MessagePermits>>()
+            .cloned()
+            .unwrap_or_default();
         let (tx, rx) = mpsc::channel(PUT_WINDOW * 2);
-        let (ctx, sup) = (self.ctx.clone(), self.sup.clone());
+        let pump = Pump {
+            sup: self.sup.clone(),
+            budget: self.budget.clone(),
+            permits,
+            tenant,
+            max_chunk: self.config.max_chunk_bytes as usize,
+            idle: self.config.stream_idle_timeout,
+            _ticket: ticket,
+        };
         let inbound = req.into_inner();
         tokio::spawn(async move {
-            let start = std::time::Instant::now();
-            let result = pump_chunks(&ctx, &sup, tenant, inbound, &tx).await;
+            let result = pump.run(inbound, &tx).await;
             record("PutChunks", start, result.as_ref().err());
             if let Err(e) = result {
                 let _ = tx.send(Err(e.into())).await;
@@ -180,13 +223,13 @@ impl pb::storage_server::Storage for StorageService {
     ) -> Result<Response<pb::UploadProgress>, Status> {
         observe("GetUpload", async {
             let tenant = self.tenant(&req)?;
-            self.ctx.linearize().await?;
+            self.cluster.linearize().await?;
             let id = convert::session_id(&req.get_ref().session_id)?;
-            let rec = match self.ctx.sm.session(&id)? {
+            let rec = match self.sm.session(&id)? {
                 Some(rec) if rec.tenant == tenant => rec,
                 _ => return Err(Rejection::SessionNotFound.into()),
             };
-            let chunks = self.ctx.sm.session_chunks(&id)?;
+            let chunks = self.sm.session_chunks(&id)?;
             let missing = strata_cluster::state_machine::gaps(&chunks, rec.size);
             Ok(pb::UploadProgress {
                 session_id: id.to_string(),
@@ -212,7 +255,7 @@ impl pb::storage_server::Storage for StorageService {
                 created_at_ms: rec.created_at_ms,
                 last_activity_ms: rec.last_activity_ms,
                 expires_at_ms: rec.last_activity_ms
-                    + self.ctx.config.session_idle_timeout.as_millis() as i64,
+                    + self.config.session_idle_timeout.as_millis() as i64,
             })
         })
         .await
@@ -258,7 +301,8 @@ impl pb::storage_server::Storage for StorageService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<Self::GetStream>, Status> {
         observe("Get", async {
             let tenant = self.tenant(&req)?;
-            self.ctx.linearize().await?;
+            let ticket = self.streams.enter(tenant, "get")?;
+            self.cluster.linearize().await?;
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
             let (rec, version_count) = self.find_version(tenant, &bucket, &key, r.version)?;
@@ -281,13 +325,12 @@ impl pb::storage_server::Storage for StorageService {
                 )));
             }
             let tier = self
-                .ctx
                 .sm
                 .version_tier(tenant, &bucket, &key, rec.info.version)?;
             if let Some(why) = super::tier::cold_read_refusal(&bucket, &key, &tier) {
                 return Err(NodeError::FailedPrecondition(why));
             }
-            self.ctx.tiering.note_read(tenant, &bucket, &key);
+            self.tiering.note_read(tenant, &bucket, &key);
             let mut info = convert::version_info(
                 bucket.as_str(),
                 key.as_str(),
@@ -297,7 +340,13 @@ impl pb::storage_server::Storage for StorageService {
             );
             info.tier = Some(super::tier::tier_info(&tier));
             let (tx, rx) = mpsc::channel(4);
-            tokio::spawn(stream_range(self.ctx.clone(), rec, r.offset, end, info, tx));
+            let download = Download {
+                reads: self.reads.clone(),
+                budget: self.budget.clone(),
+                idle: self.config.stream_idle_timeout,
+                _ticket: ticket,
+            };
+            tokio::spawn(download.run(rec, r.offset, end, info, tx));
             Ok(Box::pin(ReceiverStream::new(rx)) as Self::GetStream)
         })
         .await
@@ -309,14 +358,13 @@ impl pb::storage_server::Storage for StorageService {
     ) -> Result<Response<pb::ObjectInfo>, Status> {
         observe("Stat", async {
             let tenant = self.tenant(&req)?;
-            self.ctx.linearize().await?;
+            self.cluster.linearize().await?;
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
             let (rec, count) = self.find_version(tenant, &bucket, &key, r.version)?;
             let mut info =
                 convert::version_info(bucket.as_str(), key.as_str(), &rec.info, count, None);
             let tier = self
-                .ctx
                 .sm
                 .version_tier(tenant, &bucket, &key, rec.info.version)?;
             info.tier = Some(super::tier::tier_info(&tier));
@@ -331,7 +379,7 @@ impl pb::storage_server::Storage for StorageService {
     ) -> Result<Response<pb::ObjectInfo>, Status> {
         observe("Restore", async {
             let tenant = self.tenant(&req)?;
-            self.ctx.linearize().await?;
+            self.cluster.linearize().await?;
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
             let tier = super::tier::restore_tier(&r.tier)?;
@@ -343,7 +391,7 @@ impl pb::storage_server::Storage for StorageService {
             }
             let (rec, count) = self.find_version(tenant, &bucket, &key, r.version)?;
             let version = rec.info.version;
-            let current = self.ctx.sm.version_tier(tenant, &bucket, &key, version)?;
+            let current = self.sm.version_tier(tenant, &bucket, &key, version)?;
             let backend = match &current {
                 strata_cluster::tier::VersionTier::Hot => {
                     return Err(NodeError::FailedPrecondition(format!(
@@ -355,7 +403,6 @@ impl pb::storage_server::Storage for StorageService {
             };
             let days = match r.days {
                 0 => self
-                    .ctx
                     .config
                     .tier_backends()
                     .into_iter()
@@ -363,7 +410,7 @@ impl pb::storage_server::Storage for StorageService {
                     .map_or(1, |b| b.restore_days),
                 d => d,
             };
-            self.ctx
+            self.cluster
                 .propose(Command::StartRestore {
                     tenant,
                     bucket: bucket.clone(),
@@ -376,7 +423,7 @@ impl pb::storage_server::Storage for StorageService {
                 .await?;
             let mut info =
                 convert::version_info(bucket.as_str(), key.as_str(), &rec.info, count, None);
-            let tier = self.ctx.sm.version_tier(tenant, &bucket, &key, version)?;
+            let tier = self.sm.version_tier(tenant, &bucket, &key, version)?;
             info.tier = Some(super::tier::tier_info(&tier));
             Ok(info)
         })
@@ -391,10 +438,10 @@ impl pb::storage_server::Storage for StorageService {
             let tenant = self.tenant(&req)?;
             let r = req.get_ref();
             if !r.stale {
-                self.ctx.linearize().await?;
+                self.cluster.linearize().await?;
             }
             let bucket = convert::bucket(&r.bucket)?;
-            if !self.ctx.sm.bucket_exists(tenant, &bucket)? {
+            if !self.sm.bucket_exists(tenant, &bucket)? {
                 return Err(NodeError::NotFound(format!("bucket {bucket} not found")));
             }
             if r.prefix.len() > strata_cluster::names::MAX_KEY_LEN || r.prefix.contains('\0') {
@@ -417,7 +464,7 @@ impl pb::storage_server::Storage for StorageService {
                 n => n,
             };
             let start = decode_token(&r.page_token)?;
-            let page = self.ctx.sm.list(&ListQuery {
+            let page = self.sm.list(&ListQuery {
                 tenant,
                 bucket: &bucket,
                 prefix: &r.prefix,
@@ -441,16 +488,15 @@ impl pb::storage_server::Storage for StorageService {
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
         observe("ListVersions", async {
             let tenant = self.tenant(&req)?;
-            self.ctx.linearize().await?;
+            self.cluster.linearize().await?;
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
             let head = self
-                .ctx
                 .sm
                 .object(tenant, &bucket, &key)?
                 .ok_or_else(|| NodeError::NotFound(format!("{bucket}/{key} not found")))?;
             let deleted = head.trash.map(|t| t.deleted_at_ms);
-            let versions = self.ctx.sm.versions(tenant, &bucket, &key)?;
+            let versions = self.sm.versions(tenant, &bucket, &key)?;
             Ok(pb::ListVersionsResponse {
                 versions: versions
                     .iter()
@@ -478,7 +524,7 @@ impl pb::storage_server::Storage for StorageService {
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
             let now = now_ms();
-            let purge_at_ms = now + self.ctx.config.trash_retention.as_millis() as i64;
+            let purge_at_ms = now + self.config.trash_retention.as_millis() as i64;
             let cmd = Command::TrashObject {
                 tenant,
                 bucket: bucket.clone(),
@@ -486,7 +532,7 @@ impl pb::storage_server::Storage for StorageService {
                 now_ms: now,
                 purge_at_ms,
             };
-            match self.ctx.propose(cmd).await {
+            match self.cluster.propose(cmd).await.map_err(NodeError::from) {
                 Ok(SmResponse::Trashed(t)) => Ok(pb::DeleteResponse {
                     purge_at_ms: t.purge_at_ms,
                 }),
@@ -510,7 +556,7 @@ impl pb::storage_server::Storage for StorageService {
             let tenant = self.tenant(&req)?;
             let bucket = convert::bucket(&req.get_ref().bucket)?;
             let now = now_ms();
-            self.ctx
+            self.cluster
                 .propose(Command::CreateBucket {
                     tenant,
                     bucket: bucket.clone(),
@@ -531,8 +577,8 @@ impl pb::storage_server::Storage for StorageService {
     ) -> Result<Response<pb::ListBucketsResponse>, Status> {
         observe("ListBuckets", async {
             let tenant = self.tenant(&req)?;
-            self.ctx.linearize().await?;
-            let buckets = self.ctx.sm.buckets(tenant)?;
+            self.cluster.linearize().await?;
+            let buckets = self.sm.buckets(tenant)?;
             Ok(pb::ListBucketsResponse {
                 buckets: buckets
                     .into_iter()
@@ -554,12 +600,13 @@ impl pb::storage_server::Storage for StorageService {
             let tenant = self.tenant(&req)?;
             let bucket = convert::bucket(&req.get_ref().bucket)?;
             match self
-                .ctx
+                .cluster
                 .propose(Command::DeleteBucket {
                     tenant,
                     bucket: bucket.clone(),
                 })
                 .await
+                .map_err(NodeError::from)
             {
                 Ok(_) => Ok(pb::DeleteBucketResponse {}),
                 Err(NodeError::Rejected(Rejection::BucketNotFound)) => {
@@ -584,7 +631,7 @@ impl pb::storage_server::Storage for StorageService {
                 bucket: bucket.clone(),
                 key: key.clone(),
             };
-            match self.ctx.propose(cmd).await {
+            match self.cluster.propose(cmd).await.map_err(NodeError::from) {
                 Ok(SmResponse::Untrashed(view)) => Ok(convert::object_info(&view)),
                 Ok(other) => Err(NodeError::Internal(format!(
                     "unexpected response to UntrashObject: {other:?}"
@@ -602,148 +649,235 @@ impl pb::storage_server::Storage for StorageService {
     }
 }
 
-/// Reads a PutChunks stream, hands each chunk to the session actor (at most PUT_WINDOW in
-/// flight, which also bounds how far the client can get ahead), and sends acks in order.
-async fn pump_chunks(
-    ctx: &Context,
-    sup: &ActorRef<SupervisorMsg>,
+/// One PutChunks stream: reads messages (each already holding its memory permit, taken by
+/// the ingress layer before its bytes were read), hands each chunk to the session actor (at
+/// most PUT_WINDOW in flight, which also bounds how far the client can get ahead), and sends
+/// the acks in order. A stream with nothing to read and nothing in flight for `idle` is
+/// closed; a message that cannot be read ends the call with its error, never with OK.
+struct Pump {
+    sup: ActorRef<SupervisorMsg>,
+    budget: Arc<MemoryBudget>,
+    permits: Arc<MessagePermits>,
     tenant: TenantId,
-    mut inbound: Streaming<pb::PutChunkRequest>,
-    tx: &mpsc::Sender<Result<pb::PutChunkAck, Status>>,
-) -> NodeResult<()> {
-    let mut session: Option<(SessionId, ActorRef<SessionMsg>)> = None;
-    let mut pending = FuturesOrdered::new();
-    let max = ctx.config.max_chunk_bytes as usize;
-    let mut inbound_open = true;
-    while inbound_open || !pending.is_empty() {
-        tokio::select! {
-            biased;
-            Some(ack) = pending.next(), if !pending.is_empty() => {
-                let ack: Ack = ack?;
-                let msg = pb::PutChunkAck {
-                    offset: ack.offset,
-                    id: Bytes::copy_from_slice(ack.id.as_bytes()),
-                    written: ack.written,
-                    bytes_present: ack.bytes_present,
-                };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return Ok(()); // the client went away; durable chunks stay in the session
-                }
-            }
-            msg = inbound.message(), if inbound_open && pending.len() < PUT_WINDOW => {
-                let msg = match msg {
-                    Ok(Some(m)) => m,
-                    Ok(None) => { inbound_open = false; continue; }
-                    Err(status) => {
-                        tracing::debug!(%status, "PutChunks client stream ended with an error");
-                        inbound_open = false;
-                        continue;
-                    }
-                };
-                let actor = match &session {
-                    Some((id, actor)) => {
-                        if !msg.session_id.is_empty() && msg.session_id != id.to_string() {
-                            return Err(NodeError::InvalidArgument("one PutChunks stream serves one session: session_id changed".into()));
-                        }
-                        actor.clone()
-                    }
-                    None => {
-                        let id = convert::session_id(&msg.session_id)?;
-                        let actor = session_actor(sup, id).await?;
-                        session = Some((id, actor.clone()));
-                        actor
-                    }
-                };
-                if msg.data.len() > max {
-                    return Err(NodeError::InvalidArgument(format!(
-                        "chunk at offset {} is {} bytes, over the {max}-byte limit", msg.offset, msg.data.len()
-                    )));
-                }
-                let id = convert::chunk_id(&msg.id, "chunk id")?;
-                let (offset, data) = (msg.offset, msg.data);
-                pending.push_back(async move {
-                    call(&actor, |reply| SessionMsg::Put { tenant, offset, id, data, reply }).await?
-                });
-            }
-        }
-    }
-    Ok(())
+    max_chunk: usize,
+    idle: Duration,
+    _ticket: StreamTicket,
 }
 
-/// Streams bytes [start, end) of a version, reading (and verifying) the next chunk while the
-/// current one is sent.
-async fn stream_range(
-    ctx: Arc<Context>,
-    rec: VersionRecord,
-    start: u64,
-    end: u64,
-    info: pb::ObjectInfo,
-    tx: mpsc::Sender<Result<pb::GetResponse, Status>>,
-) {
-    let started = std::time::Instant::now();
-    if tx
-        .send(Ok(pb::GetResponse {
+impl Pump {
+    async fn run(
+        self,
+        mut inbound: Streaming<pb::PutChunkRequest>,
+        tx: &mpsc::Sender<Result<pb::PutChunkAck, Status>>,
+    ) -> NodeResult<()> {
+        let tenant = self.tenant;
+        let mut session: Option<(SessionId, ActorRef<SessionMsg>)> = None;
+        let mut pending = FuturesOrdered::new();
+        let mut inbound_open = true;
+        while inbound_open || !pending.is_empty() {
+            let idle = tokio::time::sleep(self.idle);
+            tokio::select! {
+                biased;
+                Some(ack) = pending.next(), if !pending.is_empty() => {
+                    let ack: Ack = ack?;
+                    let msg = pb::PutChunkAck {
+                        offset: ack.offset,
+                        id: Bytes::copy_from_slice(ack.id.as_bytes()),
+                        written: ack.written,
+                        bytes_present: ack.bytes_present,
+                    };
+                    // The client went away: durable chunks stay in the session.
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                msg = inbound.message(), if inbound_open && pending.len() < PUT_WINDOW => {
+                    let msg = match msg {
+                        Ok(Some(m)) => m,
+                        Ok(None) => { inbound_open = false; continue; }
+                        Err(status) => return Err(inbound_error(status, self.max_chunk)),
+                    };
+                    // Taken by the ingress layer before the message's bytes were read; taken
+                    // here only if the layer is absent.
+                    let permit = match self.permits.next() {
+                        Some(p) => p,
+                        None => self.budget.client(msg.data.len() as u64).await?,
+                    };
+                    let actor = match &session {
+                        Some((id, actor)) => {
+                            if !msg.session_id.is_empty() && msg.session_id != id.to_string() {
+                                return Err(NodeError::InvalidArgument("one PutChunks stream serves one session: session_id changed".into()));
+                            }
+                            actor.clone()
+                        }
+                        None => {
+                            let id = convert::session_id(&msg.session_id)?;
+                            let actor = session_actor(&self.sup, id).await?;
+                            session = Some((id, actor.clone()));
+                            actor
+                        }
+                    };
+                    if msg.data.len() > self.max_chunk {
+                        return Err(NodeError::InvalidArgument(format!(
+                            "chunk at offset {} is {} bytes, over the {}-byte limit", msg.offset, msg.data.len(), self.max_chunk
+                        )));
+                    }
+                    let id = convert::chunk_id(&msg.id, "chunk id")?;
+                    let (offset, data) = (msg.offset, msg.data);
+                    pending.push_back(async move {
+                        call(&actor, |reply| SessionMsg::Put { tenant, offset, id, data, permit: Some(permit), reply }).await?
+                    });
+                }
+                _ = idle, if pending.is_empty() => {
+                    metrics::counter!(m::INGRESS_REFUSED, "limit" => "stream_idle_timeout").increment(1);
+                    return Err(NodeError::DeadlineExceeded(format!(
+                        "no chunk arrived for {} (stream_idle_timeout): the stream is closed; chunks acknowledged so far are kept in the session",
+                        humantime::format_duration(self.idle)
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A PutChunks message that could not be read: the client's own error, or a message over the
+/// size limit (tonic says OUT_OF_RANGE; it is a resource limit, named as such).
+fn inbound_error(status: Status, max_chunk: usize) -> NodeError {
+    match status.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+            if status.message().contains("too large") || status.message().contains("limit") =>
+        {
+            NodeError::ResourceExhausted(format!(
+                "{} (the message limit is max_chunk_bytes plus 1 MiB; chunks of at most {max_chunk} bytes)",
+                status.message()
+            ))
+        }
+        _ => NodeError::from_status(status),
+    }
+}
+
+/// Chunks of one download read ahead of the one being sent.
+const GET_READ_AHEAD: usize = 3;
+
+/// One Get stream: bytes [start, end) of a version. Up to GET_READ_AHEAD chunks are read (and
+/// verified) ahead of the one being sent, each holding memory from the client pool; when the
+/// client goes away or stops reading for `idle`, the reads ahead are cancelled.
+struct Download {
+    reads: Arc<Reads>,
+    budget: Arc<MemoryBudget>,
+    idle: Duration,
+    _ticket: StreamTicket,
+}
+
+/// A spawned task that is cancelled when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Download {
+    async fn run(
+        self,
+        rec: VersionRecord,
+        start: u64,
+        end: u64,
+        info: pb::ObjectInfo,
+        tx: mpsc::Sender<Result<pb::GetResponse, Status>>,
+    ) {
+        let started = std::time::Instant::now();
+        let first = pb::GetResponse {
             info: Some(info),
             data: Bytes::new(),
-        }))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let wanted: Vec<_> = rec
-        .chunks
-        .into_iter()
-        .filter(|c| c.offset < end && c.offset + c.len as u64 > start)
-        .collect();
-    let read = |id| {
-        let ctx = ctx.clone();
-        tokio::spawn(async move { ctx.read_chunk(id).await })
-    };
-    // Up to GET_READ_AHEAD chunks are read and verified while earlier ones are sent.
-    let mut ahead = std::collections::VecDeque::new();
-    let mut next_read = 0;
-    for c in &wanted {
-        while next_read < wanted.len() && ahead.len() < GET_READ_AHEAD {
-            ahead.push_back(read(wanted[next_read].id));
-            next_read += 1;
-        }
-        let Some(task) = ahead.pop_front() else { break };
-        let data = match task.await {
-            Ok(Ok(d)) => d,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "download failed");
-                let _ = tx.send(Err(e.into())).await;
-                return;
-            }
-            Err(e) => {
-                let _ = tx
-                    .send(Err(Status::internal(format!("read task: {e}"))))
-                    .await;
-                return;
-            }
         };
-        let hi = (end.saturating_sub(c.offset) as usize).min(data.len());
-        let lo = (start.saturating_sub(c.offset) as usize).min(hi);
-        let mut piece = data.slice(lo..hi);
-        while !piece.is_empty() {
-            let part = piece.split_to(piece.len().min(GET_PIECE));
-            let n = part.len() as u64;
-            if tx
-                .send(Ok(pb::GetResponse {
+        if !self.send(&tx, Ok(first)).await {
+            return;
+        }
+        let wanted: Vec<_> = rec
+            .chunks
+            .into_iter()
+            .filter(|c| c.offset < end && c.offset + c.len as u64 > start)
+            .collect();
+        let mut ahead = std::collections::VecDeque::new();
+        let mut next_read = 0;
+        for c in &wanted {
+            while next_read < wanted.len() && ahead.len() < GET_READ_AHEAD {
+                let chunk = &wanted[next_read];
+                let permit = tokio::select! {
+                    p = self.budget.client(u64::from(chunk.len)) => p,
+                    _ = tx.closed() => return,
+                };
+                let permit = match permit {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(NodeError::from(e).into())).await;
+                        return;
+                    }
+                };
+                let (reads, id) = (self.reads.clone(), chunk.id);
+                ahead.push_back(AbortOnDrop(tokio::spawn(async move {
+                    let r = reads.chunk(id).await;
+                    (r, permit)
+                })));
+                next_read += 1;
+            }
+            let Some(mut task) = ahead.pop_front() else {
+                break;
+            };
+            let (data, _permit) = match (&mut task.0).await {
+                Ok((Ok(d), p)) => (d, p),
+                Ok((Err(e), _)) => {
+                    tracing::error!(error = %e, "download failed");
+                    let _ = tx.send(Err(NodeError::from(e).into())).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(Status::internal(format!("read task: {e}"))))
+                        .await;
+                    return;
+                }
+            };
+            let hi = (end.saturating_sub(c.offset) as usize).min(data.len());
+            let lo = (start.saturating_sub(c.offset) as usize).min(hi);
+            let mut piece = data.slice(lo..hi);
+            while !piece.is_empty() {
+                let part = piece.split_to(piece.len().min(GET_PIECE));
+                let n = part.len() as u64;
+                let msg = pb::GetResponse {
                     info: None,
                     data: part,
-                }))
-                .await
-                .is_err()
-            {
-                return;
+                };
+                if !self.send(&tx, Ok(msg)).await {
+                    return;
+                }
+                metrics::counter!(m::DOWNLOAD_BYTES).increment(n);
             }
-            metrics::counter!(m::DOWNLOAD_BYTES).increment(n);
+        }
+        metrics::histogram!(m::GRPC_DURATION, "method" => "Get.stream")
+            .record(started.elapsed().as_secs_f64());
+    }
+
+    /// Sends one message; false when the client is gone or has not read for `idle`.
+    async fn send(
+        &self,
+        tx: &mpsc::Sender<Result<pb::GetResponse, Status>>,
+        msg: Result<pb::GetResponse, Status>,
+    ) -> bool {
+        match tokio::time::timeout(self.idle, tx.send(msg)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                metrics::counter!(m::INGRESS_REFUSED, "limit" => "stream_idle_timeout")
+                    .increment(1);
+                tracing::debug!("download stalled for the stream idle timeout; closing it");
+                false
+            }
         }
     }
-    metrics::histogram!(m::GRPC_DURATION, "method" => "Get.stream")
-        .record(started.elapsed().as_secs_f64());
 }
 
 fn encode_token(c: &ListCursor) -> String {

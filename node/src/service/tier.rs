@@ -1,19 +1,20 @@
 //! Tiering in the Admin service (policies, status, running a pass) and the conversions that
 //! Stat and Restore use to show where a version's bytes are.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::ActorRef;
 use strata_cluster::tier::{PolicyScope, StorageClass, TierPolicy, VersionTier};
-use strata_cluster::{BucketName, Command, ObjectKey};
+use strata_cluster::{BucketName, Command, ObjectKey, StateMachine};
 use strata_proto::v1 as pb;
 
+use super::layout::{NodeReport, node_infos};
 use crate::actors::supervisor::{SupervisorMsg, call};
 use crate::actors::tiering::TieringMsg;
-use crate::context::{Context, now_ms};
+use crate::clock::now_ms;
 use crate::error::{NodeError, NodeResult};
-use crate::tiering::PassReport;
+use crate::raft::Cluster;
+use crate::tiering::{PassReport, Tiering};
 
 /// The longest a RunTiering call waits for its pass.
 const RUN_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -64,12 +65,11 @@ pub fn cold_read_refusal(bucket: &BucketName, key: &ObjectKey, t: &VersionTier) 
     }
 }
 
-fn policy_to_pb(ctx: &Context, p: &TierPolicy) -> NodeResult<pb::TierPolicy> {
+fn policy_to_pb(sm: &StateMachine, p: &TierPolicy) -> NodeResult<pb::TierPolicy> {
     let (tenant, bucket) = match &p.scope {
         PolicyScope::Cluster => (String::new(), String::new()),
         PolicyScope::Bucket { tenant, bucket } => (
-            ctx.sm
-                .tenant(*tenant)?
+            sm.tenant(*tenant)?
                 .map(|t| t.name)
                 .unwrap_or_else(|| format!("#{}", tenant.0)),
             bucket.to_string(),
@@ -101,9 +101,14 @@ fn check_policy_name(name: &str) -> NodeResult<()> {
     Ok(())
 }
 
-pub async fn set_policy(ctx: &Context, r: &pb::TierPolicy) -> NodeResult<pb::TierPolicy> {
+pub async fn set_policy(
+    sm: &StateMachine,
+    cluster: &Cluster,
+    tiering: &Tiering,
+    r: &pb::TierPolicy,
+) -> NodeResult<pb::TierPolicy> {
     check_policy_name(&r.name)?;
-    let store = ctx.tiering.backend(&r.backend).map_err(|e| {
+    let store = tiering.backend(&r.backend).map_err(|e| {
         NodeError::InvalidArgument(format!("{e}; add it under [[tier.backends]] on every node"))
     })?;
     let class = if r.storage_class.is_empty() {
@@ -129,8 +134,7 @@ pub async fn set_policy(ctx: &Context, r: &pb::TierPolicy) -> NodeResult<pb::Tie
         (true, true) => PolicyScope::Cluster,
         (false, false) => {
             let bucket = BucketName::new(&r.bucket)?;
-            let tenant = ctx
-                .sm
+            let tenant = sm
                 .tenant_id(&r.tenant)?
                 .ok_or_else(|| NodeError::NotFound(format!("tenant {:?} not found", r.tenant)))?;
             PolicyScope::Bucket { tenant, bucket }
@@ -150,32 +154,33 @@ pub async fn set_policy(ctx: &Context, r: &pb::TierPolicy) -> NodeResult<pb::Tie
         min_size: r.min_size,
         created_at_ms: now_ms(),
     };
-    ctx.propose(Command::SetTierPolicy(policy.clone())).await?;
-    policy_to_pb(ctx, &policy)
+    cluster
+        .propose(Command::SetTierPolicy(policy.clone()))
+        .await?;
+    policy_to_pb(sm, &policy)
 }
 
-pub fn get_policy(ctx: &Context, name: &str) -> NodeResult<pb::TierPolicy> {
+pub fn get_policy(sm: &StateMachine, name: &str) -> NodeResult<pb::TierPolicy> {
     check_policy_name(name)?;
-    let p = ctx
-        .sm
+    let p = sm
         .tier_policy(name)?
         .ok_or_else(|| NodeError::NotFound(format!("tier policy {name:?} not found")))?;
-    policy_to_pb(ctx, &p)
+    policy_to_pb(sm, &p)
 }
 
-pub fn list_policies(ctx: &Context) -> NodeResult<pb::ListTierPoliciesResponse> {
-    let policies = ctx
-        .sm
+pub fn list_policies(sm: &StateMachine) -> NodeResult<pb::ListTierPoliciesResponse> {
+    let policies = sm
         .tier_policies()?
         .iter()
-        .map(|p| policy_to_pb(ctx, p))
+        .map(|p| policy_to_pb(sm, p))
         .collect::<NodeResult<_>>()?;
     Ok(pb::ListTierPoliciesResponse { policies })
 }
 
-pub async fn delete_policy(ctx: &Context, name: &str) -> NodeResult<()> {
+pub async fn delete_policy(cluster: &Cluster, name: &str) -> NodeResult<()> {
     check_policy_name(name)?;
-    ctx.propose(Command::DeleteTierPolicy { name: name.into() })
+    cluster
+        .propose(Command::DeleteTierPolicy { name: name.into() })
         .await?;
     Ok(())
 }
@@ -197,13 +202,17 @@ pub fn pass_to_pb(r: &PassReport) -> pb::TierPass {
     }
 }
 
-pub async fn status(ctx: &Arc<Context>) -> NodeResult<pb::TierStatusResponse> {
-    let totals = ctx.sm.tier_totals()?;
-    let infos = super::layout::node_infos(ctx).await;
+pub async fn status(
+    sm: &StateMachine,
+    cluster: &Cluster,
+    tiering: &Tiering,
+    report: &NodeReport,
+) -> NodeResult<pb::TierStatusResponse> {
+    let totals = sm.tier_totals()?;
+    let infos = node_infos(cluster, report).await;
     let hot_bytes = infos.values().flatten().map(|i| i.chunk_bytes).sum();
-    let backends = ctx
-        .tiering
-        .backends
+    let backends = tiering
+        .backends()
         .values()
         .map(|s| {
             let (archives, archive_bytes) =
@@ -219,9 +228,8 @@ pub async fn status(ctx: &Arc<Context>) -> NodeResult<pb::TierStatusResponse> {
         })
         .collect();
     let mut restores = Vec::new();
-    for r in ctx.sm.restores()? {
-        let tenant = ctx
-            .sm
+    for r in sm.restores()? {
+        let tenant = sm
             .tenant(r.tenant)?
             .map(|t| t.name)
             .unwrap_or_else(|| format!("#{}", r.tenant.0));
@@ -235,7 +243,7 @@ pub async fn status(ctx: &Arc<Context>) -> NodeResult<pb::TierStatusResponse> {
             rehydrating: r.record.rehydrating,
         });
     }
-    let moves_pending = ctx.sm.tier_candidates(now_ms(), 100_000)?.len() as u64;
+    let moves_pending = sm.tier_candidates(now_ms(), 100_000)?.len() as u64;
     Ok(pb::TierStatusResponse {
         hot_bytes,
         backends,
@@ -243,14 +251,13 @@ pub async fn status(ctx: &Arc<Context>) -> NodeResult<pb::TierStatusResponse> {
         cold_versions: totals.cold_versions,
         restores,
         dead_archives: totals.dead_archives,
-        last_pass: Some(pass_to_pb(&ctx.tiering.last_pass())),
+        last_pass: Some(pass_to_pb(&tiering.last_pass())),
     })
 }
 
-pub async fn run_now(ctx: &Context, sup: &ActorRef<SupervisorMsg>) -> NodeResult<pb::TierPass> {
-    if !ctx.cluster.is_leader() {
-        let leader = ctx
-            .cluster
+pub async fn run_now(cluster: &Cluster, sup: &ActorRef<SupervisorMsg>) -> NodeResult<pb::TierPass> {
+    if !cluster.is_leader() {
+        let leader = cluster
             .leader()
             .map(|(_, addr)| addr)
             .unwrap_or_else(|| "unknown (no leader now)".into());

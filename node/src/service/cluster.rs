@@ -1,26 +1,35 @@
 //! The internal `Cluster` gRPC service: Raft RPCs, forwarded writes, read index, join, and
-//! chunk fetches between nodes. Every call must carry the cluster secret.
+//! what each node reports about itself. Every call must carry the cluster secret.
 
 use std::sync::Arc;
 
+use serde::Serialize;
 use strata_cluster::raft::NodeId;
 use strata_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::network::{SECRET_HEADER, decode, encode};
-use crate::context::Context;
+use super::layout::NodeReport;
+use crate::codec;
+use crate::raft::network::SECRET_HEADER;
+use crate::raft::{Cluster, WireError};
 
 pub struct ClusterService {
-    ctx: Arc<Context>,
+    cluster: Arc<Cluster>,
+    report: Arc<NodeReport>,
+}
+
+fn payload<T: Serialize>(what: &'static str, v: &T) -> Result<Response<pb::RaftPayload>, Status> {
+    let data = codec::encode(what, v).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(pb::RaftPayload { data: data.into() }))
 }
 
 impl ClusterService {
-    pub fn new(ctx: Arc<Context>) -> Self {
-        ClusterService { ctx }
+    pub fn new(cluster: Arc<Cluster>, report: Arc<NodeReport>) -> Self {
+        ClusterService { cluster, report }
     }
 
     fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let expected = self.ctx.cluster.peers.secret();
+        let expected = self.cluster.peers.secret();
         let given = req
             .metadata()
             .get(SECRET_HEADER)
@@ -38,8 +47,8 @@ impl ClusterService {
     }
 }
 
-fn bad(e: String) -> Status {
-    Status::invalid_argument(format!("cannot decode raft message: {e}"))
+fn bad(e: codec::CodecError) -> Status {
+    Status::invalid_argument(e.to_string())
 }
 
 #[tonic::async_trait]
@@ -49,11 +58,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
         self.check(&req)?;
-        let rpc = decode(&req.get_ref().data).map_err(bad)?;
-        let result = self.ctx.cluster.raft.append_entries(rpc).await;
-        Ok(Response::new(pb::RaftPayload {
-            data: encode(&result).into(),
-        }))
+        let rpc = codec::decode("append entries request", &req.get_ref().data).map_err(bad)?;
+        let result = self.cluster.raft.append_entries(rpc).await;
+        payload("append entries reply", &result)
     }
 
     async fn vote(
@@ -61,11 +68,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
         self.check(&req)?;
-        let rpc = decode(&req.get_ref().data).map_err(bad)?;
-        let result = self.ctx.cluster.raft.vote(rpc).await;
-        Ok(Response::new(pb::RaftPayload {
-            data: encode(&result).into(),
-        }))
+        let rpc = codec::decode("vote request", &req.get_ref().data).map_err(bad)?;
+        let result = self.cluster.raft.vote(rpc).await;
+        payload("vote reply", &result)
     }
 
     async fn install_snapshot(
@@ -73,11 +78,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
         self.check(&req)?;
-        let rpc = decode(&req.get_ref().data).map_err(bad)?;
-        let result = self.ctx.cluster.raft.install_snapshot(rpc).await;
-        Ok(Response::new(pb::RaftPayload {
-            data: encode(&result).into(),
-        }))
+        let rpc = codec::decode("install snapshot request", &req.get_ref().data).map_err(bad)?;
+        let result = self.cluster.raft.install_snapshot(rpc).await;
+        payload("install snapshot reply", &result)
     }
 
     async fn propose(
@@ -85,11 +88,13 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
         self.check(&req)?;
-        let cmd = decode(&req.get_ref().data).map_err(bad)?;
-        let result = self.ctx.cluster.write(cmd).await.map_err(|e| e.to_string());
-        Ok(Response::new(pb::RaftPayload {
-            data: encode(&result).into(),
-        }))
+        let cmd = codec::decode("forwarded command", &req.get_ref().data).map_err(bad)?;
+        let result = self
+            .cluster
+            .write(cmd)
+            .await
+            .map_err(|e| WireError::from(&e));
+        payload("forwarded write result", &result)
     }
 
     async fn read_index(
@@ -97,7 +102,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         self.check(&req)?;
-        match self.ctx.cluster.raft.ensure_linearizable().await {
+        match self.cluster.raft.ensure_linearizable().await {
             Ok(log_id) => Ok(Response::new(pb::ReadIndexResponse {
                 index: log_id.map_or(0, |l| l.index),
             })),
@@ -112,11 +117,11 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::IdentifyRequest>,
     ) -> Result<Response<pb::IdentifyResponse>, Status> {
         self.check(&req)?;
-        let c = &self.ctx.cluster;
+        let c = &self.cluster;
         Ok(Response::new(pb::IdentifyResponse {
             raft_id: c.id,
             address: c.addr.clone(),
-            node_name: self.ctx.config.node_id.clone(),
+            node_name: self.report.name.clone(),
             initialized: c.is_initialized().await,
         }))
     }
@@ -126,7 +131,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
         self.check(&req)?;
-        let c = &self.ctx.cluster;
+        let c = &self.cluster;
         let r = req.into_inner();
         if r.raft_id == 0 || r.address.is_empty() {
             return Err(Status::invalid_argument(
@@ -144,7 +149,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         c.add_node(r.raft_id as NodeId, &r.address)
             .await
-            .map_err(Status::from)?;
+            .map_err(|e| Status::from(crate::error::NodeError::from(e)))?;
         Ok(Response::new(pb::JoinResponse { leader_id: c.id }))
     }
 
@@ -154,7 +159,7 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::RemoveResponse>, Status> {
         self.check(&req)?;
         let id = req.get_ref().raft_id;
-        let c = &self.ctx.cluster;
+        let c = &self.cluster;
         c.on_leader(c.remove_node(id), async move |mut client| {
             client
                 .remove(pb::RemoveRequest { raft_id: id })
@@ -163,7 +168,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 .map(|_| ())
         })
         .await
-        .map_err(Status::from)?;
+        .map_err(|e| Status::from(crate::error::NodeError::from(e)))?;
         Ok(Response::new(pb::RemoveResponse {}))
     }
 
@@ -172,10 +177,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::MetricsRequest>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
         self.check(&req)?;
-        let m = self.ctx.cluster.raft.metrics().borrow().clone();
-        Ok(Response::new(pb::RaftPayload {
-            data: encode(&m).into(),
-        }))
+        let m = self.cluster.raft.metrics().borrow().clone();
+        payload("raft metrics", &m)
     }
 
     async fn node_info(
@@ -183,6 +186,6 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::NodeInfoRequest>,
     ) -> Result<Response<pb::NodeInfoResponse>, Status> {
         self.check(&req)?;
-        Ok(Response::new(crate::service::layout::local_info(&self.ctx)))
+        Ok(Response::new(self.report.local()))
     }
 }

@@ -13,8 +13,9 @@ use base64::Engine;
 use bytes::Bytes;
 use strata_cluster::tier::{RestoreTier, StorageClass};
 
-use super::{ColdError, ColdObject, ColdStore, RestoreStatus, configured_class};
-use crate::config::{BackendConfig, BackendKind};
+use super::{
+    BackendConfig, BackendKind, ColdError, ColdObject, ColdStore, RestoreStatus, configured_class,
+};
 
 pub struct S3Store {
     name: String,
@@ -49,7 +50,7 @@ where
 }
 
 impl S3Store {
-    pub async fn open(b: &BackendConfig) -> anyhow::Result<S3Store> {
+    pub async fn open(b: &BackendConfig) -> S3Store {
         let mut loader =
             aws_config::defaults(BehaviorVersion::latest()).region(Region::new(b.region.clone()));
         if !b.access_key_id.is_empty() {
@@ -66,14 +67,14 @@ impl S3Store {
         if !b.endpoint.is_empty() {
             conf = conf.endpoint_url(b.endpoint.clone());
         }
-        Ok(S3Store {
+        S3Store {
             name: b.name.clone(),
             kind: b.kind,
             client: Client::from_conf(conf.build()),
             bucket: b.bucket.clone(),
             prefix: b.prefix.clone(),
             class: configured_class(b),
-        })
+        }
     }
 
     fn key(&self, object: &str) -> String {

@@ -1,0 +1,77 @@
+//! Deleting copies nothing needs. A chunk file is deleted only under the chunk's lock, after
+//! checking there that the local metadata replica has no hot reference to it and that the file
+//! is older than `gc_grace`: a chunk written here whose reference is still on its way through
+//! Raft (or whose bytes were stored again by a new upload, which re-stamps the file) is kept.
+
+use std::sync::Arc;
+
+use strata_cluster::{ChunkId, StateMachine};
+
+use super::{BlockManager, BlockResult, for_each_limited};
+use crate::chunk_store::{FileInfo, Removal, old_enough};
+use crate::metrics as m;
+
+/// Peers asked at once to drop a chunk.
+const DROP_PARALLEL: usize = 8;
+
+/// The check made under the lock: keep a file that something needs hot, or that is young.
+/// A metadata read error keeps it too (deleting is the one thing that cannot be undone).
+fn keep(sm: &StateMachine, id: &ChunkId, info: &FileInfo, grace: std::time::Duration) -> bool {
+    !old_enough(info, grace) || sm.chunk_needs_hot(id).unwrap_or(true)
+}
+
+impl BlockManager {
+    /// Deletes this node's copy of a chunk that nothing needs hot any more (see the module).
+    pub async fn collect(&self, id: ChunkId) -> BlockResult<Removal> {
+        let (sm, grace) = (self.sm.clone(), self.config.gc_grace);
+        let r = self
+            .store
+            .remove_unless(id, move |info| keep(&sm, &id, info, grace))
+            .await?;
+        if r == Removal::Deleted {
+            metrics::counter!(m::CHUNKS_COLLECTED).increment(1);
+        }
+        Ok(r)
+    }
+
+    /// Asks every other member to drop its copy (each decides with its own metadata and
+    /// grace, as `collect` does). Failures are logged: a member that misses this finds the
+    /// file in its own orphan sweep.
+    pub async fn drop_everywhere(self: &Arc<Self>, id: ChunkId) {
+        let Ok(peers) = self.peers() else {
+            return;
+        };
+        let targets: Vec<_> = self
+            .members
+            .all()
+            .iter()
+            .filter(|(n, _)| **n != self.me)
+            .map(|(n, a)| (*n, *a))
+            .collect();
+        for_each_limited(targets, DROP_PARALLEL, |(node, addr)| async move {
+            if let Err(e) = peers.drop_chunk(addr, id).await {
+                tracing::debug!(chunk = %id, node, error = %e, "peer did not drop the collected chunk");
+            }
+        })
+        .await;
+    }
+
+    /// Deletes chunk files that nothing needs hot and that are older than the grace period:
+    /// a crash between a chunk's write and its reference leaves one (never acknowledged), so
+    /// does a replica sent for an upload that then failed, or a copy that missed its
+    /// collection while this node was down. Returns how many went.
+    pub async fn collect_orphans(&self) -> BlockResult<usize> {
+        let mut deleted = 0;
+        for id in self.store.ids().await? {
+            if self.collect(id).await? == Removal::Deleted {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// A peer's DropChunk: the same check as `collect`.
+    pub(super) async fn drop_requested(&self, id: ChunkId) -> BlockResult<Removal> {
+        self.collect(id).await
+    }
+}
