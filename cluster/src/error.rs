@@ -82,6 +82,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("metadata record {what} is corrupt: {why}")]
     Corrupt { what: &'static str, why: String },
+    #[error("cannot encode {what}: {why}")]
+    Encode { what: &'static str, why: String },
 }
 
 /// Either outcome of applying a command.

@@ -10,12 +10,15 @@ use crate::names::{BucketName, ObjectKey};
 /// Format version written in front of every stored value.
 pub const FORMAT_V1: u8 = 1;
 
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![FORMAT_V1];
-    // Encoding plain data structs into a Vec cannot fail.
-    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
-        .unwrap_or_default();
-    out
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard()).map_err(
+        |e| StoreError::Encode {
+            what: std::any::type_name::<T>(),
+            why: e.to_string(),
+        },
+    )?;
+    Ok(out)
 }
 
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {

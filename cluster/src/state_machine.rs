@@ -136,7 +136,7 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                     principal: Principal::Tenant(TenantId(id)),
                     created_at_ms: *now_ms,
                 };
-                tx.put(keys::token(&token.0), &rec);
+                tx.put(keys::token(&token.0), &rec)?;
                 Ok(Response::TokenCreated(TenantId(id)))
             }
             Command::RevokeToken { token } => {
@@ -160,7 +160,7 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                     &BucketRecord {
                         created_at_ms: *now_ms,
                     },
-                );
+                )?;
                 Ok(Response::Done)
             }
             Command::DeleteBucket { tenant, bucket } => {
@@ -188,7 +188,7 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                     principal: Principal::Admin,
                     created_at_ms: *now_ms,
                 };
-                tx.put(keys::token(&token.0), &rec);
+                tx.put(keys::token(&token.0), &rec)?;
                 Ok(Response::Done)
             }
             Command::OpenSession {
@@ -259,7 +259,7 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                 Ok(Response::Done)
             }
             Command::SetTierPolicy(policy) => {
-                tx.put(keys::policy(&policy.name), policy);
+                tx.put(keys::policy(&policy.name), policy)?;
                 Ok(Response::Done)
             }
             Command::DeleteTierPolicy { name } => {
@@ -341,7 +341,7 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                             cert_pem: cert_pem.clone(),
                             key_pem: key_pem.clone(),
                         },
-                    );
+                    )?;
                 }
                 Ok(Response::Done)
             }
@@ -359,7 +359,7 @@ fn update_layout(
     let key = keys::meta(LAYOUT);
     let mut layout: LayoutState = tx.get("layout", &key)?.unwrap_or_default();
     change(&mut layout)?;
-    tx.put(key, &layout);
+    tx.put(key, &layout)?;
     Ok(Response::Done)
 }
 
@@ -414,8 +414,9 @@ impl<'a> Txn<'a> {
             .unwrap_or(0))
     }
 
-    fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) {
-        self.pending.insert(key, Some(encode(value)));
+    fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), StoreError> {
+        self.pending.insert(key, Some(encode(value)?));
+        Ok(())
     }
 
     fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -543,19 +544,19 @@ fn create_tenant(
             name: name.to_owned(),
             created_at_ms: now_ms,
         },
-    );
+    )?;
     tx.put(
         keys::token(&token.0),
         &TokenRecord {
             principal: Principal::Tenant(id),
             created_at_ms: now_ms,
         },
-    );
+    )?;
     Ok(Response::TenantCreated(id))
 }
 
-fn manifest_digest(manifest: Option<&[ManifestEntry]>) -> [u8; 32] {
-    *blake3::hash(&encode(&manifest)).as_bytes()
+fn manifest_digest(manifest: Option<&[ManifestEntry]>) -> Result<[u8; 32], StoreError> {
+    Ok(*blake3::hash(&encode(&manifest)?).as_bytes())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -576,7 +577,7 @@ fn open_session(
             return Err(Rejection::ManifestSize { covered, size }.into());
         }
     }
-    let digest = manifest_digest(manifest);
+    let digest = manifest_digest(manifest)?;
 
     // Resume: an open session of this tenant for the same key, size and manifest.
     for index_key in tx.scan_keys(&keys::session_by_key_prefix(tenant, bucket, key))? {
@@ -594,7 +595,7 @@ fn open_session(
         {
             rec.last_activity_ms = now_ms;
             let bytes_present = rec.bytes_present;
-            tx.put(keys::session(&old), &rec);
+            tx.put(keys::session(&old), &rec)?;
             let existing = match manifest {
                 Some(m) => present_indexes(tx, &old, m)?,
                 None => Vec::new(),
@@ -623,7 +624,7 @@ fn open_session(
     };
     let mut existing = Vec::new();
     if let Some(m) = manifest {
-        tx.put(keys::session_manifest(session), &m.to_vec());
+        tx.put(keys::session_manifest(session), &m.to_vec())?;
         // Dedup: chunks the tenant already holds join the session at once (and are pinned by
         // the session's reference until it completes or ends).
         let mut offset = 0u64;
@@ -645,7 +646,7 @@ fn open_session(
                         len: e.len,
                         cv,
                     },
-                );
+                )?;
                 add_ref(tx, &e.id, tenant, e.len, None)?;
                 rec.bytes_present += e.len as u64;
                 existing.push(i as u32);
@@ -654,7 +655,7 @@ fn open_session(
         }
     }
     let bytes_present = rec.bytes_present;
-    tx.put(keys::session(session), &rec);
+    tx.put(keys::session(session), &rec)?;
     tx.put_raw(
         keys::session_by_key(tenant, bucket, key, session),
         Vec::new(),
@@ -707,7 +708,7 @@ fn add_ref(
     {
         meta.cvs.push((offset, cv));
     }
-    tx.put(key, &meta);
+    tx.put(key, &meta)?;
     let global = keys::chunk_global(id);
     let refs = tx.get_u64(&global)?;
     if refs == 0 {
@@ -727,7 +728,7 @@ fn drop_ref(tx: &mut Txn, id: &ChunkId, tenant: TenantId) -> Result<(), StoreErr
         if meta.refs == 0 {
             tx.del(key);
         } else {
-            tx.put(key, &meta);
+            tx.put(key, &meta)?;
         }
     }
     let global = keys::chunk_global(id);
@@ -821,7 +822,7 @@ fn add_chunk(
         if have.id == *id {
             rec.last_activity_ms = now_ms;
             let bytes_present = rec.bytes_present;
-            tx.put(keys::session(session), &rec);
+            tx.put(keys::session(session), &rec)?;
             return Ok(Response::ChunkAdded {
                 bytes_present,
                 added: false,
@@ -843,12 +844,12 @@ fn add_chunk(
     {
         return Err(Rejection::ChunkOverlap { offset }.into());
     }
-    tx.put(key, &SessionChunk { id: *id, len, cv });
+    tx.put(key, &SessionChunk { id: *id, len, cv })?;
     add_ref(tx, id, tenant, len, cv.map(|c| (offset, c)))?;
     rec.bytes_present += len as u64;
     rec.last_activity_ms = now_ms;
     let bytes_present = rec.bytes_present;
-    tx.put(keys::session(session), &rec);
+    tx.put(keys::session(session), &rec)?;
     Ok(Response::ChunkAdded {
         bytes_present,
         added: true,
@@ -929,7 +930,7 @@ fn complete_session(
             info: info.clone(),
             chunks: entries,
         },
-    );
+    )?;
     let bucket_key = keys::bucket(tenant, &rec.bucket);
     if tx.get_raw(&bucket_key)?.is_none() {
         tx.put(
@@ -937,7 +938,7 @@ fn complete_session(
             &BucketRecord {
                 created_at_ms: now_ms,
             },
-        );
+        )?;
     }
     let head_key = keys::object(tenant, &rec.bucket, &rec.key);
     let old = tx.get::<ObjectHead>("object", &head_key)?;
@@ -949,7 +950,7 @@ fn complete_session(
         version_count: old.map_or(0, |h| h.version_count) + 1,
         trash: None,
     };
-    tx.put(head_key, &head);
+    tx.put(head_key, &head)?;
     Ok(Response::Committed(ObjectView {
         bucket: rec.bucket,
         key: rec.key,
@@ -995,7 +996,7 @@ fn trash_object(
         purge_at_ms,
     };
     head.trash = Some(state);
-    tx.put(head_key, &head);
+    tx.put(head_key, &head)?;
     tx.put_raw(keys::trash(purge_at_ms, tenant, bucket, key), Vec::new());
     Ok(Response::Trashed(state))
 }
@@ -1015,7 +1016,7 @@ fn untrash_object(
         return Err(Rejection::NotInTrash.into());
     };
     tx.del(keys::trash(state.purge_at_ms, tenant, bucket, key));
-    tx.put(head_key, &head);
+    tx.put(head_key, &head)?;
     Ok(Response::Untrashed(ObjectView {
         bucket: bucket.clone(),
         key: key.clone(),

@@ -96,8 +96,9 @@ impl LogStore {
         value: &T,
         subject: ErrorSubject<NodeId>,
     ) -> Result<(), StorageError> {
+        let bytes = encode(value).map_err(|e| io(subject.clone(), ErrorVerb::Write, &e))?;
         self.meta
-            .insert(key, encode(value))
+            .insert(key, bytes)
             .map_err(|e| io(subject.clone(), ErrorVerb::Write, &e))?;
         self.db
             .flush_async()
@@ -188,8 +189,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not flushed on its own: a lost committed index is recomputed by the leader.
+        let bytes =
+            encode(&committed).map_err(|e| io(ErrorSubject::Store, ErrorVerb::Write, &e))?;
         self.meta
-            .insert("committed", encode(&committed))
+            .insert("committed", bytes)
             .map_err(|e| io(ErrorSubject::Store, ErrorVerb::Write, &e))?;
         Ok(())
     }
@@ -211,7 +214,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         for e in entries {
-            batch.insert(&index_key(e.log_id.index), encode(&e));
+            let bytes = encode(&e).map_err(|err| io(ErrorSubject::Logs, ErrorVerb::Write, &err))?;
+            batch.insert(&index_key(e.log_id.index), bytes);
         }
         self.log
             .apply_batch(batch)

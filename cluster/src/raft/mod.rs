@@ -39,7 +39,7 @@ pub use sm_store::SmStore;
 
 /// Raft records (entries, votes, snapshots) use the same versioned encoding as every other
 /// stored value: a format byte, then bincode.
-pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, crate::error::StoreError> {
     crate::records::encode(v)
 }
 

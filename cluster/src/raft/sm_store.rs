@@ -1,6 +1,8 @@
 //! The state machine side of Raft: applies committed entries to `StateMachine`, recording the
 //! applied log id and membership in the same atomic batch as the command's changes, and builds
-//! and installs snapshots (a full copy of the state tree).
+//! and installs snapshots (a full copy of the state tree). Applying, copying and installing
+//! run on blocking threads (they take the state machine's std mutex and do sled work), never
+//! on a tokio worker.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -77,8 +79,9 @@ impl SmStore {
 
     async fn store_snapshot(&self, snap: &StoredSnapshot) -> Result<(), StorageError> {
         let sub = ErrorSubject::Snapshot(Some(snap.meta.signature()));
+        let bytes = encode(snap).map_err(|e| io(sub.clone(), ErrorVerb::Write, &e))?;
         self.snapshots
-            .insert("current", encode(snap))
+            .insert("current", bytes)
             .map_err(|e| io(sub.clone(), ErrorVerb::Write, &e))?;
         self.sm
             .db()
@@ -89,21 +92,78 @@ impl SmStore {
     }
 }
 
+/// Runs blocking state-machine work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        io(
+            ErrorSubject::StateMachine,
+            ErrorVerb::Write,
+            &std::io::Error::other(e.to_string()),
+        )
+    })?
+}
+
+/// Applies committed entries in order, each with its applied log id (and membership) in the
+/// same atomic batch as its changes.
+fn apply_entries(
+    sm: &StateMachine,
+    entries: Vec<Entry>,
+) -> Result<Vec<CommandResult>, StorageError> {
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let log_id = entry.log_id;
+        let sub = ErrorSubject::Apply(log_id);
+        let enc = |r: Result<Vec<u8>, crate::error::StoreError>| {
+            r.map_err(|e| io(sub.clone(), ErrorVerb::Write, &e))
+        };
+        let mut meta = vec![(keys::meta(APPLIED), enc(encode(&Some(log_id)))?)];
+        let cmd = match &entry.payload {
+            EntryPayload::Normal(cmd) => Some(cmd),
+            EntryPayload::Membership(m) => {
+                meta.push((
+                    keys::meta(MEMBERSHIP),
+                    enc(encode(&Membership::new(Some(log_id), m.clone())))?,
+                ));
+                None
+            }
+            EntryPayload::Blank => None,
+        };
+        let result = {
+            let _writer = sm.write.lock().unwrap_or_else(|p| p.into_inner());
+            sm.apply_locked(cmd, &meta)
+        };
+        out.push(match result {
+            Ok(r) => Ok(r),
+            Err(ApplyError::Rejected(r)) => Err(r),
+            Err(ApplyError::Store(e)) => return Err(io(sub, ErrorVerb::Write, &e)),
+        });
+    }
+    Ok(out)
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for SmStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let sub = ErrorSubject::Snapshot(None);
-        // The copy is taken under the write lock, so it is exactly the state at `applied`.
-        let (pairs, applied, membership) = {
-            let _writer = self.sm.write.lock().unwrap_or_else(|p| p.into_inner());
+        // The copy is taken under the write lock, so it is exactly the state at `applied`; on
+        // a blocking thread, since it walks the whole tree.
+        let this = self.clone();
+        let copy_sub = sub.clone();
+        let (data, count, applied, membership) = blocking(move || {
+            let sub = copy_sub;
+            let _writer = this.sm.write.lock().unwrap_or_else(|p| p.into_inner());
             let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-            for kv in self.sm.tree.iter() {
+            for kv in this.sm.tree.iter() {
                 let (k, v) = kv.map_err(|e| io(sub.clone(), ErrorVerb::Read, &e))?;
                 pairs.push((k.to_vec(), v.to_vec()));
             }
-            let applied: Option<LogId> = self.read_meta(APPLIED)?.flatten();
-            let membership: Membership = self.read_meta(MEMBERSHIP)?.unwrap_or_default();
-            (pairs, applied, membership)
-        };
+            let applied: Option<LogId> = this.read_meta(APPLIED)?.flatten();
+            let membership: Membership = this.read_meta(MEMBERSHIP)?.unwrap_or_default();
+            let data = encode(&pairs).map_err(|e| io(sub.clone(), ErrorVerb::Write, &e))?;
+            Ok((data, pairs.len(), applied, membership))
+        })
+        .await?;
         // The state machine itself must be on disk before Raft purges the log up to here.
         self.sm
             .db()
@@ -111,8 +171,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
             .await
             .map_err(|e| io(sub, ErrorVerb::Write, &e))?;
         let snapshot_id = match applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, pairs.len()),
-            None => format!("empty-{}", pairs.len()),
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, count),
+            None => format!("empty-{count}"),
         };
         let meta = SnapshotMeta {
             last_log_id: applied,
@@ -121,7 +181,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
         };
         let stored = StoredSnapshot {
             meta: meta.clone(),
-            data: encode(&pairs),
+            data,
         };
         self.store_snapshot(&stored).await?;
         Ok(Snapshot {
@@ -145,34 +205,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut out = Vec::new();
-        for entry in entries {
-            let log_id = entry.log_id;
-            let mut meta = vec![(keys::meta(APPLIED), encode(&Some(log_id)))];
-            let cmd = match &entry.payload {
-                EntryPayload::Normal(cmd) => Some(cmd),
-                EntryPayload::Membership(m) => {
-                    meta.push((
-                        keys::meta(MEMBERSHIP),
-                        encode(&Membership::new(Some(log_id), m.clone())),
-                    ));
-                    None
-                }
-                EntryPayload::Blank => None,
-            };
-            let result = {
-                let _writer = self.sm.write.lock().unwrap_or_else(|p| p.into_inner());
-                self.sm.apply_locked(cmd, &meta)
-            };
-            out.push(match result {
-                Ok(r) => Ok(r),
-                Err(ApplyError::Rejected(r)) => Err(r),
-                Err(ApplyError::Store(e)) => {
-                    return Err(io(ErrorSubject::Apply(log_id), ErrorVerb::Write, &e));
-                }
-            });
-        }
-        Ok(out)
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let sm = self.sm.clone();
+        blocking(move || apply_entries(&sm, entries)).await
     }
 
     async fn get_snapshot_builder(&mut self) -> SmStore {
@@ -190,25 +225,31 @@ impl RaftStateMachine<TypeConfig> for SmStore {
     ) -> Result<(), StorageError> {
         let sub = ErrorSubject::Snapshot(Some(meta.signature()));
         let data = snapshot.into_inner();
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> =
-            decode("raft snapshot", &data).map_err(|e| io(sub.clone(), ErrorVerb::Read, &e))?;
-        {
-            let _writer = self.sm.write.lock().unwrap_or_else(|p| p.into_inner());
+        let (sm, m, bytes) = (self.sm.clone(), meta.clone(), data.clone());
+        blocking(move || {
+            let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode("raft snapshot", &bytes)
+                .map_err(|e| io(sub.clone(), ErrorVerb::Read, &e))?;
+            let enc = |r: Result<Vec<u8>, crate::error::StoreError>| {
+                r.map_err(|e| io(sub.clone(), ErrorVerb::Write, &e))
+            };
+            let applied = enc(encode(&m.last_log_id))?;
+            let membership = enc(encode(&m.last_membership))?;
+            let _writer = sm.write.lock().unwrap_or_else(|p| p.into_inner());
             let mut batch = sled::Batch::default();
-            for kv in self.sm.tree.iter() {
+            for kv in sm.tree.iter() {
                 let (k, _) = kv.map_err(|e| io(sub.clone(), ErrorVerb::Read, &e))?;
                 batch.remove(k);
             }
             for (k, v) in &pairs {
                 batch.insert(k.as_slice(), v.as_slice());
             }
-            batch.insert(keys::meta(APPLIED), encode(&meta.last_log_id));
-            batch.insert(keys::meta(MEMBERSHIP), encode(&meta.last_membership));
-            self.sm
-                .tree
+            batch.insert(keys::meta(APPLIED), applied);
+            batch.insert(keys::meta(MEMBERSHIP), membership);
+            sm.tree
                 .apply_batch(batch)
-                .map_err(|e| io(sub.clone(), ErrorVerb::Write, &e))?;
-        }
+                .map_err(|e| io(sub.clone(), ErrorVerb::Write, &e))
+        })
+        .await?;
         self.store_snapshot(&StoredSnapshot {
             meta: meta.clone(),
             data,

@@ -53,7 +53,7 @@ fn adjust_archive(
     } else {
         tx.del(keys::archive_dead(&loc.backend, &loc.object));
     }
-    tx.put(key, &rec);
+    tx.put(key, &rec)?;
     let bytes = tier_bytes_key(&loc.backend);
     let now = tx.get_u64(&bytes)? as i64 + delta * i64::from(loc.len);
     tx.put_u64(bytes, now.max(0) as u64);
@@ -77,7 +77,7 @@ pub(super) fn maybe_release(tx: &mut Txn, id: &ChunkId) -> Result<bool, StoreErr
         return Ok(false);
     }
     cold.released = true;
-    tx.put(key, &cold);
+    tx.put(key, &cold)?;
     tx.put_raw(keys::gc(id), Vec::new());
     Ok(true)
 }
@@ -89,7 +89,7 @@ pub(super) fn unrelease(tx: &mut Txn, id: &ChunkId) -> Result<(), StoreError> {
         && cold.released
     {
         cold.released = false;
-        tx.put(key, &cold);
+        tx.put(key, &cold)?;
         if tx.get_u64(&keys::chunk_global(id))? > 0 {
             tx.del(keys::gc(id));
         }
@@ -144,7 +144,7 @@ pub(super) fn transition_version(
                     live_chunks: 0,
                     ..a.clone()
                 },
-            );
+            )?;
         }
     }
     for c in &rec.chunks {
@@ -158,7 +158,7 @@ pub(super) fn transition_version(
                     loc: (*loc).clone(),
                     released: false,
                 },
-            );
+            )?;
             adjust_archive(tx, loc, 1, now_ms)?;
         }
         let refs_key = keys::cold_refs(&c.id);
@@ -172,7 +172,7 @@ pub(super) fn transition_version(
             class,
             since_ms: now_ms,
         },
-    );
+    )?;
     let mut released = 0;
     for c in &rec.chunks {
         if maybe_release(tx, &c.id)? {
@@ -219,7 +219,7 @@ pub(super) fn start_restore(
             since_ms: now_ms,
             rehydrating: false,
         },
-    );
+    )?;
     Ok(Response::RestoreStarted {
         since_ms: now_ms,
         already: false,
@@ -239,7 +239,7 @@ pub(super) fn rehydrate(tx: &mut Txn, at: At) -> Result<Response, ApplyError> {
         unrelease(tx, &c.id)?;
     }
     restore.rehydrating = true;
-    tx.put(key, &restore);
+    tx.put(key, &restore)?;
     Ok(Response::Done)
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use strata_cluster::query::TierCandidate;
 use strata_cluster::tier::{ArchiveRecord, ColdLocation, StorageClass};
-use strata_cluster::{ChunkId, Command, Rejection};
+use strata_cluster::{ChunkId, Command, Rejection, StoreError};
 use strata_cold::{ColdError, ColdStore};
 use tokio::task::JoinSet;
 
@@ -49,7 +49,11 @@ impl Packer {
     }
 
     /// Appends a chunk; returns its location and, if the archive is now full, the sealed one.
-    fn add(&mut self, id: ChunkId, data: &[u8]) -> (ColdLocation, Option<Sealed>) {
+    fn add(
+        &mut self,
+        id: ChunkId,
+        data: &[u8],
+    ) -> Result<(ColdLocation, Option<Sealed>), StoreError> {
         let cap = (self.pack_bytes as usize).clamp(data.len(), 256 << 20);
         let object = self.new_object();
         let (backend, class) = (self.store.name().to_owned(), self.class);
@@ -68,28 +72,32 @@ impl Packer {
         a.index.push((id, loc.offset, loc.len));
         a.buf.extend_from_slice(data);
         let full = a.buf.len() as u64 >= self.pack_bytes;
-        (loc, if full { self.seal() } else { None })
+        Ok((loc, if full { self.seal()? } else { None }))
     }
 
-    fn seal(&mut self) -> Option<Sealed> {
-        let OpenArchive {
+    /// Closes the open archive (if any): appends its index, length and magic.
+    fn seal(&mut self) -> Result<Option<Sealed>, StoreError> {
+        let Some(OpenArchive {
             object,
             mut buf,
             index,
-        } = self.current.take()?;
+        }) = self.current.take()
+        else {
+            return Ok(None);
+        };
         let entries: Vec<([u8; 32], u64, u32)> = index
             .iter()
             .map(|(id, o, l)| (*id.as_bytes(), *o, *l))
             .collect();
-        let encoded = strata_cluster::records::encode(&entries);
+        let encoded = strata_cluster::records::encode(&entries)?;
         buf.extend_from_slice(&encoded);
         buf.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
         buf.extend_from_slice(ARCHIVE_MAGIC);
-        Some(Sealed {
+        Ok(Some(Sealed {
             object,
             body: buf.freeze(),
             chunks: index.len() as u32,
-        })
+        }))
     }
 }
 
@@ -180,8 +188,11 @@ impl Group {
     /// Seals the open archive, waits for every upload, and records the waiting versions whose
     /// archives all verified.
     async fn settle(&mut self, cluster: &Cluster, parallel: usize, report: &mut PassReport) {
-        if let Some(sealed) = self.packer.seal() {
-            self.spawn(sealed, parallel, report).await;
+        match self.packer.seal() {
+            Ok(Some(sealed)) => self.spawn(sealed, parallel, report).await,
+            Ok(None) => {}
+            // Its chunks' versions find no verified archive below and stay hot.
+            Err(e) => report.errors.push(format!("sealing an archive: {e}")),
         }
         while !self.uploads.is_empty() {
             self.join_one(report).await;
@@ -326,7 +337,7 @@ impl Tiering {
                     }
                 }
                 group.staged += data.len() as u64;
-                let (loc, sealed) = group.packer.add(e.id, &data);
+                let (loc, sealed) = group.packer.add(e.id, &data)?;
                 group.placed.insert(e.id, loc);
                 if let Some(s) = sealed {
                     group.spawn(s, cfg.parallel, report).await;
