@@ -40,4 +40,11 @@ fi
 
 # Binaries first: the end-to-end tests run target/debug/strata-node and target/debug/strata.
 cargo build --workspace --bins --tests --locked
-cargo nextest run --workspace --no-fail-fast --locked "$@"
+status=0
+cargo nextest run --workspace --no-fail-fast --locked "$@" || status=$?
+# Doc tests (nextest does not run them): among them the compile_fail proof that a chunk lock
+# guard cannot be held across an .await.
+if [ $# -eq 0 ]; then
+  cargo test --doc --workspace --locked || status=$?
+fi
+exit $status

@@ -5,6 +5,19 @@
 //! them: it is `!Send` (it holds a std `MutexGuard`), so no async code can keep it across an
 //! `.await`, a network call, a Raft proposal or a sleep.
 //!
+//! ```
+//! // The guard is taken and dropped around local work; the task awaits only after that.
+//! fn lock_then_await(files: std::sync::Arc<strata_node::chunk_store::Files>, id: strata_cluster::ChunkId) {
+//!     tokio::spawn(async move {
+//!         {
+//!             let guard = files.lock(&id);
+//!             let _ = guard.info();
+//!         }
+//!         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+//!     });
+//! }
+//! ```
+//!
 //! ```compile_fail
 //! // A guard cannot be held across an .await in a spawned task: the future would not be Send.
 //! fn hold_across_await(files: std::sync::Arc<strata_node::chunk_store::Files>, id: strata_cluster::ChunkId) {
