@@ -676,3 +676,274 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the block-layer tests (tests/tests/block_layer*.rs): process control (SIGSTOP /
+// SIGCONT), memory of a process, uploads that report failures instead of panicking, layout
+// changes, deadlines.
+
+/// Sends `signal` (a name `kill` understands: STOP, CONT, ...) to a process with the `kill`
+/// command. A missing `kill` or a failed delivery fails the test loudly.
+pub fn send_signal(pid: u32, signal: &str) {
+    let out = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `kill -{signal} {pid}` (is procps installed?): {e}"));
+    assert!(
+        out.status.success(),
+        "`kill -{signal} {pid}` failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The state letter of a process in /proc/<pid>/stat (R, S, D, T stopped, Z, ...), or None if
+/// it is gone.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ...": the comm may contain spaces and parentheses; the state follows the
+    // last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// A field of /proc/<pid>/status in KiB (e.g. "VmRSS", "VmHWM"), or None if unreadable.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A SIGSTOPped node: sends SIGCONT when dropped (also when the test panics), unless it was
+/// resumed already.
+pub struct Paused {
+    pid: u32,
+    resumed: bool,
+}
+
+impl Paused {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// SIGCONT now and wait (at most 10 s) until the process is no longer stopped.
+    pub fn resume(mut self) {
+        self.resumed = true;
+        resume_pid(self.pid);
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if !self.resumed {
+            // Best effort during unwinding: never panic in drop.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(self.pid.to_string())
+                .output();
+        }
+    }
+}
+
+fn resume_pid(pid: u32) {
+    send_signal(pid, "CONT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proc_state(pid) == Some('T') {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} is still stopped 10s after SIGCONT"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Node {
+    /// The process id of the running node (panics if it is not running).
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(|c| c.id())
+            .unwrap_or_else(|| panic!("node {} is not running: no pid", self.endpoint))
+    }
+
+    /// SIGSTOP: the process stops dead (sockets stay open, nothing answers). Returns once the
+    /// kernel reports it stopped (at most 10 s). The returned guard sends SIGCONT when dropped,
+    /// so a panicking test never leaves a stopped node behind.
+    #[must_use = "dropping the guard resumes the node at once"]
+    pub fn pause(&self) -> Paused {
+        let pid = self.pid();
+        send_signal(pid, "STOP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proc_state(pid) != Some('T') {
+            assert!(
+                Instant::now() < deadline,
+                "node {} (pid {pid}) not stopped 10s after SIGSTOP: state {:?}",
+                self.endpoint,
+                proc_state(pid)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Paused {
+            pid,
+            resumed: false,
+        }
+    }
+
+    /// SIGCONT (for a node paused without keeping the guard); waits until it runs again.
+    pub fn resume(&self) {
+        resume_pid(self.pid());
+    }
+
+    /// The node's resident memory (VmRSS) in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.pid();
+        proc_status_kib(pid, "VmRSS").unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
+    }
+
+    /// The node's peak resident memory so far (VmHWM) in KiB.
+    pub fn hwm_kib(&self) -> u64 {
+        let pid = self.pid();
+        proc_status_kib(pid, "VmHWM").unwrap_or_else(|| panic!("no VmHWM for pid {pid}"))
+    }
+
+    /// This node's Raft id (Admin Status).
+    pub async fn raft_id(&self) -> u64 {
+        self.status().await.raft_id
+    }
+}
+
+impl TestCluster {
+    /// The Raft id of each node, by index (each node's own Admin Status).
+    pub async fn raft_ids(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            out.push(n.raft_id().await);
+        }
+        out
+    }
+
+    /// Stages R/W through node `via` and applies the staged version; then waits (at most 30 s)
+    /// until every running node reports that layout version. Returns the version. Does nothing
+    /// but return the current version when R and W are already what is asked.
+    pub async fn set_replication(&mut self, via: usize, r: u32, w: u32) -> u64 {
+        let current = current_layout(&self.nodes[via]).await;
+        let version = if u32::from(current.replication) == r && u32::from(current.write_quorum) == w
+        {
+            current.version
+        } else {
+            let mut admin = self.nodes[via].admin().await;
+            let staged = stage(
+                &mut admin,
+                pb::stage_layout_request::Change::Replication(pb::Replication {
+                    replication: r,
+                    write_quorum: w,
+                }),
+            )
+            .await;
+            let version = staged.staged.expect("a staged layout").version;
+            admin
+                .apply_layout(pb::ApplyLayoutRequest { version })
+                .await
+                .unwrap_or_else(|e| panic!("apply layout {version} (R={r} W={w}): {e:?}"));
+            version
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].is_running() {
+                continue;
+            }
+            loop {
+                let seen = tokio::time::timeout(Duration::from_secs(5), self.nodes[i].status())
+                    .await
+                    .map(|s| s.layout_version)
+                    .unwrap_or(0);
+                if seen >= version {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {i} still reports layout version {seen} 30s after layout {version} was applied"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        version
+    }
+}
+
+/// Runs `fut` with a deadline; on timeout the test fails with `what` and the deadline.
+pub async fn within<T>(limit: Duration, what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no answer within {limit:?} (hung?)"),
+    }
+}
+
+/// Like `put_chunked` (the CLI's transfer code through a temporary file) but returns the
+/// error instead of panicking.
+pub async fn try_put_chunked(
+    storage: &mut Storage,
+    dir: &Path,
+    bucket: &str,
+    key: &str,
+    bytes: &[u8],
+    chunk_size: u32,
+) -> anyhow::Result<transfer::UploadReport> {
+    let name = format!("upload-{}", rand::random::<u64>());
+    let path = write_file(dir, &name, bytes);
+    let r = transfer::upload(
+        storage,
+        &path,
+        bucket,
+        key,
+        "application/octet-stream",
+        chunk_size,
+        std::sync::Arc::new(NoProgress),
+    )
+    .await;
+    let _ = std::fs::remove_file(path);
+    r
+}
+
+/// One whole upload with raw calls (CreateUpload with the manifest, PutChunks of the chunks
+/// the node does not already have, CompleteUpload), returning the first failing call's
+/// status. A PutChunks stream that ends OK without every ack is reported as DATA_LOSS with a
+/// message starting "client check:".
+pub async fn try_upload(
+    storage: &mut Storage,
+    bucket: &str,
+    key: &str,
+    bytes: &[u8],
+    chunk_size: usize,
+) -> Result<pb::ObjectInfo, tonic::Status> {
+    let chunks = chunks_of(bytes, chunk_size);
+    let up = create(storage, bucket, key, bytes.len() as u64, manifest_of(&chunks)).await?;
+    let existing: std::collections::HashSet<u32> = up.existing.iter().copied().collect();
+    let todo: Vec<RawChunk> = chunks
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !existing.contains(&(*i as u32)))
+        .map(|(_, c)| c)
+        .collect();
+    if !todo.is_empty() {
+        let want = todo.len();
+        let acks = put_raw(storage, &up.session_id, todo).await?;
+        if acks.len() != want {
+            return Err(tonic::Status::data_loss(format!(
+                "client check: PutChunks ended OK with {} of {want} acks",
+                acks.len()
+            )));
+        }
+    }
+    complete(storage, &up.session_id, bytes).await
+}
+
+/// The chunk ids of `bytes` cut into chunks of `size` (what the transfer code and `chunks_of`
+/// send).
+pub fn chunk_ids_of(bytes: &[u8], size: usize) -> Vec<strata_cluster::ChunkId> {
+    bytes.chunks(size).map(strata_cluster::ChunkId::of).collect()
+}

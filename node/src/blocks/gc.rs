@@ -13,6 +13,10 @@ use crate::metrics as m;
 
 /// Peers asked at once to drop a chunk.
 const DROP_PARALLEL: usize = 8;
+/// Orphans (files found by walking the store, not through the GC queue) are collected only
+/// once at least this old, whatever `gc_grace` says: nothing bounds how long ago such a file's
+/// upload began.
+const ORPHAN_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The check made under the lock: keep a file that something needs hot, or that is young.
 /// A metadata read error keeps it too (deleting is the one thing that cannot be undone).
@@ -22,8 +26,14 @@ fn keep(sm: &StateMachine, id: &ChunkId, info: &FileInfo, grace: std::time::Dura
 
 impl BlockManager {
     /// Deletes this node's copy of a chunk that nothing needs hot any more (see the module).
+    /// The caller makes sure the local metadata is current (a read barrier), or a lagging node
+    /// would take a freshly referenced chunk for garbage.
     pub async fn collect(&self, id: ChunkId) -> BlockResult<Removal> {
-        let (sm, grace) = (self.sm.clone(), self.config.gc_grace);
+        self.collect_older_than(id, self.config.gc_grace).await
+    }
+
+    async fn collect_older_than(&self, id: ChunkId, grace: std::time::Duration) -> BlockResult<Removal> {
+        let sm = self.sm.clone();
         let r = self
             .store
             .remove_unless(id, move |info| keep(&sm, &id, info, grace))
@@ -56,14 +66,16 @@ impl BlockManager {
         .await;
     }
 
-    /// Deletes chunk files that nothing needs hot and that are older than the grace period:
-    /// a crash between a chunk's write and its reference leaves one (never acknowledged), so
-    /// does a replica sent for an upload that then failed, or a copy that missed its
-    /// collection while this node was down. Returns how many went.
+    /// Deletes chunk files that nothing needs hot and that are older than the grace period
+    /// (and ORPHAN_MIN_AGE): a crash between a chunk's write and its reference leaves one
+    /// (never acknowledged), so does a replica sent for an upload that then failed, or a copy
+    /// that missed its collection while this node was down. The caller makes sure the local
+    /// metadata is current. Returns how many went.
     pub async fn collect_orphans(&self) -> BlockResult<usize> {
+        let grace = self.config.gc_grace.max(ORPHAN_MIN_AGE);
         let mut deleted = 0;
         for id in self.store.ids().await? {
-            if self.collect(id).await? == Removal::Deleted {
+            if self.collect_older_than(id, grace).await? == Removal::Deleted {
                 deleted += 1;
             }
         }
