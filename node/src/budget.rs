@@ -29,16 +29,56 @@ pub enum BudgetError {
     Closed,
 }
 
-/// Bytes held by a request; returned to the pool when dropped.
+/// Bytes held by a request; returned to the pool when dropped, or, when the permit was told to
+/// [`Permit::then_retain`], handed to that [`Retained`] instead.
 #[derive(Debug)]
 pub struct Permit {
-    _permit: OwnedSemaphorePermit,
+    inner: Option<OwnedSemaphorePermit>,
     bytes: u64,
+    then: Option<Arc<Retained>>,
 }
 
 impl Permit {
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// When this permit is dropped, its memory goes to `retained` (which keeps the largest
+    /// permit it is given) instead of back to the pool: for bytes that stay allocated after
+    /// their user is done with them (a stream decoder keeps its buffer for the next message).
+    pub fn then_retain(mut self, retained: Arc<Retained>) -> Permit {
+        self.then = Some(retained);
+        self
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let (Some(inner), Some(r)) = (self.inner.take(), self.then.take()) {
+            r.offer(inner, self.bytes);
+        }
+    }
+}
+
+/// Memory that outlives the requests that used it (see [`Permit::then_retain`]): holds the
+/// largest permit handed to it, until it is dropped.
+#[derive(Debug, Default)]
+pub struct Retained(std::sync::Mutex<Option<(OwnedSemaphorePermit, u64)>>);
+
+impl Retained {
+    fn offer(&self, permit: OwnedSemaphorePermit, bytes: u64) {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if held.as_ref().is_none_or(|(_, b)| *b < bytes) {
+            *held = Some((permit, bytes));
+        }
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> u64 {
+        self.0
+            .lock()
+            .map(|h| h.as_ref().map_or(0, |(_, b)| *b))
+            .unwrap_or(0)
     }
 }
 
@@ -79,8 +119,9 @@ impl Pool {
             .await
             .map_err(|_| BudgetError::Closed)?;
         Ok(Permit {
-            _permit: permit,
+            inner: Some(permit),
             bytes,
+            then: None,
         })
     }
 

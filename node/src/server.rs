@@ -148,9 +148,13 @@ impl Node {
 
 /// How long a stopping node waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// HTTP/2 flow-control windows of the gRPC server (see `run`).
+/// HTTP/2 flow control of the gRPC server (see `run`): a stream may hold this much unread.
 const STREAM_WINDOW: u32 = 1 << 20;
-const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Streams one connection may carry at once.
+const STREAMS_PER_CONNECTION: u32 = 64;
+/// The connection window covers every stream's window (plus room for small calls), so streams
+/// waiting for memory never block the ones being read.
+const CONNECTION_WINDOW: u32 = (STREAMS_PER_CONNECTION + 1) * STREAM_WINDOW;
 /// Largest message of the internal service (Raft snapshots, forwarded commands).
 const INTERNAL_MESSAGE_LIMIT: usize = 256 << 20;
 
@@ -255,10 +259,11 @@ pub async fn run(
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     // HTTP/2 windows: a stream's window is what a client can send before the node reads (the
     // ingress layer reads a chunk only once it has memory for it), so it is kept small; the
-    // connection window lets several streams of one client move at once.
+    // connection window covers all of a connection's streams (see CONNECTION_WINDOW).
     let server = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(STREAMS_PER_CONNECTION)
         .tcp_nodelay(true)
         .layer(IngressLayer::new(
             node.budget.clone(),

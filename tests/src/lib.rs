@@ -689,7 +689,9 @@ pub fn send_signal(pid: u32, signal: &str) {
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run `kill -{signal} {pid}` (is procps installed?): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run `kill -{signal} {pid}` (is procps installed?): {e}")
+        });
     assert!(
         out.status.success(),
         "`kill -{signal} {pid}` failed ({}): {}",
@@ -814,6 +816,20 @@ impl Node {
     pub async fn raft_id(&self) -> u64 {
         self.status().await.raft_id
     }
+
+    /// The last `max` lines of the node's log that contain any of `needles` (e.g. "WARN",
+    /// "ERROR"), without color codes, for failure messages.
+    pub fn log_lines(&self, needles: &[&str], max: usize) -> Vec<String> {
+        let log = self.log();
+        let hits: Vec<&str> = log
+            .lines()
+            .filter(|l| needles.iter().any(|n| l.contains(n)))
+            .collect();
+        hits[hits.len().saturating_sub(max)..]
+            .iter()
+            .map(|l| strip_ansi(l))
+            .collect()
+    }
 }
 
 impl TestCluster {
@@ -876,7 +892,11 @@ impl TestCluster {
 }
 
 /// Runs `fut` with a deadline; on timeout the test fails with `what` and the deadline.
-pub async fn within<T>(limit: Duration, what: &str, fut: impl std::future::Future<Output = T>) -> T {
+pub async fn within<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
     match tokio::time::timeout(limit, fut).await {
         Ok(v) => v,
         Err(_) => panic!("{what}: no answer within {limit:?} (hung?)"),
@@ -921,7 +941,14 @@ pub async fn try_upload(
     chunk_size: usize,
 ) -> Result<pb::ObjectInfo, tonic::Status> {
     let chunks = chunks_of(bytes, chunk_size);
-    let up = create(storage, bucket, key, bytes.len() as u64, manifest_of(&chunks)).await?;
+    let up = create(
+        storage,
+        bucket,
+        key,
+        bytes.len() as u64,
+        manifest_of(&chunks),
+    )
+    .await?;
     let existing: std::collections::HashSet<u32> = up.existing.iter().copied().collect();
     let todo: Vec<RawChunk> = chunks
         .into_iter()
@@ -945,5 +972,26 @@ pub async fn try_upload(
 /// The chunk ids of `bytes` cut into chunks of `size` (what the transfer code and `chunks_of`
 /// send).
 pub fn chunk_ids_of(bytes: &[u8], size: usize) -> Vec<strata_cluster::ChunkId> {
-    bytes.chunks(size).map(strata_cluster::ChunkId::of).collect()
+    bytes
+        .chunks(size)
+        .map(strata_cluster::ChunkId::of)
+        .collect()
+}
+
+/// A log line without terminal color codes (ESC [ ... m).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

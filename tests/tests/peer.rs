@@ -202,7 +202,7 @@ async fn peer_requests_check_their_input() {
         .await
         .expect_err("dropped a chunk younger than gc_grace");
     assert!(
-        matches!(&young, PeerError::Remote { code: ErrorCode::Refused, message, .. } if message.contains("gc_grace")),
+        matches!(&young, PeerError::Remote { code: ErrorCode::Young, message, .. } if message.contains("gc_grace")),
         "{young:?}"
     );
     let file = node

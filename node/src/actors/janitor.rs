@@ -162,25 +162,29 @@ async fn sweep(a: &JanitorArgs, current: bool) -> anyhow::Result<()> {
 
     // Every node deletes its own copy (under the chunk's lock, after the grace period); the
     // leader also asks every other member to drop theirs (each decides the same way with its
-    // own metadata), then drops the queue entry. A copy that is kept (too young) or missed
-    // (its node was down) is found by that node's orphan check.
+    // own metadata), then drops the queue entry, once no copy was kept for being younger than
+    // the grace (those are tried again at the next sweeps). A copy missed (its node was down)
+    // is found by that node's orphan check.
     let gc = if current {
         a.sm.gc_queue(BATCH)?
     } else {
         Vec::new()
     };
     for id in gc {
-        match a.blocks.collect(id).await {
+        let young = match a.blocks.collect(id).await {
             Ok(Removal::Kept) if a.sm.chunk_needs_hot(&id)? => continue, // referenced again
-            Ok(_) => {}
+            Ok(Removal::Kept) => true,
+            Ok(_) => false,
             Err(e) => {
                 tracing::warn!(chunk = %id, error = %e, "could not collect a chunk");
                 continue;
             }
-        }
+        };
         if leader {
-            a.blocks.drop_everywhere(id).await;
-            a.cluster.propose(Command::ChunkCollected { id }).await?;
+            let peers_young = a.blocks.drop_everywhere(id).await;
+            if !young && !peers_young {
+                a.cluster.propose(Command::ChunkCollected { id }).await?;
+            }
         }
     }
 

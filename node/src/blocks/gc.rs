@@ -10,6 +10,7 @@ use strata_cluster::{ChunkId, StateMachine};
 use super::{BlockManager, BlockResult, for_each_limited};
 use crate::chunk_store::{FileInfo, Removal, old_enough};
 use crate::metrics as m;
+use crate::peer::{ErrorCode, PeerError};
 
 /// Peers asked at once to drop a chunk.
 const DROP_PARALLEL: usize = 8;
@@ -32,7 +33,11 @@ impl BlockManager {
         self.collect_older_than(id, self.config.gc_grace).await
     }
 
-    async fn collect_older_than(&self, id: ChunkId, grace: std::time::Duration) -> BlockResult<Removal> {
+    async fn collect_older_than(
+        &self,
+        id: ChunkId,
+        grace: std::time::Duration,
+    ) -> BlockResult<Removal> {
         let sm = self.sm.clone();
         let r = self
             .store
@@ -45,11 +50,12 @@ impl BlockManager {
     }
 
     /// Asks every other member to drop its copy (each decides with its own metadata and
-    /// grace, as `collect` does). Failures are logged: a member that misses this finds the
-    /// file in its own orphan sweep.
-    pub async fn drop_everywhere(self: &Arc<Self>, id: ChunkId) {
+    /// grace, as `collect` does). Returns whether a member kept its copy for being younger
+    /// than the grace (ask again later). Other failures are logged: a member that misses this
+    /// finds the file in its own orphan sweep.
+    pub async fn drop_everywhere(self: &Arc<Self>, id: ChunkId) -> bool {
         let Ok(peers) = self.peers() else {
-            return;
+            return false;
         };
         let targets: Vec<_> = self
             .members
@@ -58,12 +64,21 @@ impl BlockManager {
             .filter(|(n, _)| **n != self.me)
             .map(|(n, a)| (*n, *a))
             .collect();
-        for_each_limited(targets, DROP_PARALLEL, |(node, addr)| async move {
-            if let Err(e) = peers.drop_chunk(addr, id).await {
-                tracing::debug!(chunk = %id, node, error = %e, "peer did not drop the collected chunk");
+        let young = for_each_limited(targets, DROP_PARALLEL, |(node, addr)| async move {
+            match peers.drop_chunk(addr, id).await {
+                Ok(_) => false,
+                Err(PeerError::Remote {
+                    code: ErrorCode::Young,
+                    ..
+                }) => true,
+                Err(e) => {
+                    tracing::debug!(chunk = %id, node, error = %e, "peer did not drop the collected chunk");
+                    false
+                }
             }
         })
         .await;
+        young.into_iter().any(|y| y)
     }
 
     /// Deletes chunk files that nothing needs hot and that are older than the grace period

@@ -45,14 +45,14 @@ impl Handler for PeerService {
             Request::DropChunk { id } => match b.drop_requested(id).await {
                 Ok(Removal::Deleted) => (Reply::Dropped { existed: true }, None),
                 Ok(Removal::Absent) => (Reply::Dropped { existed: false }, None),
-                Ok(Removal::Kept) => {
-                    let why = if b.sm.chunk_needs_hot(&id).unwrap_or(true) {
-                        "is still referenced (and hot) here"
-                    } else {
-                        "was written less than gc_grace ago"
-                    };
-                    error(ErrorCode::Refused, format!("chunk {id} {why}; not dropped"))
-                }
+                Ok(Removal::Kept) if b.sm.chunk_needs_hot(&id).unwrap_or(true) => error(
+                    ErrorCode::Refused,
+                    format!("chunk {id} is still referenced (and hot) here; not dropped"),
+                ),
+                Ok(Removal::Kept) => error(
+                    ErrorCode::Young,
+                    format!("chunk {id} was written less than gc_grace ago; not dropped yet"),
+                ),
                 Err(e) => error(ErrorCode::Unavailable, e.to_string()),
             },
         }

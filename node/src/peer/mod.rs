@@ -94,6 +94,8 @@ pub enum ErrorCode {
     Unavailable,
     /// The chunk is still referenced (DropChunk).
     Refused,
+    /// The chunk's file is younger than gc_grace: asked again later (DropChunk).
+    Young,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,17 @@
 //!   waiting while the node is at its limit; the message's bytes are read only then (until
 //!   they are, the client's data waits in HTTP/2 flow control, a small window per stream).
 //!   The handler takes the permits, in message order, from the [`MessagePermits`] in the
-//!   request's extensions and keeps each until its chunk is stored.
+//!   request's extensions and keeps each until its chunk is stored. tonic's decoder keeps its
+//!   buffer (as large as the largest message so far) for the stream's life, so a released
+//!   message permit goes to the stream's retained memory (the largest one is kept) until the
+//!   stream ends. The same record says when the client last sent something and since when the
+//!   stream waits for memory, so an idle stream and a stream the node cannot feed are told
+//!   apart.
+//!
+//! A stream that waits for memory keeps what its client already sent (at most its HTTP/2
+//! stream window) unread. The server's connection window is therefore at least the stream
+//! window times the streams a connection may carry, so streams that wait can never use up the
+//! connection window that streams being read need (a flow-control deadlock otherwise).
 //!
 //! It also bounds open upload and download streams, node-wide and per tenant
 //! ([`StreamGate`]).
@@ -18,6 +28,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use http_body::Frame;
@@ -25,7 +36,7 @@ use strata_cluster::TenantId;
 use tonic::Status;
 use tonic::body::Body;
 
-use crate::budget::{BudgetError, MemoryBudget, Permit};
+use crate::budget::{BudgetError, MemoryBudget, Permit, Retained};
 use crate::error::NodeError;
 use crate::metrics as m;
 
@@ -37,20 +48,77 @@ const INTERNAL_PREFIX: &str = "/strata.v1.Cluster/";
 /// gRPC's message prefix: a compression flag and a 4-byte big-endian length.
 const PREFIX: usize = 5;
 
-/// Permits taken for a call's messages, in message order.
-#[derive(Default)]
-pub struct MessagePermits(Mutex<VecDeque<Permit>>);
+/// Permits taken for a call's messages, in message order, the memory the call's decoder
+/// retains, and the call's activity.
+pub struct MessagePermits {
+    queue: Mutex<VecDeque<Permit>>,
+    retained: Arc<Retained>,
+    /// When the client last sent bytes (or the node last gave the stream memory).
+    last_activity: Mutex<Instant>,
+    /// Since when the stream waits for memory (None: it does not).
+    waiting_since: Mutex<Option<Instant>>,
+}
+
+impl Default for MessagePermits {
+    fn default() -> Self {
+        MessagePermits {
+            queue: Mutex::new(VecDeque::new()),
+            retained: Arc::new(Retained::default()),
+            last_activity: Mutex::new(Instant::now()),
+            waiting_since: Mutex::new(None),
+        }
+    }
+}
+
+/// Why a stream has not moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stillness {
+    /// The client sent nothing for this long.
+    Idle(Duration),
+    /// The node has had no memory for the stream's next message for this long.
+    Starved(Duration),
+}
 
 impl MessagePermits {
     fn push(&self, p: Permit) {
-        if let Ok(mut q) = self.0.lock() {
-            q.push_back(p);
+        if let Ok(mut q) = self.queue.lock() {
+            q.push_back(p.then_retain(self.retained.clone()));
+        }
+    }
+
+    fn set_waiting(&self, waiting: bool) {
+        if let Ok(mut w) = self.waiting_since.lock() {
+            match (waiting, w.is_some()) {
+                (true, false) => *w = Some(Instant::now()),
+                (false, true) => *w = None,
+                _ => {}
+            }
+        }
+    }
+
+    /// How long the stream has not moved, and why.
+    pub fn stillness(&self) -> Stillness {
+        if let Some(since) = self.waiting_since.lock().ok().and_then(|w| *w) {
+            return Stillness::Starved(since.elapsed());
+        }
+        Stillness::Idle(
+            self.last_activity
+                .lock()
+                .map(|t| t.elapsed())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Records activity on the stream (bytes from the client, an ack to it).
+    pub fn touch(&self) {
+        if let Ok(mut t) = self.last_activity.lock() {
+            *t = Instant::now();
         }
     }
 
     /// The permit of the next message the handler reads.
     pub fn next(&self) -> Option<Permit> {
-        self.0.lock().ok()?.pop_front()
+        self.queue.lock().ok()?.pop_front()
     }
 }
 
@@ -185,14 +253,20 @@ impl http_body::Body for Gated {
                         Box::pin(async move { budget.client((len + PREFIX) as u64).await })
                     });
                     match acquiring.as_mut().poll(cx) {
-                        Poll::Pending => return Poll::Pending,
+                        Poll::Pending => {
+                            permits.set_waiting(true);
+                            return Poll::Pending;
+                        }
                         Poll::Ready(Ok(p)) => permits.push(p),
                         Poll::Ready(Err(e)) => {
                             this.acquiring = None;
+                            permits.set_waiting(false);
                             return Poll::Ready(Some(Err(Status::from(NodeError::from(e)))));
                         }
                     }
                     this.acquiring = None;
+                    permits.set_waiting(false);
+                    permits.touch();
                 }
                 this.prefix_len = 0;
                 this.remaining = len;
@@ -206,7 +280,12 @@ impl http_body::Body for Gated {
                     Poll::Ready(None) => return Poll::Ready(None),
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                     Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(d) => d,
+                        Ok(d) => {
+                            if let Some((_, permits)) = &this.gate {
+                                permits.touch();
+                            }
+                            d
+                        }
                         Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                     },
                 },

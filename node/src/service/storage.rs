@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
-use super::ingress::{MessagePermits, StreamGate, StreamTicket};
+use super::ingress::{MessagePermits, Stillness, StreamGate, StreamTicket};
 use super::observe::{observe, record};
 use crate::actors::supervisor::{SupervisorMsg, call, session_actor};
 use crate::actors::upload_session::{Ack, SessionMsg};
@@ -675,7 +675,17 @@ impl Pump {
         let mut pending = FuturesOrdered::new();
         let mut inbound_open = true;
         while inbound_open || !pending.is_empty() {
-            let idle = tokio::time::sleep(self.idle);
+            // With nothing in flight, a stream that has not moved for `idle` is closed: the
+            // client sent nothing (DEADLINE_EXCEEDED), or the node had no memory for its next
+            // chunk (RESOURCE_EXHAUSTED). Checked at least every second.
+            let still = match self.permits.stillness() {
+                Stillness::Idle(d) | Stillness::Starved(d) => d,
+            };
+            let check = self
+                .idle
+                .saturating_sub(still)
+                .clamp(Duration::from_millis(50), Duration::from_secs(1));
+            let idle = tokio::time::sleep(check);
             tokio::select! {
                 biased;
                 Some(ack) = pending.next(), if !pending.is_empty() => {
@@ -690,6 +700,7 @@ impl Pump {
                     if tx.send(Ok(msg)).await.is_err() {
                         return Ok(());
                     }
+                    self.permits.touch();
                 }
                 msg = inbound.message(), if inbound_open && pending.len() < PUT_WINDOW => {
                     let msg = match msg {
@@ -697,6 +708,7 @@ impl Pump {
                         Ok(None) => { inbound_open = false; continue; }
                         Err(status) => return Err(inbound_error(status, self.max_chunk)),
                     };
+                    self.permits.touch();
                     // Taken by the ingress layer before the message's bytes were read; taken
                     // here only if the layer is absent.
                     let permit = match self.permits.next() {
@@ -728,13 +740,23 @@ impl Pump {
                         call(&actor, |reply| SessionMsg::Put { tenant, offset, id, data, permit: Some(permit), reply }).await?
                     });
                 }
-                _ = idle, if pending.is_empty() => {
-                    metrics::counter!(m::INGRESS_REFUSED, "limit" => "stream_idle_timeout").increment(1);
-                    return Err(NodeError::DeadlineExceeded(format!(
-                        "no chunk arrived for {} (stream_idle_timeout): the stream is closed; chunks acknowledged so far are kept in the session",
-                        humantime::format_duration(self.idle)
-                    )));
-                }
+                _ = idle, if pending.is_empty() => match self.permits.stillness() {
+                    Stillness::Idle(d) if d >= self.idle => {
+                        metrics::counter!(m::INGRESS_REFUSED, "limit" => "stream_idle_timeout").increment(1);
+                        return Err(NodeError::DeadlineExceeded(format!(
+                            "no chunk arrived for {} (stream_idle_timeout): the stream is closed; chunks acknowledged so far are kept in the session",
+                            humantime::format_duration(self.idle)
+                        )));
+                    }
+                    Stillness::Starved(d) if d >= self.idle => {
+                        metrics::counter!(m::INGRESS_REFUSED, "limit" => "max_inflight_bytes").increment(1);
+                        return Err(NodeError::ResourceExhausted(format!(
+                            "the node had no memory for this stream's next chunk for {} (max_inflight_bytes, stream_idle_timeout): retry; chunks acknowledged so far are kept in the session",
+                            humantime::format_duration(self.idle)
+                        )));
+                    }
+                    _ => continue,
+                },
             }
         }
         Ok(())

@@ -47,7 +47,7 @@ impl Attempt {
 const OBJECT_BYTES: usize = 256 * 1024;
 /// Per-upload deadline of the writers: long enough to measure a stall, short enough that a
 /// hang cannot stop the test.
-const WRITER_DEADLINE: Duration = Duration::from_secs(30);
+const WRITER_DEADLINE: Duration = Duration::from_secs(45);
 
 struct Writers {
     stop: Arc<AtomicBool>,
@@ -221,6 +221,17 @@ fn first_few(list: &[&Attempt], n: usize) -> String {
     out.join("\n  ")
 }
 
+/// Prints the last warnings and errors of each node (for a failing test's output).
+fn print_warnings(c: &TestCluster, max: usize) {
+    for (i, n) in c.nodes.iter().enumerate() {
+        let lines = n.log_lines(&["WARN", "ERROR"], max);
+        println!("node {i}: last {} warning/error log lines:", lines.len());
+        for l in lines {
+            println!("  {l}");
+        }
+    }
+}
+
 /// Reads back `attempts` (successful uploads) through `storage`; returns the problems.
 async fn read_back(storage: &Storage, bucket: &str, attempts: &[&Attempt]) -> Vec<String> {
     let mut problems = Vec::new();
@@ -288,7 +299,8 @@ async fn sigstop_a_home_for_20s_during_uploads_reads_and_delete() {
     .await;
     let paused = (leader + 1) % 4;
     let live: Vec<usize> = (0..4).filter(|i| *i != paused).collect();
-    let is_home = |id: &strata_cluster::ChunkId, node: usize| layout.homes(id).contains(&raft[node]);
+    let is_home =
+        |id: &strata_cluster::ChunkId, node: usize| layout.homes(id).contains(&raft[node]);
     let homed_on_paused = before
         .values()
         .flat_map(|b| chunk_ids_of(b, MIB))
@@ -305,7 +317,12 @@ async fn sigstop_a_home_for_20s_during_uploads_reads_and_delete() {
         .collect();
     let on_live = |ids: &BTreeSet<String>| -> BTreeMap<usize, usize> {
         live.iter()
-            .map(|i| (*i, chunk_ids(&c.nodes[*i].data_dir).intersection(ids).count()))
+            .map(|i| {
+                (
+                    *i,
+                    chunk_ids(&c.nodes[*i].data_dir).intersection(ids).count(),
+                )
+            })
             .filter(|(_, n)| *n > 0)
             .collect()
     };
@@ -347,7 +364,9 @@ async fn sigstop_a_home_for_20s_during_uploads_reads_and_delete() {
                 )
                 .await;
                 let result = match r {
-                    Err(_) => Err(format!("via node {node}: no answer within {UPLOAD_LIMIT:?}")),
+                    Err(_) => Err(format!(
+                        "via node {node}: no answer within {UPLOAD_LIMIT:?}"
+                    )),
                     Ok(Err(e)) => Err(format!("via node {node}: {:?}: {}", e.code(), e.message())),
                     Ok(Ok(_)) => Ok(()),
                 };
@@ -425,7 +444,10 @@ async fn sigstop_a_home_for_20s_during_uploads_reads_and_delete() {
     };
     let (uploads, reads, delete, pause_len) = tokio::join!(uploads, reads, delete, resume);
     let resumed_at = paused_at + pause_len;
-    println!("node {paused} resumed after {pause_len:.2?}; activities done {:.2?} later", resumed_at.elapsed());
+    println!(
+        "node {paused} resumed after {pause_len:.2?}; activities done {:.2?} later",
+        resumed_at.elapsed()
+    );
 
     let mut problems = Vec::new();
     let up_ok = uploads.iter().filter(|u| u.3.is_ok()).count();
@@ -444,7 +466,12 @@ async fn sigstop_a_home_for_20s_during_uploads_reads_and_delete() {
              {UPLOAD_LIMIT:?}):\n  {}",
             failed.len(),
             uploads.len(),
-            failed.iter().take(10).cloned().collect::<Vec<_>>().join("\n  ")
+            failed
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n  ")
         ));
     }
     if up_ok == 0 {
@@ -470,7 +497,10 @@ async fn sigstop_a_home_for_20s_during_uploads_reads_and_delete() {
         .iter()
         .filter_map(|(k, n, d, r)| {
             r.as_ref().err().map(|e| {
-                format!("{k} on node {n} after {d:.2?}: {e} ({})", placement_note(k, *n))
+                format!(
+                    "{k} on node {n} after {d:.2?}: {e} ({})",
+                    placement_note(k, *n)
+                )
             })
         })
         .collect();
@@ -489,7 +519,9 @@ async fn sigstop_a_home_for_20s_during_uploads_reads_and_delete() {
         ));
     }
     match &delete {
-        Ok(d) => println!("during the pause: {victim}'s chunk files left the live nodes {d:.2?} after the delete"),
+        Ok(d) => println!(
+            "during the pause: {victim}'s chunk files left the live nodes {d:.2?} after the delete"
+        ),
         Err(e) => problems.push(e.clone()),
     }
 
@@ -548,6 +580,9 @@ async fn sigstop_a_home_for_20s_during_uploads_reads_and_delete() {
         victim_ids.len()
     );
     println!("total {:.1?}", test_start.elapsed());
+    if !problems.is_empty() {
+        print_warnings(&c, 20);
+    }
     assert!(
         problems.is_empty(),
         "with node {paused} SIGSTOPped for {pause_len:.1?}:\n{}",
@@ -593,7 +628,12 @@ async fn sigkill_one_of_three_under_8_writers_then_restart() {
         phase_line("before the kill", &all, Duration::ZERO, t_kill),
         phase_line("node down", &all, t_kill, t_restart),
         phase_line("restarting", &all, t_restart, t_back),
-        phase_line("after the restart", &all, t_back, t_end + Duration::from_secs(1)),
+        phase_line(
+            "after the restart",
+            &all,
+            t_back,
+            t_end + Duration::from_secs(1),
+        ),
     ] {
         println!("{line}");
     }
@@ -624,6 +664,9 @@ async fn sigkill_one_of_three_under_8_writers_then_restart() {
             "no upload that started after the restart finished ({t_back:.1?}) completed within \
              {MAX_UPLOAD:?}"
         ));
+    }
+    if !problems.is_empty() {
+        print_warnings(&c, 20);
     }
     assert!(
         problems.is_empty(),
@@ -708,7 +751,12 @@ async fn quorum_loss_under_8_writers_fails_fast_and_recovers() {
         phase_line("before the kill", &all, Duration::ZERO, t_kill),
         phase_line("no quorum", &all, t_kill, t_restart),
         phase_line("restarting", &all, t_restart, t_back),
-        phase_line("after the restarts", &all, t_back, t_end + Duration::from_secs(1)),
+        phase_line(
+            "after the restarts",
+            &all,
+            t_back,
+            t_end + Duration::from_secs(1),
+        ),
     ] {
         println!("{line}");
     }
@@ -803,6 +851,9 @@ async fn quorum_loss_under_8_writers_fails_fast_and_recovers() {
         acked_before.len(),
         acked_after.len()
     );
+    if !problems.is_empty() {
+        print_warnings(&c, 20);
+    }
     assert!(
         problems.is_empty(),
         "quorum loss at {t_kill:.1?} (nodes 1, 2 killed), restarts {t_restart:.1?}..{t_back:.1?}:\n{}",

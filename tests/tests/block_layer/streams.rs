@@ -16,10 +16,9 @@ const STREAMS: usize = 200;
 const TENANTS: usize = 4;
 const CHUNK: usize = 16 * MIB;
 const MAX_INFLIGHT: u64 = 64 * MIB as u64;
-/// HTTP/2 receive buffers the node may hold for streams that wait: each stream can have up to
-/// its 16 MiB window (server.rs: initial_stream_window_size) of data sent and unread, but all
-/// streams of one connection together at most the connection window (64 MiB,
-/// initial_connection_window_size). The test opens one connection per tenant: 4 x 64 MiB.
+/// HTTP/2 receive buffers the node may hold for streams that wait for memory: each can have its
+/// stream window (1 MiB, server.rs STREAM_WINDOW) of data sent and unread; 200 streams, 200 MiB.
+/// The allowance is 4 x 64 MiB.
 const H2_WINDOWS: u64 = TENANTS as u64 * 64 * MIB as u64;
 /// Every stream must be closed by the server within this long after it was opened.
 const CLOSE_WITHIN: Duration = Duration::from_secs(120);
@@ -68,14 +67,24 @@ async fn two_hundred_stalled_16_mib_streams_bounded_memory_and_closed() {
         let up = within(
             Duration::from_secs(30),
             "create upload",
-            create(&mut clients[t], "stall", &format!("s{i}"), CHUNK as u64, vec![]),
+            create(
+                &mut clients[t],
+                "stall",
+                &format!("s{i}"),
+                CHUNK as u64,
+                vec![],
+            ),
         )
         .await
         .unwrap_or_else(|e| panic!("create upload {i}: {e:?}"));
         sessions.push((t, up.session_id));
     }
     let distinct: std::collections::BTreeSet<_> = sessions.iter().map(|s| &s.1).collect();
-    assert_eq!(distinct.len(), STREAMS, "every CreateUpload opened its own session");
+    assert_eq!(
+        distinct.len(),
+        STREAMS,
+        "every CreateUpload opened its own session"
+    );
 
     // Node memory, sampled every 50 ms from here on.
     let pid = node.pid();
@@ -159,6 +168,23 @@ async fn two_hundred_stalled_16_mib_streams_bounded_memory_and_closed() {
     let rss_end = if alive { node.rss_kib() } else { 0 };
     let max_rss = max_sampled.load(Ordering::Relaxed);
     let client_hwm = proc_status_kib(std::process::id(), "VmHWM").expect("own VmHWM");
+    // Information for the report: does the node give the memory back once the streams are
+    // gone (closed by the server, or cancelled by this client at the deadline)? Polled for at
+    // most 10 s.
+    let gone = Instant::now();
+    let mut rss_after = rss_end;
+    while alive && gone.elapsed() < Duration::from_secs(10) {
+        rss_after = node.rss_kib();
+        if rss_after.saturating_sub(baseline) <= (MAX_INFLIGHT + H2_WINDOWS) / 1024 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after_streams = format!(
+        "VmRSS {:.0} MiB {:.1?} after the last stream ended",
+        mib(rss_after),
+        gone.elapsed()
+    );
 
     // What happened, all of it, before any assertion.
     let growth = hwm.max(max_rss).saturating_sub(baseline);
@@ -174,6 +200,7 @@ async fn two_hundred_stalled_16_mib_streams_bounded_memory_and_closed() {
         mib(growth),
         mib(bound)
     );
+    println!("node memory: {after_streams}");
     println!(
         "client (this test process): VmRSS {:.0} MiB before the streams, VmHWM {:.0} MiB",
         mib(client_baseline),
