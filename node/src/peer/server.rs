@@ -35,6 +35,13 @@ pub async fn serve(endpoint: quinn::Endpoint, handler: Arc<dyn Handler>) {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
                 Ok(c) => c,
+                // The client gave up (its handshake deadline, or it stopped): nothing refused.
+                Err(quinn::ConnectionError::ConnectionClosed(c))
+                    if c.error_code == quinn::TransportErrorCode::APPLICATION_ERROR =>
+                {
+                    tracing::debug!(peer = %remote, "a peer abandoned its QUIC handshake");
+                    return;
+                }
                 Err(e) => {
                     metrics::counter!(m::QUIC_ERRORS, "kind" => "handshake").increment(1);
                     tracing::warn!(peer = %remote, error = %e, "refused a QUIC connection");
