@@ -187,7 +187,7 @@ impl Default for Config {
             cold_dir: PathBuf::new(),
             gc_grace: Duration::from_secs(600),
             stream_idle_timeout: Duration::from_secs(60),
-            max_streams: 1024,
+            max_streams: 256,
             max_streams_per_tenant: 64,
             min_free_bytes: 0,
             tier: TierConfig::default(),

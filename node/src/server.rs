@@ -149,7 +149,7 @@ impl Node {
 /// How long a stopping node waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/2 flow control of the gRPC server (see `run`): a stream may hold this much unread.
-const STREAM_WINDOW: u32 = 1 << 20;
+const STREAM_WINDOW: u32 = 2 << 20;
 /// Streams one connection may carry at once.
 const STREAMS_PER_CONNECTION: u32 = 64;
 /// The connection window covers every stream's window (plus room for small calls), so streams
