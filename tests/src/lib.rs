@@ -634,14 +634,19 @@ pub fn chunk_ids(data_dir: &Path) -> std::collections::BTreeSet<String> {
 }
 
 /// The current layout as the placement function sees it (from the Admin API).
+/// (A consistent read: while the cluster elects a leader, e.g. right after a paused node comes
+/// back with a higher term, it answers UNAVAILABLE; retried for up to 15 s.)
 pub async fn current_layout(node: &Node) -> strata_cluster::Layout {
-    let r = node
-        .admin()
-        .await
-        .get_layout(pb::GetLayoutRequest {})
-        .await
-        .expect("get layout")
-        .into_inner();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let r = loop {
+        match node.admin().await.get_layout(pb::GetLayoutRequest {}).await {
+            Ok(r) => break r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("get layout: {s:?}"),
+        }
+    };
     let c = r.current.expect("current layout");
     strata_cluster::Layout {
         version: c.version,

@@ -150,14 +150,10 @@ impl Network {
         };
         let reply = match reply {
             Ok(r) => r.into_inner(),
-            Err(s)
-                if matches!(
-                    s.code(),
-                    tonic::Code::Unavailable
-                        | tonic::Code::DeadlineExceeded
-                        | tonic::Code::Cancelled
-                ) =>
-            {
+            // Only a peer that cannot be reached is `Unreachable` (openraft then backs off for
+            // 500 ms); a slow answer (its deadline passed) is retried at once, so a busy but
+            // live follower does not stall commits.
+            Err(s) if s.code() == tonic::Code::Unavailable => {
                 return Err(RPCError::Unreachable(Unreachable::new(&s)));
             }
             Err(s) => return Err(RPCError::Network(NetworkError::new(&s))),
