@@ -97,11 +97,17 @@ async fn peers_without_a_cluster_certificate_are_refused() {
         "a peer without a certificate was served: {r:?}"
     );
 
-    let (_, text) = http_get(&node.metrics).await;
-    assert!(
-        metric(&text, "strata_quic_errors_total") >= 2.0,
-        "refusals are counted"
-    );
+    // The node counts a refusal in its accept task, which may run after the client has seen
+    // the failure.
+    let metrics_url = node.metrics.clone();
+    wait_until(10, "both refusals to be counted", || {
+        let url = metrics_url.clone();
+        async move {
+            let (_, text) = http_get(&url).await;
+            metric(&text, "strata_quic_errors_total") >= 2.0
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
