@@ -297,19 +297,7 @@ impl TestCluster {
             )
             .await;
         }
-        let staged = stage(
-            &mut admin,
-            pb::stage_layout_request::Change::Replication(pb::Replication {
-                replication: r,
-                write_quorum: w,
-            }),
-        )
-        .await;
-        let version = staged.staged.expect("a staged layout").version;
-        admin
-            .apply_layout(pb::ApplyLayoutRequest { version })
-            .await
-            .expect("apply layout");
+        apply_replication(&mut admin, r, w).await;
     }
 
     /// Index of the node that currently leads (as a live node reports it).
@@ -598,6 +586,25 @@ pub async fn stat(
         .map(|r| r.into_inner())
 }
 
+/// Stages R copies with write quorum W (with whatever else is staged) and applies it; returns
+/// the applied layout version.
+async fn apply_replication(admin: &mut Admin, r: u32, w: u32) -> u64 {
+    let staged = stage(
+        admin,
+        pb::stage_layout_request::Change::Replication(pb::Replication {
+            replication: r,
+            write_quorum: w,
+        }),
+    )
+    .await;
+    let version = staged.staged.expect("a staged layout").version;
+    admin
+        .apply_layout(pb::ApplyLayoutRequest { version })
+        .await
+        .unwrap_or_else(|e| panic!("apply layout {version} (R={r} W={w}): {e:?}"));
+    version
+}
+
 async fn stage(admin: &mut Admin, change: pb::stage_layout_request::Change) -> pb::LayoutResponse {
     admin
         .stage_layout(pb::StageLayoutRequest {
@@ -857,20 +864,7 @@ impl TestCluster {
             current.version
         } else {
             let mut admin = self.nodes[via].admin().await;
-            let staged = stage(
-                &mut admin,
-                pb::stage_layout_request::Change::Replication(pb::Replication {
-                    replication: r,
-                    write_quorum: w,
-                }),
-            )
-            .await;
-            let version = staged.staged.expect("a staged layout").version;
-            admin
-                .apply_layout(pb::ApplyLayoutRequest { version })
-                .await
-                .unwrap_or_else(|e| panic!("apply layout {version} (R={r} W={w}): {e:?}"));
-            version
+            apply_replication(&mut admin, r, w).await
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         for i in 0..self.nodes.len() {
