@@ -144,13 +144,15 @@ fn layout_pb(
 }
 
 /// Things worth saying about a layout.
-fn warnings(l: &Layout, members: &BTreeMap<NodeId, String>) -> Vec<String> {
+/// `version` is the one shown to the operator (a staged layout is named by the version it
+/// becomes when applied).
+fn warnings(l: &Layout, version: u64, members: &BTreeMap<NodeId, String>) -> Vec<String> {
     let mut w = Vec::new();
     let storage = l.storage_nodes().count();
-    if l.version > 0 && storage < l.replication as usize {
+    if version > 0 && storage < l.replication as usize {
         w.push(format!(
             "layout v{}: replication is {} but only {storage} active node(s) hold chunks: each chunk gets {} cop{}",
-            l.version,
+            version,
             l.replication,
             l.effective_replication(),
             if l.effective_replication() == 1 { "y" } else { "ies" }
@@ -161,7 +163,7 @@ fn warnings(l: &Layout, members: &BTreeMap<NodeId, String>) -> Vec<String> {
     if storage > 0 && zones.len() < l.effective_replication() {
         w.push(format!(
             "layout v{}: {} zone(s) for {} copies: some chunks have two copies in one zone",
-            l.version,
+            version,
             zones.len(),
             l.effective_replication()
         ));
@@ -170,7 +172,7 @@ fn warnings(l: &Layout, members: &BTreeMap<NodeId, String>) -> Vec<String> {
         if !members.contains_key(id) {
             w.push(format!(
                 "layout v{}: node {id} is not a member of the cluster any more: remove it from the layout",
-                l.version
+                version
             ));
         }
     }
@@ -189,9 +191,9 @@ pub async fn layout_response(
         .into_iter()
         .filter_map(|(id, i)| i.map(|i| (id, i.node_name)))
         .collect();
-    let mut warn = warnings(&state.current, &members);
+    let mut warn = warnings(&state.current, state.current.version, &members);
     if let Some(staged) = &state.staged {
-        warn.extend(warnings(staged, &members));
+        warn.extend(warnings(staged, state.current.version + 1, &members));
     }
     Ok(pb::LayoutResponse {
         current: Some(layout_pb(&state.current, &names, &members)),
