@@ -131,6 +131,36 @@ impl StateMachine {
         Ok(out)
     }
 
+    /// Chunks with at least one reference (a version or an open session), in id order,
+    /// starting after `after`, at most `limit` of them: one page of a walk over every chunk
+    /// the cluster must keep.
+    pub fn referenced_chunks(
+        &self,
+        after: Option<&ChunkId>,
+        limit: usize,
+    ) -> Result<Vec<ChunkId>, StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(id) => Bound::Excluded(keys::chunk_global(id)),
+            None => Bound::Included(vec![keys::CHUNK_GLOBAL]),
+        };
+        let end = Bound::Excluded(vec![keys::CHUNK_GLOBAL + 1]);
+        let mut out = Vec::new();
+        for kv in self.tree.range::<Vec<u8>, _>((start, end)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = kv?;
+            if keys::be_u64(&v, 0).unwrap_or(0) == 0 {
+                continue;
+            }
+            if let Some(id) = ChunkId::from_slice(&k[1..]) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     /// References to a chunk across all tenants (versions and open sessions).
     pub fn chunk_refs(&self, id: &ChunkId) -> Result<u64, StoreError> {
         Ok(self

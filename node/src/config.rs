@@ -109,6 +109,34 @@ pub struct Config {
     pub min_free_bytes: u64,
     /// Cold tiering: how the leader moves data and which backends exist.
     pub tier: TierConfig,
+    /// Scrub and anti-entropy check of this node's chunks.
+    pub verify: VerifyConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    /// The scrub re-hashes at most this many bytes of chunk files per second (`strata worker
+    /// set scrub-rate` changes it while the node runs).
+    pub scrub_rate: u64,
+    /// A new scrub pass starts this long after the last one ended (`strata scrub start` runs
+    /// one now).
+    #[serde(with = "humantime_serde")]
+    pub scrub_interval: Duration,
+    /// How often every chunk this node is a home of is checked to be here (missing ones are
+    /// fetched from other nodes at `rebalance_rate_bytes`).
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            scrub_rate: 50 * 1000 * 1000,
+            scrub_interval: Duration::from_secs(30 * 24 * 3600),
+            check_interval: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Debug output never shows the cluster secret (or, through BackendConfig, S3 keys).
@@ -191,6 +219,7 @@ impl Default for Config {
             max_streams_per_tenant: 64,
             min_free_bytes: 0,
             tier: TierConfig::default(),
+            verify: VerifyConfig::default(),
         }
     }
 }
@@ -284,6 +313,14 @@ impl Config {
         }
         if self.rebalance_rate_bytes == 0 {
             anyhow::bail!("rebalance_rate_bytes must be greater than zero");
+        }
+        if self.verify.scrub_rate == 0
+            || self.verify.scrub_interval.is_zero()
+            || self.verify.check_interval.is_zero()
+        {
+            anyhow::bail!(
+                "verify.scrub_rate, verify.scrub_interval and verify.check_interval must be greater than zero"
+            );
         }
         if self.janitor_interval.is_zero() {
             anyhow::bail!("janitor_interval must be greater than zero");

@@ -57,6 +57,14 @@ pub const TIER_BACKEND_ERRORS: &str = strata_cold::metrics::BACKEND_ERRORS;
 pub const INGRESS_REFUSED: &str = "strata_ingress_refused_total";
 pub const STREAMS_OPEN: &str = "strata_streams_open";
 pub const MEMORY_IN_USE: &str = "strata_chunk_memory_bytes";
+pub const SCRUB_BYTES: &str = "strata_scrub_bytes_total";
+pub const SCRUB_CHUNKS: &str = "strata_scrub_chunks_total";
+pub const SCRUB_CORRUPTIONS: &str = "strata_scrub_corruptions_total";
+pub const SCRUB_PASSES: &str = "strata_scrub_passes_total";
+pub const CHUNKS_UNDER_REPLICATED: &str = "strata_chunks_under_replicated";
+pub const REPAIRS: &str = "strata_repairs_total";
+pub const UNRECOVERABLE_CHUNKS: &str = "strata_unrecoverable_chunks";
+pub const CHECK_PASSES: &str = "strata_anti_entropy_passes_total";
 
 /// Installs the global recorder; the handle renders the Prometheus text (see `http.rs`).
 pub fn install() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
@@ -91,6 +99,11 @@ pub fn install() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle
         REBALANCE_RELEASED_CHUNKS,
         TIER_REHYDRATED_BYTES,
         TIER_COLD_READ_BYTES,
+        SCRUB_BYTES,
+        SCRUB_CHUNKS,
+        SCRUB_CORRUPTIONS,
+        SCRUB_PASSES,
+        CHECK_PASSES,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -103,8 +116,13 @@ pub fn install() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle
         REBALANCE_TO_MOVE_CHUNKS,
         REBALANCE_TO_MOVE_BYTES,
         LAYOUT_VERSION,
+        CHUNKS_UNDER_REPLICATED,
+        UNRECOVERABLE_CHUNKS,
     ] {
         metrics::gauge!(name).set(0.0);
+    }
+    for source in ["peer", "read"] {
+        metrics::counter!(REPAIRS, "source" => source).increment(0);
     }
     for kind in ["put", "get"] {
         metrics::gauge!(STREAMS_OPEN, "kind" => kind).set(0.0);
@@ -148,6 +166,36 @@ pub async fn follow_raft(raft: strata_cluster::raft::Raft) {
 }
 
 fn describe() {
+    describe_counter!(
+        SCRUB_BYTES,
+        Unit::Bytes,
+        "bytes of chunk files re-hashed by the scrub"
+    );
+    describe_counter!(SCRUB_CHUNKS, "chunk files re-hashed by the scrub");
+    describe_counter!(
+        SCRUB_CORRUPTIONS,
+        "chunk files the scrub found corrupt (quarantined, then repaired from a good copy)"
+    );
+    describe_counter!(
+        SCRUB_PASSES,
+        "complete scrub passes over this node's chunks"
+    );
+    describe_gauge!(
+        CHUNKS_UNDER_REPLICATED,
+        "chunks this node is a home of but does not hold, found by the last check (each is a missing copy)"
+    );
+    describe_counter!(
+        REPAIRS,
+        "chunk copies put back on this node, by source (peer: by the verifier; read: by a client read)"
+    );
+    describe_gauge!(
+        UNRECOVERABLE_CHUNKS,
+        "referenced chunks with no good copy on any node that answered"
+    );
+    describe_counter!(
+        CHECK_PASSES,
+        "complete anti-entropy checks of this node's chunks against the metadata"
+    );
     describe_counter!(
         QUIC_SENT_BYTES,
         Unit::Bytes,

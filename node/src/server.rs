@@ -100,6 +100,7 @@ impl Node {
                 read_cache_bytes: config.read_cache_bytes,
                 rebalance_rate_bytes: config.rebalance_rate_bytes,
                 gc_grace: config.gc_grace,
+                scrub_rate_bytes: config.verify.scrub_rate,
             },
         )?);
         let backends = strata_cold::open_backends(&config.tier_backends()).await?;

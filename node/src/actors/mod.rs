@@ -5,7 +5,8 @@
 //! ├── UploadSession   one per open upload, spawned on demand, state recovered from metadata
 //! ├── Janitor         session expiry, trash purge, chunk garbage collection
 //! ├── Placement       replication queue retries, rebalancing after layout changes, draining
-//! └── Tiering         records reads; on the leader, moves versions cold, restores, deletes archives
+//! ├── Tiering         records reads; on the leader, moves versions cold, restores, deletes archives
+//! └── Verifier        scrub (re-hash local chunk files, repair corrupt ones), anti-entropy check
 //! ```
 
 pub mod janitor;
@@ -13,3 +14,4 @@ pub mod placement;
 pub mod supervisor;
 pub mod tiering;
 pub mod upload_session;
+pub mod verifier;

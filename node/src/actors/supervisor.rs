@@ -1,7 +1,7 @@
 //! NodeSupervisor: the root of the node's actors. It spawns one UploadSession per open upload
 //! on demand (recovering its state from the state machine), the Janitor, Placement
-//! (replication queue, rebalancing) and Tiering; a child that fails is restarted with its
-//! state recovered. The Verifier joins here.
+//! (replication queue, rebalancing), Tiering and the Verifier (scrub, anti-entropy); a child
+//! that fails is restarted with its state recovered.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use super::janitor::{Janitor, JanitorArgs, JanitorMsg};
 use super::placement::{PlacementActor, PlacementMsg};
 use super::tiering::{TieringActor, TieringArgs, TieringMsg};
 use super::upload_session::{SessionArgs, SessionDeps, SessionMsg, UploadSession};
+use super::verifier::{VerifierActor, VerifierArgs, VerifierMsg};
 use crate::blocks::BlockManager;
 use crate::config::Config;
 use crate::error::{NodeError, NodeResult};
@@ -60,6 +61,7 @@ pub struct SupervisorState {
     janitor: Option<ActorRef<JanitorMsg>>,
     placement: Option<ActorRef<PlacementMsg>>,
     tiering: Option<ActorRef<TieringMsg>>,
+    verifier: Option<ActorRef<VerifierMsg>>,
 }
 
 impl SupervisorState {
@@ -134,6 +136,26 @@ impl SupervisorState {
         Ok(())
     }
 
+    async fn spawn_verifier(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let args = VerifierArgs {
+            blocks: self.deps.blocks.clone(),
+            config: self.deps.config.verify.clone(),
+            fetch_rate: self.deps.config.rebalance_rate_bytes,
+        };
+        let (actor, _) = Actor::spawn_linked(None, VerifierActor, args, myself.get_cell()).await?;
+        self.verifier = Some(actor);
+        Ok(())
+    }
+
+    fn is_verifier(&self, cell: &ActorCell) -> bool {
+        self.verifier
+            .as_ref()
+            .is_some_and(|j| j.get_id() == cell.get_id())
+    }
+
     fn is_tiering(&self, cell: &ActorCell) -> bool {
         self.tiering
             .as_ref()
@@ -177,10 +199,12 @@ impl Actor for NodeSupervisor {
             janitor: None,
             placement: None,
             tiering: None,
+            verifier: None,
         };
         st.spawn_janitor(&myself).await?;
         st.spawn_placement(&myself).await?;
         st.spawn_tiering(&myself).await?;
+        st.spawn_verifier(&myself).await?;
         Ok(st)
     }
 
@@ -249,6 +273,9 @@ impl Actor for NodeSupervisor {
                     } else if st.is_tiering(&cell) {
                         tracing::warn!(?reason, "tiering actor stopped; restarting it");
                         st.spawn_tiering(&myself).await?;
+                    } else if st.is_verifier(&cell) {
+                        tracing::warn!(?reason, "verifier stopped; restarting it");
+                        st.spawn_verifier(&myself).await?;
                     }
                 }
             }
@@ -271,6 +298,9 @@ impl Actor for NodeSupervisor {
                 } else if st.is_tiering(&cell) {
                     tracing::error!(error = %err, "tiering actor failed; restarting it");
                     st.spawn_tiering(&myself).await?;
+                } else if st.is_verifier(&cell) {
+                    tracing::error!(error = %err, "verifier failed; restarting it");
+                    st.spawn_verifier(&myself).await?;
                 }
             }
             _ => {}

@@ -10,6 +10,8 @@
 //! - `rebalance`: the queue retries and the pass that moves chunks after a layout change.
 //! - `gc`: deleting copies nothing needs (under the chunk's lock, after the grace period).
 //! - `serve`: answering other nodes' requests (the peer transport's handler).
+//! - `verify`: the scrub (re-hashing local files) and the anti-entropy check (every chunk this
+//!   node is a home of is here), run by the Verifier actor.
 //!
 //! No lock is held across a network call, a Raft proposal or a sleep: the chunk lock lives on
 //! blocking threads inside the chunk store, around local file changes only. Each operation
@@ -22,6 +24,7 @@ mod queue;
 mod read;
 mod rebalance;
 mod serve;
+pub mod verify;
 mod write;
 
 use std::sync::{Arc, OnceLock};
@@ -48,6 +51,8 @@ pub struct BlockConfig {
     /// A chunk file younger than this is never collected: it may be a chunk whose reference
     /// is still on its way through Raft.
     pub gc_grace: Duration,
+    /// The scrub re-hashes at most this many bytes per second (changeable at run time).
+    pub scrub_rate_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +97,7 @@ pub struct BlockManager {
     budget: Arc<MemoryBudget>,
     config: BlockConfig,
     progress: rebalance::Tracker,
+    verify: verify::VerifyState,
 }
 
 impl BlockManager {
@@ -106,6 +112,7 @@ impl BlockManager {
         Ok(BlockManager {
             me,
             queue: queue::Queue::open(sm.db())?,
+            verify: verify::VerifyState::open(sm.db(), config.scrub_rate_bytes)?,
             cache: read::Cache::new(config.read_cache_bytes),
             store,
             sm,

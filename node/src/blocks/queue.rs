@@ -108,6 +108,10 @@ impl Queue {
         metrics::gauge!(m::REPLICATION_QUEUE).set(self.queue.len() as f64);
     }
 
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.queue.contains_key(id.as_bytes()).unwrap_or(false)
+    }
+
     pub fn queued(&self, limit: usize) -> Vec<ChunkId> {
         self.queue
             .iter()

@@ -64,8 +64,41 @@ impl BlockManager {
             metrics::counter!(m::READ_CACHE_HITS).increment(1);
             return Ok(hit);
         }
+        let home_here = self.sm.layout()?.current.homes(&id).contains(&self.me);
+        let data = match self.fetch_remote(id).await {
+            Err(BlockError::NotReady) if local_corrupt => {
+                self.note_lost(&id, true);
+                return Err(BlockError::Lost(id));
+            }
+            Err(e @ BlockError::Lost(_)) => {
+                // Recorded for `strata repair status` (the verifier clears it if a good copy
+                // comes back).
+                self.note_lost(&id, local_corrupt);
+                return Err(e);
+            }
+            r => r?,
+        };
+        if local_corrupt && home_here {
+            match self.store.put(id, data.clone()).await {
+                Ok(_) => {
+                    metrics::counter!(m::REPAIRS, "source" => "read").increment(1);
+                    tracing::info!(chunk = %id, "repaired the local copy from a peer")
+                }
+                Err(e) => {
+                    tracing::warn!(chunk = %id, error = %e, "could not repair the local copy")
+                }
+            }
+        } else {
+            self.cache.insert(id, data.clone());
+        }
+        Ok(data)
+    }
+
+    /// A verified copy of the chunk from another node: its homes under the current layout
+    /// first, then the previous layout's, then every other member. `Lost` when every node
+    /// that answered has no good copy.
+    pub(super) async fn fetch_remote(&self, id: ChunkId) -> BlockResult<Bytes> {
         let state = self.sm.layout()?;
-        let home_here = state.current.homes(&id).contains(&self.me);
         let book = self.members.all();
         let mut order: Vec<NodeId> = state.current.homes(&id);
         if let Some(prev) = &state.previous {
@@ -74,11 +107,7 @@ impl BlockManager {
         order.extend(book.keys().copied());
         let mut seen = HashSet::new();
         order.retain(|n| *n != self.me && seen.insert(*n));
-        let peers = match self.peers() {
-            Ok(p) => p,
-            Err(_) if local_corrupt => return Err(BlockError::Lost(id)),
-            Err(e) => return Err(e),
-        };
+        let peers = self.peers()?;
         let mut errors = Vec::new();
         for node in order {
             let Some(addr) = book.get(&node) else {
@@ -87,18 +116,6 @@ impl BlockManager {
             match peers.get_chunk(*addr, id).await {
                 Ok(data) => {
                     metrics::counter!(m::PEER_READ_BYTES).increment(data.len() as u64);
-                    if local_corrupt && home_here {
-                        match self.store.put(id, data.clone()).await {
-                            Ok(_) => {
-                                tracing::info!(chunk = %id, "repaired the local copy from a peer")
-                            }
-                            Err(e) => {
-                                tracing::warn!(chunk = %id, error = %e, "could not repair the local copy")
-                            }
-                        }
-                    } else {
-                        self.cache.insert(id, data.clone());
-                    }
                     return Ok(data);
                 }
                 Err(e) => {

@@ -54,6 +54,22 @@ const ALIGN: usize = 4096;
 const STAGE: usize = 4 << 20;
 /// Staging buffers kept for reuse; more may exist while more writes run at once.
 const STAGING_KEPT: usize = 8;
+/// Read size when a file is verified or compared in place (memory does not grow with the
+/// chunk).
+const VERIFY_BUF: usize = 1 << 20;
+
+/// What re-hashing a chunk file found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    Good {
+        len: u64,
+    },
+    /// The file did not hash to its id; it was quarantined.
+    Corrupt {
+        len: u64,
+    },
+    Missing,
+}
 
 /// Page-aligned staging buffers for O_DIRECT writes, shared by all writer threads so resident
 /// memory follows the number of concurrent writes, not the number of threads.
@@ -216,9 +232,19 @@ impl Files {
     /// bytes go to a temporary file without any lock; the guard then renames it into place,
     /// or, when the chunk is already there, drops it and re-stamps the existing file (so the
     /// collector's grace period counts from now). Returns whether a new file was written.
+    ///
+    /// An existing file is compared with `data` before "already there" is answered: a copy
+    /// that rotted on disk is quarantined and replaced, never counted as a good one.
     pub fn put(&self, id: &ChunkId, data: &[u8]) -> Result<bool, ChunkStoreError> {
         if self.lock(id).touch()? {
-            return Ok(false);
+            match self.same_content(id, data) {
+                Ok(None) => {}
+                Ok(Some(true)) => return Ok(false),
+                Ok(Some(false)) => {
+                    // Quarantined (by `same_content`); write the good bytes below.
+                }
+                Err(e) => return Err(e),
+            }
         }
         self.check_space(data.len() as u64)?;
         let tmp = self
@@ -311,6 +337,79 @@ impl Files {
             return Err(ChunkStoreError::Corrupt(*id));
         }
         Ok(Bytes::from(data))
+    }
+
+    /// Whether the file of `id` holds exactly `data` (None: there is no file). A file that
+    /// differs is corrupt (`data` is verified): it is counted and quarantined.
+    fn same_content(&self, id: &ChunkId, data: &[u8]) -> Result<Option<bool>, ChunkStoreError> {
+        let path = self.path_of(id);
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read", &path, e)),
+        };
+        let md = f.metadata().map_err(|e| io_err("stat", &path, e))?;
+        let mut same = md.len() == data.len() as u64;
+        let mut buf = vec![0u8; VERIFY_BUF.min(data.len().max(1))];
+        let mut at = 0;
+        while same && at < data.len() {
+            let n = buf.len().min(data.len() - at);
+            f.read_exact_at(&mut buf[..n], at as u64)
+                .map_err(|e| io_err("read", &path, e))?;
+            same = buf[..n] == data[at..at + n];
+            at += n;
+        }
+        metrics::counter!(m::CHUNK_STORE_OPS, "op" => "compare").increment(1);
+        if !same {
+            metrics::counter!(m::CHUNK_CORRUPT).increment(1);
+            tracing::error!(chunk = %id, path = %path.display(), "stored copy differs from the chunk's verified bytes; quarantining and rewriting it");
+            self.lock(id).quarantine(md.ino());
+        }
+        Ok(Some(same))
+    }
+
+    /// Re-hashes a chunk's file without keeping it in memory (reads of `VERIFY_BUF`). A
+    /// mismatch is counted and quarantines the file.
+    pub fn verify(&self, id: &ChunkId) -> Result<Verified, ChunkStoreError> {
+        let path = self.path_of(id);
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Verified::Missing),
+            Err(e) => return Err(io_err("read", &path, e)),
+        };
+        let md = f.metadata().map_err(|e| io_err("stat", &path, e))?;
+        let len = md.len();
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; VERIFY_BUF.min(len.max(1) as usize)];
+        let mut at = 0u64;
+        while at < len {
+            let n = buf.len().min((len - at) as usize);
+            f.read_exact_at(&mut buf[..n], at)
+                .map_err(|e| io_err("read", &path, e))?;
+            hasher.update(&buf[..n]);
+            at += n as u64;
+        }
+        metrics::counter!(m::CHUNK_STORE_OPS, "op" => "verify").increment(1);
+        if ChunkId::from_bytes(*hasher.finalize().as_bytes()) != *id {
+            metrics::counter!(m::CHUNK_CORRUPT).increment(1);
+            tracing::error!(chunk = %id, path = %path.display(), "corrupt chunk found by scrub: BLAKE3 mismatch, quarantining");
+            self.lock(id).quarantine(md.ino());
+            return Ok(Verified::Corrupt { len });
+        }
+        Ok(Verified::Good { len })
+    }
+
+    /// The ids of the chunks whose id starts with byte `prefix`, sorted (one directory).
+    pub fn ids_with_prefix(&self, prefix: u8) -> Vec<ChunkId> {
+        let dir = self.root.join(hex::encode([prefix]));
+        let mut out: Vec<ChunkId> = fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|f| f.file_name().to_str().and_then(ChunkId::from_hex))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Every chunk id held, in no particular order (a walk of the directories).

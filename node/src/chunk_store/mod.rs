@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use strata_cluster::ChunkId;
 
-pub use files::{ChunkGuard, FileInfo, Files};
+pub use files::{ChunkGuard, FileInfo, Files, Verified};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChunkStoreError {
@@ -119,6 +119,16 @@ impl ChunkStore {
     pub async fn sizes(&self, ids: Vec<ChunkId>) -> Result<Vec<Option<u64>>, ChunkStoreError> {
         self.blocking(move |f| Ok(ids.iter().map(|id| f.len_of(id)).collect()))
             .await
+    }
+
+    /// Re-hashes the chunk's file (a mismatch quarantines it).
+    pub async fn verify(&self, id: ChunkId) -> Result<Verified, ChunkStoreError> {
+        self.blocking(move |f| f.verify(&id)).await
+    }
+
+    /// The chunks whose id starts with byte `prefix`, sorted.
+    pub async fn ids_with_prefix(&self, prefix: u8) -> Result<Vec<ChunkId>, ChunkStoreError> {
+        self.blocking(move |f| Ok(f.ids_with_prefix(prefix))).await
     }
 
     /// Every chunk id held.
@@ -222,6 +232,68 @@ mod tests {
             store.get(id).await,
             Err(ChunkStoreError::Missing(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn verify_finds_rot_and_a_put_over_a_rotten_copy_replaces_it() {
+        let (dir, store) = store().await;
+        let data = Bytes::from((0..3_000_000u32).map(|i| i as u8).collect::<Vec<_>>());
+        let id = ChunkId::of(&data);
+        store.put(id, data.clone()).await.expect("put");
+        let len = data.len() as u64;
+        assert_eq!(
+            store.verify(id).await.expect("verify"),
+            Verified::Good { len }
+        );
+        let path = dir
+            .path()
+            .join("chunks")
+            .join(&id.to_hex()[..2])
+            .join(id.to_hex());
+        let flip = |at: usize| {
+            let mut bytes = std::fs::read(&path).expect("read");
+            bytes[at] ^= 0x40;
+            std::fs::write(&path, &bytes).expect("corrupt");
+        };
+        // A rotten copy is not "already there": the put replaces it.
+        flip(2_500_000);
+        assert!(store.put(id, data.clone()).await.expect("put over rot"));
+        assert_eq!(std::fs::read(&path).expect("read"), data.to_vec());
+        // The scrub's verify finds rot, quarantines the file, and then finds nothing.
+        flip(10);
+        assert_eq!(
+            store.verify(id).await.expect("verify"),
+            Verified::Corrupt { len }
+        );
+        assert!(
+            dir.path()
+                .join("chunks/.quarantine")
+                .join(id.to_hex())
+                .exists()
+        );
+        assert_eq!(store.verify(id).await.expect("verify"), Verified::Missing);
+        assert_eq!(store.usage(), (0, 0));
+        assert_eq!(
+            store.ids_with_prefix(id.as_bytes()[0]).await.expect("ids"),
+            vec![]
+        );
+    }
+
+    #[tokio::test]
+    async fn ids_with_prefix_are_sorted() {
+        let (_dir, store) = store().await;
+        let mut want = Vec::new();
+        for i in 0..2000u32 {
+            let data = Bytes::from(i.to_le_bytes().to_vec());
+            let id = ChunkId::of(&data);
+            store.put(id, data).await.expect("put");
+            if id.as_bytes()[0] == 7 {
+                want.push(id);
+            }
+        }
+        want.sort();
+        assert!(!want.is_empty());
+        assert_eq!(store.ids_with_prefix(7).await.expect("ids"), want);
     }
 
     #[tokio::test]

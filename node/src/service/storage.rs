@@ -811,6 +811,7 @@ impl Download {
         tx: mpsc::Sender<Result<pb::GetResponse, Status>>,
     ) {
         let started = std::time::Instant::now();
+        let object = format!("{}/{} version {}", info.bucket, info.key, info.version);
         let first = pb::GetResponse {
             info: Some(info),
             data: Bytes::new(),
@@ -852,8 +853,18 @@ impl Download {
             let (data, _permit) = match (&mut task.0).await {
                 Ok((Ok(d), p)) => (d, p),
                 Ok((Err(e), _)) => {
-                    tracing::error!(error = %e, "download failed");
-                    let _ = tx.send(Err(NodeError::from(e).into())).await;
+                    tracing::error!(object, offset = c.offset, error = %e, "download failed");
+                    let status: Status = NodeError::from(e).into();
+                    let named = Status::new(
+                        status.code(),
+                        format!(
+                            "{object}, bytes {}..{}: {}",
+                            c.offset,
+                            c.offset + u64::from(c.len),
+                            status.message()
+                        ),
+                    );
+                    let _ = tx.send(Err(named)).await;
                     return;
                 }
                 Err(e) => {
