@@ -1,0 +1,246 @@
+//! Redundancy verification with real processes on loopback: the scrub finds and repairs rotten
+//! chunk files, the anti-entropy check puts back deleted ones, and a chunk with no good copy
+//! left is DATA_LOSS naming the object, never a wrong byte and never UNAVAILABLE.
+
+use std::path::{Path, PathBuf};
+
+use strata_cluster::ChunkId;
+use strata_tests::*;
+
+const MIB: usize = 1 << 20;
+
+/// A config file with the verifier's intervals (the rest from the defaults).
+fn verify_config(dir: &Path, scrub_interval: &str, check_interval: &str) -> String {
+    let file = dir.join("strata.toml");
+    let toml = format!(
+        "[verify]\nscrub_rate = 1000000000\nscrub_interval = \"{scrub_interval}\"\ncheck_interval = \"{check_interval}\"\n"
+    );
+    std::fs::write(&file, toml).expect("write config");
+    file.to_string_lossy().into_owned()
+}
+
+fn chunk_path(data_dir: &Path, id: &ChunkId) -> PathBuf {
+    let hex = id.to_hex();
+    data_dir.join("chunks").join(&hex[..2]).join(hex.as_str())
+}
+
+/// Flips one byte of a chunk file in place (same inode, same size).
+fn flip(path: &Path, at: usize) {
+    let mut raw = std::fs::read(path).expect("read chunk file");
+    let at = at % raw.len();
+    raw[at] ^= 0x5a;
+    std::fs::write(path, raw).expect("corrupt chunk file");
+}
+
+fn good(path: &Path, id: &ChunkId) -> bool {
+    std::fs::read(path).is_ok_and(|b| ChunkId::of(&b) == *id)
+}
+
+/// A labelled series' value (0 if absent), e.g. `strata_repairs_total{source="peer"}`.
+fn series(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name_and_labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn metrics_of(node: &Node) -> String {
+    http_get(&node.metrics).await.1
+}
+
+/// Uploads `len` bytes in 1 MiB chunks through node 0 and waits until `holder` has every chunk.
+async fn upload_and_settle(
+    cluster: &TestCluster,
+    holder: usize,
+    key: &str,
+    len: usize,
+    seed: u64,
+) -> (Vec<u8>, Vec<ChunkId>) {
+    let mut s = cluster.nodes[0].storage().await;
+    let bytes = data(len, seed);
+    put_chunked(
+        &mut s,
+        cluster.nodes[0].root.path(),
+        "verify",
+        key,
+        &bytes,
+        MIB as u32,
+    )
+    .await;
+    let ids = chunk_ids_of(&bytes, MIB);
+    let dir = cluster.nodes[holder].data_dir.clone();
+    wait_until(30, "every chunk to reach the node under test", || {
+        let ids = ids.clone();
+        let dir = dir.clone();
+        async move { ids.iter().all(|id| good(&chunk_path(&dir, id), id)) }
+    })
+    .await;
+    (bytes, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrub_finds_flipped_bytes_and_repairs_them_from_peers() {
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let config = verify_config(cfg.path(), "1s", "1h");
+    let cluster = TestCluster::start(3, &[("STRATA_CONFIG", config.as_str())]);
+    let victim = 2;
+    let (bytes, ids) = upload_and_settle(&cluster, victim, "scrubbed", 30 * MIB, 11).await;
+    let node = &cluster.nodes[victim];
+    let dir = node.data_dir.clone();
+
+    // Phase 1: nobody reads; the scrub alone must find and repair all 20.
+    let before = metrics_of(node).await;
+    let corrupt0 = series(&before, "strata_scrub_corruptions_total");
+    let peer0 = series(&before, "strata_repairs_total{source=\"peer\"}");
+    let victims: Vec<ChunkId> = ids.iter().take(20).copied().collect();
+    for (i, id) in victims.iter().enumerate() {
+        flip(&chunk_path(&dir, id), 4099 * (i + 1));
+    }
+    wait_until(60, "the scrub to find the 20 rotten files", || async {
+        series(&metrics_of(node).await, "strata_scrub_corruptions_total") - corrupt0 >= 20.0
+    })
+    .await;
+    wait_until(30, "the 20 files to be repaired from peers", || {
+        let (victims, dir) = (victims.clone(), dir.clone());
+        async move { victims.iter().all(|id| good(&chunk_path(&dir, id), id)) }
+    })
+    .await;
+    let after = metrics_of(node).await;
+    assert_eq!(
+        series(&after, "strata_scrub_corruptions_total") - corrupt0,
+        20.0,
+        "exactly the 20 flipped files are corrupt"
+    );
+    assert_eq!(
+        series(&after, "strata_repairs_total{source=\"peer\"}") - peer0,
+        20.0
+    );
+    let quarantined = std::fs::read_dir(dir.join("chunks/.quarantine"))
+        .expect("quarantine dir")
+        .count();
+    assert_eq!(quarantined, 20, "rotten copies are kept for inspection");
+
+    // Phase 2: the same while clients read the object through the node under test: every
+    // read returns the exact bytes (a read that meets a rotten copy repairs it itself).
+    let before = metrics_of(node).await;
+    let corrupt1 = series(&before, "strata_scrub_corruptions_total");
+    let read1 = series(&before, "strata_repairs_total{source=\"read\"}");
+    let peer1 = series(&before, "strata_repairs_total{source=\"peer\"}");
+    for (i, id) in victims.iter().enumerate() {
+        flip(&chunk_path(&dir, id), 7919 * (i + 3));
+    }
+    let mut s = node.storage().await;
+    for round in 0..5 {
+        let got = get(&mut s, "verify", "scrubbed", 0, 0, 0)
+            .await
+            .expect("read during the scrub");
+        assert!(got == bytes, "read {round} returned wrong bytes");
+    }
+    wait_until(60, "every rotten file to be repaired", || {
+        let (victims, dir) = (victims.clone(), dir.clone());
+        async move { victims.iter().all(|id| good(&chunk_path(&dir, id), id)) }
+    })
+    .await;
+    let after = metrics_of(node).await;
+    let found = series(&after, "strata_scrub_corruptions_total") - corrupt1
+        + series(&after, "strata_repairs_total{source=\"read\"}")
+        - read1;
+    let repaired = series(&after, "strata_repairs_total{source=\"peer\"}") - peer1
+        + series(&after, "strata_repairs_total{source=\"read\"}")
+        - read1;
+    assert!(found >= 20.0, "found {found} of 20 rotten files");
+    assert!(repaired >= 20.0, "repaired {repaired} of 20 rotten files");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_puts_back_chunk_files_deleted_behind_the_nodes_back() {
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let config = verify_config(cfg.path(), "30d", "1s");
+    let cluster = TestCluster::start(3, &[("STRATA_CONFIG", config.as_str())]);
+    let victim = 1;
+    let (bytes, ids) = upload_and_settle(&cluster, victim, "deleted", 24 * MIB, 12).await;
+    let node = &cluster.nodes[victim];
+    let dir = node.data_dir.clone();
+    let peer0 = series(
+        &metrics_of(node).await,
+        "strata_repairs_total{source=\"peer\"}",
+    );
+    let victims: Vec<ChunkId> = ids.iter().skip(2).take(20).copied().collect();
+    for id in &victims {
+        std::fs::remove_file(chunk_path(&dir, id)).expect("delete chunk file");
+    }
+    wait_until(60, "the check to put back the 20 deleted files", || {
+        let (victims, dir) = (victims.clone(), dir.clone());
+        async move { victims.iter().all(|id| good(&chunk_path(&dir, id), id)) }
+    })
+    .await;
+    let text = metrics_of(node).await;
+    assert_eq!(
+        series(&text, "strata_repairs_total{source=\"peer\"}") - peer0,
+        20.0
+    );
+    wait_until(30, "the under-replication gauge to return to 0", || async {
+        let text = metrics_of(node).await;
+        metric(&text, "strata_chunks_under_replicated") == 0.0
+            && metric(&text, "strata_anti_entropy_passes_total") >= 2.0
+    })
+    .await;
+    // Reading through the node uses its own copies again.
+    let mut s = node.storage().await;
+    let got = get(&mut s, "verify", "deleted", 0, 0, 0)
+        .await
+        .expect("read");
+    assert!(got == bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_copy_corrupt_is_data_loss_naming_the_object() {
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let config = verify_config(cfg.path(), "30d", "1h");
+    let cluster = TestCluster::start(3, &[("STRATA_CONFIG", config.as_str())]);
+    let (_, ids) = upload_and_settle(&cluster, 2, "doomed", 3 * MIB, 13).await;
+    let (other, _) = upload_and_settle(&cluster, 2, "fine", 2 * MIB, 14).await;
+    for n in 0..3 {
+        wait_until(30, "every node to hold the chunks", || {
+            let dir = cluster.nodes[n].data_dir.clone();
+            let ids = ids.clone();
+            async move { ids.iter().all(|id| good(&chunk_path(&dir, id), id)) }
+        })
+        .await;
+    }
+    let doomed = ids[1];
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        flip(&chunk_path(&node.data_dir, &doomed), 1000 + n);
+    }
+    // Every read, the first included and through every node, is DATA_LOSS naming the object.
+    for n in [0, 1, 2, 0] {
+        let mut s = cluster.nodes[n].storage().await;
+        let err = get(&mut s, "verify", "doomed", 0, 0, 0)
+            .await
+            .expect_err("no good copy is left");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("(DataLoss)"), "DATA_LOSS: {msg}");
+        assert!(
+            msg.contains("verify/doomed"),
+            "the error names the object: {msg}"
+        );
+        // The other object is unaffected.
+        assert!(get(&mut s, "verify", "fine", 0, 0, 0).await.expect("other") == other);
+    }
+    // The rotten copies are kept for inspection, and the chunk is recorded as unrecoverable.
+    for node in &cluster.nodes {
+        assert!(
+            node.data_dir
+                .join("chunks/.quarantine")
+                .join(doomed.to_hex().as_str())
+                .exists()
+        );
+    }
+    wait_until(10, "the chunk to be counted unrecoverable", || async {
+        metric(
+            &metrics_of(&cluster.nodes[0]).await,
+            "strata_unrecoverable_chunks",
+        ) == 1.0
+    })
+    .await;
+}
