@@ -7,3 +7,4 @@ pub mod client;
 pub mod ops;
 pub mod tier;
 pub mod transfer;
+pub mod workers;

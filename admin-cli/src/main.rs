@@ -125,6 +125,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TierCmd,
     },
+    /// Background workers of every node (admin): janitor, placement, tiering, scrub, check.
+    Worker {
+        #[command(subcommand)]
+        cmd: WorkerCmd,
+    },
+    /// The scrub (admin): re-hashes every chunk file; status per node, start, pause, resume.
+    Scrub {
+        #[command(subcommand)]
+        cmd: ScrubCmd,
+    },
+    /// Repair state (admin): chunks below their replication, being repaired, unrecoverable.
+    Repair {
+        #[command(subcommand)]
+        cmd: RepairCmd,
+    },
     /// Move an object to the trash (it is purged after the retention period).
     Rm { path: String },
     /// Bring an object back from the trash.
@@ -273,6 +288,49 @@ enum PolicyCmd {
     Delete {
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum WorkerCmd {
+    /// Each worker on each node: state, progress, rate, last pass, next pass, last error.
+    List,
+    /// Change a rate while the nodes run: scrub-rate or rebalance-rate, e.g. `200MB/s`.
+    Set {
+        tunable: String,
+        #[arg(value_parser = strata_admin::workers::parse_rate)]
+        value: u64,
+        /// Only this node (raft id, address or name; default: every node).
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScrubCmd {
+    /// Per node: progress of the running pass, rate, bytes verified, corruptions found and
+    /// repaired, the last and next pass.
+    Status,
+    /// Start a pass now (resumes a paused scrub).
+    Start {
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Pause the scrub (a running pass stops where it is and resumes from there).
+    Pause {
+        #[arg(long)]
+        node: Option<String>,
+    },
+    Resume {
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RepairCmd {
+    /// Chunks below their replication, being repaired and unrecoverable, with the objects
+    /// that use each unrecoverable chunk.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -762,6 +820,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             timeout,
         } => restore(&cli, path, tier, *version, *days, *wait, *timeout).await?,
         Cmd::Tier { cmd } => tier_cmd(&cli, cmd).await?,
+        Cmd::Worker { cmd } => worker_cmd(&cli, cmd).await?,
+        Cmd::Scrub { cmd } => scrub_cmd(&cli, cmd).await?,
+        Cmd::Repair {
+            cmd: RepairCmd::Status,
+        } => {
+            use strata_admin::workers as w;
+            let r = cli
+                .admin()
+                .await?
+                .repair_status(pb::RepairStatusRequest {})
+                .await
+                .map_err(|s| status_error("repair status", s))?
+                .into_inner();
+            if cli.json {
+                println!("{}", w::repair_json(&r));
+            } else {
+                w::print_repair(&r);
+            }
+        }
         Cmd::Layout { cmd } => {
             let mut admin = cli.admin().await?;
             use pb::stage_layout_request::Change;
@@ -1138,6 +1215,89 @@ async fn restore(
         println!("{bucket}/{key} is hot again; it can be read");
     }
     Ok(())
+}
+
+/// Sends one worker control to one node or all and prints each node's answer; fails when
+/// any node refused.
+async fn control_workers(
+    cli: &Cli,
+    node: &Option<String>,
+    request: pb::ControlWorkersRequest,
+) -> anyhow::Result<()> {
+    use strata_admin::workers as w;
+    let what = request.action.clone();
+    let r = cli
+        .admin()
+        .await?
+        .control_workers(pb::AdminControlWorkersRequest {
+            node: node.clone().unwrap_or_default(),
+            request: Some(request),
+        })
+        .await
+        .map_err(|s| status_error(&what, s))?
+        .into_inner();
+    if cli.json {
+        println!("{}", w::control_json(&r));
+    } else {
+        w::print_control(&r);
+    }
+    let failed = r.nodes.iter().filter(|n| !n.ok).count();
+    if failed > 0 {
+        bail!(
+            "{what}: {failed} of {} node(s) refused or did not answer",
+            r.nodes.len()
+        );
+    }
+    Ok(())
+}
+
+async fn list_workers(cli: &Cli, only: Option<&str>) -> anyhow::Result<()> {
+    use strata_admin::workers as w;
+    let r = cli
+        .admin()
+        .await?
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .map_err(|s| status_error("worker list", s))?
+        .into_inner();
+    if cli.json {
+        println!("{}", w::workers_json(&r, only));
+    } else {
+        w::print_workers(&r, only);
+    }
+    Ok(())
+}
+
+async fn worker_cmd(cli: &Cli, cmd: &WorkerCmd) -> anyhow::Result<()> {
+    match cmd {
+        WorkerCmd::List => list_workers(cli, None).await,
+        WorkerCmd::Set {
+            tunable,
+            value,
+            node,
+        } => {
+            let req = pb::ControlWorkersRequest {
+                action: "set".into(),
+                tunable: tunable.clone(),
+                value: value.to_string(),
+            };
+            control_workers(cli, node, req).await
+        }
+    }
+}
+
+async fn scrub_cmd(cli: &Cli, cmd: &ScrubCmd) -> anyhow::Result<()> {
+    let (action, node) = match cmd {
+        ScrubCmd::Status => return list_workers(cli, Some("scrub")).await,
+        ScrubCmd::Start { node } => ("scrub-start", node),
+        ScrubCmd::Pause { node } => ("scrub-pause", node),
+        ScrubCmd::Resume { node } => ("scrub-resume", node),
+    };
+    let req = pb::ControlWorkersRequest {
+        action: action.into(),
+        ..Default::default()
+    };
+    control_workers(cli, node, req).await
 }
 
 async fn tier_cmd(cli: &Cli, cmd: &TierCmd) -> anyhow::Result<()> {

@@ -7,6 +7,16 @@ use crate::names::{BucketName, ObjectKey};
 use crate::records::*;
 use crate::state_machine::{StateMachine, read};
 
+/// A version whose content uses a given chunk (see `versions_using`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionUse {
+    pub chunk: ChunkId,
+    pub tenant: TenantId,
+    pub bucket: BucketName,
+    pub key: ObjectKey,
+    pub version: u64,
+}
+
 /// One page of a listing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListPage {
@@ -156,6 +166,54 @@ impl StateMachine {
             }
             if let Some(id) = ChunkId::from_slice(&k[1..]) {
                 out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Versions (tenant, bucket, key, version) whose content uses any of `ids`, at most
+    /// `limit` of them. Walks every version record: for diagnostics (`strata repair status`),
+    /// not for the data path.
+    pub fn versions_using(
+        &self,
+        ids: &std::collections::HashSet<ChunkId>,
+        limit: usize,
+    ) -> Result<Vec<VersionUse>, StoreError> {
+        let mut out = Vec::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        for kv in self.tree.scan_prefix([keys::VERSION]) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = kv?;
+            let rec: VersionRecord = decode("version", &v)?;
+            let Some(hit) = rec.chunks.iter().find(|c| ids.contains(&c.id)) else {
+                continue;
+            };
+            // `v tenant(8) bucket NUL key NUL version(8)`
+            let tenant = TenantId(keys::be_u64(&k, 1).unwrap_or(0));
+            let Some(rest) = k.get(9..k.len().saturating_sub(9)) else {
+                continue;
+            };
+            let Some(nul) = rest.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let (Ok(b), Ok(key)) = (
+                std::str::from_utf8(&rest[..nul]),
+                std::str::from_utf8(&rest[nul + 1..]),
+            ) else {
+                continue;
+            };
+            if let (Ok(b), Ok(key)) = (BucketName::new(b), ObjectKey::new(key)) {
+                out.push(VersionUse {
+                    chunk: hit.id,
+                    tenant,
+                    bucket: b,
+                    key,
+                    version: rec.info.version,
+                });
             }
         }
         Ok(out)

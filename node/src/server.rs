@@ -2,6 +2,7 @@
 //! does), start the actors, bind gRPC and metrics, create first-run credentials, serve until
 //! shutdown, then drain.
 
+use crate::workers::Board;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub struct Node {
     pub blocks: Arc<BlockManager>,
     pub tiering: Arc<Tiering>,
     pub reads: Arc<Reads>,
+    /// What the janitor and tiering actors report (`strata worker list`).
+    pub board: Arc<Board>,
     pub started: Instant,
 }
 
@@ -122,6 +125,7 @@ impl Node {
             blocks,
             tiering,
             reads,
+            board: Arc::new(Board::default()),
             started: Instant::now(),
         })
     }
@@ -135,6 +139,7 @@ impl Node {
             blocks: self.blocks.clone(),
             tiering: self.tiering.clone(),
             reads: self.reads.clone(),
+            board: self.board.clone(),
         }
     }
 
@@ -143,6 +148,8 @@ impl Node {
             name: self.config.node_id.clone(),
             disk: self.disk.clone(),
             blocks: self.blocks.clone(),
+            board: self.board.clone(),
+            verify: self.config.verify.clone(),
         })
     }
 }

@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
         "budget",
         "disk",
         "rate_limit",
+        "workers",
     ],
     &["chunk_store", "raft", "peer"],
     &["blocks"],

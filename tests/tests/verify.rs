@@ -44,6 +44,28 @@ fn series(text: &str, name_and_labels: &str) -> f64 {
         .sum()
 }
 
+/// Runs the CLI and parses its JSON output; a failed command fails the test.
+fn json_of(node: &Node, args: &[&str]) -> serde_json::Value {
+    let out = node.cli(args);
+    assert!(
+        out.status.success(),
+        "strata {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
+/// The scrub worker of the (first) node in `strata --json worker list` output.
+fn scrub_of(list: &serde_json::Value) -> serde_json::Value {
+    list[0]["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .find(|w| w["name"] == "scrub")
+        .cloned()
+        .expect("a scrub worker")
+}
+
 async fn metrics_of(node: &Node) -> String {
     http_get(&node.metrics).await.1
 }
@@ -243,4 +265,85 @@ async fn every_copy_corrupt_is_data_loss_naming_the_object() {
         ) == 1.0
     })
     .await;
+    // `strata repair status` lists it with the object that uses it.
+    let report = json_of(&cluster.nodes[1], &["--json", "repair", "status"]);
+    let lost = report["unrecoverable"]
+        .as_array()
+        .expect("unrecoverable list");
+    assert_eq!(lost.len(), 1, "{report}");
+    assert_eq!(lost[0]["chunk"], doomed.to_hex().as_str());
+    assert_eq!(lost[0]["objects"][0]["bucket"], "verify");
+    assert_eq!(lost[0]["objects"][0]["key"], "doomed");
+    let text = cluster.nodes[1].cli(&["repair", "status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("verify/doomed version"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrub_and_worker_commands_control_the_running_node() {
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let config = verify_config(cfg.path(), "30d", "1h");
+    let node = Node::start_with(&[("STRATA_CONFIG", config.as_str())]);
+    let mut s = node.storage().await;
+    let bytes = data(6 * MIB, 21);
+    put_chunked(
+        &mut s,
+        node.root.path(),
+        "verify",
+        "commands",
+        &bytes,
+        MIB as u32,
+    )
+    .await;
+
+    // Every actor reports in one shape.
+    let list = json_of(&node, &["--json", "worker", "list"]);
+    let names: Vec<&str> = list[0]["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    assert_eq!(names, ["janitor", "placement", "tiering", "scrub", "check"]);
+
+    // The first pass ran at start (on an empty store); the next is due in 30 days.
+    wait_until(20, "the first scrub pass to end", || async {
+        scrub_of(&json_of(&node, &["--json", "scrub", "status"]))["last_done_ms"]
+            .as_i64()
+            .is_some_and(|t| t > 0)
+    })
+    .await;
+    let first = scrub_of(&json_of(&node, &["--json", "scrub", "status"]));
+
+    // Pause and change the rate; `scrub start` resumes and runs a pass at the new rate.
+    json_of(&node, &["--json", "scrub", "pause"]);
+    let set = json_of(&node, &["--json", "worker", "set", "scrub-rate", "200MB/s"]);
+    assert_eq!(set[0]["ok"], true, "{set}");
+    let paused = scrub_of(&json_of(&node, &["--json", "scrub", "status"]));
+    assert_eq!(paused["state"], "paused");
+    assert_eq!(paused["tunables"]["scrub-rate"], "200000000");
+    json_of(&node, &["--json", "scrub", "start"]);
+    wait_until(20, "a new scrub pass over the 6 chunks", || async {
+        let w = scrub_of(&json_of(&node, &["--json", "scrub", "status"]));
+        w["last_done_ms"].as_i64() > first["last_done_ms"].as_i64()
+            && w["figures"]["pass chunks"] == "6"
+            && w["figures"]["pass corrupt"] == "0"
+    })
+    .await;
+
+    // Bad controls are refused with the reason, and change nothing.
+    let out = node.cli(&["worker", "set", "scrub-speed", "1MB/s"]);
+    assert!(!out.status.success());
+    let err =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown tunable"), "{err}");
+    let out = node.cli(&["worker", "set", "scrub-rate", "fast"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        scrub_of(&json_of(&node, &["--json", "worker", "list"]))["tunables"]["scrub-rate"],
+        "200000000"
+    );
+    let report = json_of(&node, &["--json", "repair", "status"]);
+    assert_eq!(report["unrecoverable"].as_array().map(Vec::len), Some(0));
+    assert_eq!(report["nodes"][0]["unrecoverable"], 0);
 }

@@ -15,6 +15,7 @@ use crate::chunk_store::Removal;
 use crate::clock::now_ms;
 use crate::metrics as m;
 use crate::raft::Cluster;
+use crate::workers::{Board, WorkerState};
 
 /// Work items handled per sweep and step.
 const BATCH: usize = 1000;
@@ -35,6 +36,7 @@ pub struct JanitorArgs {
     pub interval: Duration,
     pub session_idle_timeout: Duration,
     pub supervisor: ActorRef<SupervisorMsg>,
+    pub board: Arc<Board>,
 }
 
 pub struct JanitorState {
@@ -100,9 +102,29 @@ impl Actor for Janitor {
                 }
             }
             st.orphan_countdown = st.orphan_countdown.saturating_sub(1);
-            if let Err(e) = sweep(&st.args, current).await {
+            st.args
+                .board
+                .update("janitor", |w| w.state = WorkerState::Busy);
+            let result = sweep(&st.args, current).await;
+            if let Err(e) = &result {
                 tracing::warn!(error = %e, "janitor sweep failed; retrying next interval");
             }
+            let interval = st.args.interval;
+            st.args.board.update("janitor", |w| {
+                w.state = WorkerState::Idle;
+                w.last_done_ms = now_ms();
+                w.next_run_ms = now_ms() + interval.as_millis() as i64;
+                w.last_error = result.err().map(|e| e.to_string());
+                w.figures.insert(
+                    "chunk collection".into(),
+                    if current {
+                        "on"
+                    } else {
+                        "skipped (no read barrier)"
+                    }
+                    .into(),
+                );
+            });
             st.last_sweep = Some(Instant::now());
         }
         if let Some(r) = reply {

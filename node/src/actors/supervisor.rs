@@ -26,6 +26,7 @@ use crate::metrics as m;
 use crate::raft::Cluster;
 use crate::reads::Reads;
 use crate::tiering::Tiering;
+use crate::workers::Board;
 
 pub struct NodeSupervisor;
 
@@ -38,6 +39,7 @@ pub struct ActorDeps {
     pub blocks: Arc<BlockManager>,
     pub tiering: Arc<Tiering>,
     pub reads: Arc<Reads>,
+    pub board: Arc<Board>,
 }
 
 /// Stop reasons of a session actor that ended its session on purpose.
@@ -105,6 +107,7 @@ impl SupervisorState {
             interval: d.config.janitor_interval,
             session_idle_timeout: d.config.session_idle_timeout,
             supervisor: myself.clone(),
+            board: d.board.clone(),
         };
         let (janitor, _) = Actor::spawn_linked(None, Janitor, args, myself.get_cell()).await?;
         self.janitor = Some(janitor);
@@ -130,6 +133,7 @@ impl SupervisorState {
             tiering: self.deps.tiering.clone(),
             cluster: self.deps.cluster.clone(),
             interval: self.deps.config.tier.interval,
+            board: self.deps.board.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, TieringActor, args, myself.get_cell()).await?;
         self.tiering = Some(actor);
@@ -143,7 +147,6 @@ impl SupervisorState {
         let args = VerifierArgs {
             blocks: self.deps.blocks.clone(),
             config: self.deps.config.verify.clone(),
-            fetch_rate: self.deps.config.rebalance_rate_bytes,
         };
         let (actor, _) = Actor::spawn_linked(None, VerifierActor, args, myself.get_cell()).await?;
         self.verifier = Some(actor);

@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use crate::clock::now_ms;
 use crate::raft::Cluster;
 use crate::tiering::{PassReport, Tiering};
+use crate::workers::{Board, WorkerState};
 
 pub struct TieringActor;
 
@@ -22,6 +24,7 @@ pub struct TieringArgs {
     pub tiering: Arc<Tiering>,
     pub cluster: Arc<Cluster>,
     pub interval: Duration,
+    pub board: Arc<Board>,
 }
 
 pub struct TieringState {
@@ -57,19 +60,60 @@ impl Actor for TieringActor {
         match msg {
             TieringMsg::Tick => {
                 let recent = st.last.is_some_and(|t| t.elapsed() < st.args.interval / 2);
-                if st.args.cluster.is_leader() && !recent {
-                    tiering.run_pass().await;
-                    st.last = Some(Instant::now());
+                let leader = st.args.cluster.is_leader();
+                if leader && !recent {
+                    st.pass(&tiering).await;
                 } else {
                     tiering.update_gauges();
                 }
+                let interval = st.args.interval;
+                st.args.board.update("tiering", |w| {
+                    w.next_run_ms = now_ms() + interval.as_millis() as i64;
+                    w.figures.insert(
+                        "role".into(),
+                        if leader {
+                            "leader: runs passes"
+                        } else {
+                            "follower: records reads"
+                        }
+                        .into(),
+                    );
+                });
             }
             TieringMsg::RunNow(reply) => {
-                let report = tiering.run_pass().await;
-                st.last = Some(Instant::now());
+                let report = st.pass(&tiering).await;
                 let _ = reply.send(report);
             }
         }
         Ok(())
+    }
+}
+
+impl TieringState {
+    /// One tiering pass, reported on the worker board.
+    async fn pass(&mut self, tiering: &Tiering) -> PassReport {
+        self.args
+            .board
+            .update("tiering", |w| w.state = WorkerState::Busy);
+        let report = tiering.run_pass().await;
+        self.last = Some(Instant::now());
+        let r = &report;
+        let summary = format!(
+            "{} versions moved, {} failed, {} pending; {} archives; {} restores done, {} waiting",
+            r.moved_versions,
+            r.failed_versions,
+            r.pending_versions,
+            r.archives,
+            r.restores_done,
+            r.restores_waiting
+        );
+        let error = r.errors.first().cloned();
+        self.args.board.update("tiering", |w| {
+            w.state = WorkerState::Idle;
+            w.last_done_ms = now_ms();
+            w.last_error = error;
+            w.figures.insert("last pass".into(), summary);
+        });
+        report
     }
 }

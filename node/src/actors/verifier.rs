@@ -30,8 +30,6 @@ pub enum VerifierMsg {
 pub struct VerifierArgs {
     pub blocks: Arc<BlockManager>,
     pub config: VerifyConfig,
-    /// Bytes per second the check may fetch (the rebalance rate).
-    pub fetch_rate: u64,
 }
 
 pub struct VerifierState {
@@ -135,7 +133,8 @@ impl VerifierState {
                 .is_ok_and(|v| v > 0 && blocks.scanned_version() == v);
             if settled {
                 self.check_running = true;
-                let (blocks, me, rate) = (blocks.clone(), myself.clone(), self.args.fetch_rate);
+                // Missing chunks come back at the rebalance rate.
+                let (blocks, me, rate) = (blocks.clone(), myself.clone(), blocks.rebalance_rate());
                 tokio::spawn(async move {
                     let r = blocks.check_pass(rate).await;
                     let _ = me.cast(VerifierMsg::CheckDone(r));

@@ -98,6 +98,8 @@ pub struct BlockManager {
     config: BlockConfig,
     progress: rebalance::Tracker,
     verify: verify::VerifyState,
+    /// Bytes per second a rebalance pass copies (`strata worker set rebalance-rate`).
+    rebalance_rate: std::sync::atomic::AtomicU64,
 }
 
 impl BlockManager {
@@ -113,6 +115,7 @@ impl BlockManager {
             me,
             queue: queue::Queue::open(sm.db())?,
             verify: verify::VerifyState::open(sm.db(), config.scrub_rate_bytes)?,
+            rebalance_rate: config.rebalance_rate_bytes.max(1).into(),
             cache: read::Cache::new(config.read_cache_bytes),
             store,
             sm,
@@ -151,6 +154,17 @@ impl BlockManager {
 
     pub fn members(&self) -> &Arc<MemberBook> {
         &self.members
+    }
+
+    /// Bytes per second a rebalance pass copies (a change applies from the next pass).
+    pub fn rebalance_rate(&self) -> u64 {
+        self.rebalance_rate
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_rebalance_rate(&self, bytes_per_sec: u64) {
+        self.rebalance_rate
+            .store(bytes_per_sec.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Chunks in the replication queue.

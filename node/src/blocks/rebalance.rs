@@ -184,9 +184,7 @@ impl BlockManager {
             pr.to_move_chunks = plan.iter().filter(|(mv, _)| *mv).count() as u64;
             pr.to_move_bytes = plan.iter().filter(|(mv, _)| *mv).map(|(_, s)| s).sum();
         });
-        let pace = Pace(Some(Mutex::new(RateLimit::new(
-            self.config.rebalance_rate_bytes,
-        ))));
+        let pace = Pace(Some(Mutex::new(RateLimit::new(self.rebalance_rate()))));
         let mut pending = 0;
         for (round, plan) in ids.chunks(PASS_ROUND).zip(plan.chunks(PASS_ROUND)) {
             let pushed = self.push_to_homes(&current, round, true, &pace).await?;

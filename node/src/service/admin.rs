@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::layout::{self, NodeReport};
 use super::observe::observe;
 use super::tier;
+use super::workers;
 use crate::actors::supervisor::SupervisorMsg;
 use crate::auth;
 use crate::clock::now_ms;
@@ -498,6 +499,43 @@ impl pb::admin_server::Admin for AdminService {
         observe("RunTiering", async {
             auth::admin(&self.sm, req.metadata())?;
             tier::run_now(&self.cluster, &self.sup).await
+        })
+        .await
+    }
+
+    async fn list_workers(
+        &self,
+        req: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        observe("ListWorkers", async {
+            auth::admin(&self.sm, req.metadata())?;
+            Ok(workers::list(&self.cluster, &self.report).await)
+        })
+        .await
+    }
+
+    async fn control_workers(
+        &self,
+        req: Request<pb::AdminControlWorkersRequest>,
+    ) -> Result<Response<pb::AdminControlWorkersResponse>, Status> {
+        observe("ControlWorkers", async {
+            auth::admin(&self.sm, req.metadata())?;
+            let r = req.into_inner();
+            let inner = r.request.ok_or_else(|| {
+                NodeError::InvalidArgument("request is required (the action to carry out)".into())
+            })?;
+            workers::control(&self.cluster, &self.report, &r.node, inner).await
+        })
+        .await
+    }
+
+    async fn repair_status(
+        &self,
+        req: Request<pb::RepairStatusRequest>,
+    ) -> Result<Response<pb::RepairStatusResponse>, Status> {
+        observe("RepairStatus", async {
+            auth::admin(&self.sm, req.metadata())?;
+            workers::repair_status(&self.sm, &self.cluster, &self.report).await
         })
         .await
     }

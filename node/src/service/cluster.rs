@@ -181,6 +181,15 @@ impl pb::cluster_server::Cluster for ClusterService {
         payload("raft metrics", &m)
     }
 
+    async fn control_workers(
+        &self,
+        req: Request<pb::ControlWorkersRequest>,
+    ) -> Result<Response<pb::ControlWorkersReply>, Status> {
+        self.check(&req)?;
+        let message = super::workers::control_local(&self.report, req.get_ref())?;
+        Ok(Response::new(pb::ControlWorkersReply { message }))
+    }
+
     async fn node_info(
         &self,
         req: Request<pb::NodeInfoRequest>,

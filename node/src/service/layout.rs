@@ -22,6 +22,10 @@ pub struct NodeReport {
     pub name: String,
     pub disk: Arc<DiskSpace>,
     pub blocks: Arc<BlockManager>,
+    /// What the janitor and tiering actors report.
+    pub board: Arc<crate::workers::Board>,
+    /// The verifier's intervals (for "next pass due").
+    pub verify: crate::config::VerifyConfig,
 }
 
 impl NodeReport {
@@ -33,7 +37,7 @@ impl NodeReport {
 fn local_info(r: &NodeReport) -> pb::NodeInfoResponse {
     let (chunk_count, chunk_bytes) = r.blocks.store().usage();
     let p = r.blocks.progress();
-    pb::NodeInfoResponse {
+    let mut info = pb::NodeInfoResponse {
         node_name: r.name.clone(),
         chunk_count,
         chunk_bytes,
@@ -52,7 +56,11 @@ fn local_info(r: &NodeReport) -> pb::NodeInfoResponse {
             bytes_per_second: p.rate,
             pending_chunks: p.pending,
         }),
-    }
+        workers: super::workers::local_workers(r),
+        ..Default::default()
+    };
+    super::workers::local_repair(r, &mut info);
+    info
 }
 
 /// Each member's own report (None where it did not answer in time), asked concurrently.

@@ -9,3 +9,4 @@ pub mod layout;
 mod observe;
 pub mod storage;
 pub mod tier;
+pub mod workers;
