@@ -159,8 +159,18 @@ pub struct ColdObject {
     pub size: u64,
     pub class: StorageClass,
     pub restore: RestoreStatus,
-    /// CRC32 of the whole object, if the backend keeps one.
+    /// CRC32 of the whole object, if the backend keeps one (S3, local).
     pub crc32: Option<u32>,
+    /// MD5 of the whole object, where the backend reports one (B2: the ETag of a
+    /// single-part upload).
+    pub md5: Option<[u8; 16]>,
+}
+
+/// What a backend's put computed and had the backend check, for the verification after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PutReceipt {
+    /// Sent as Content-MD5 (B2, which does not take x-amz-checksum-* headers).
+    pub md5: Option<[u8; 16]>,
 }
 
 #[async_trait::async_trait]
@@ -173,14 +183,15 @@ pub trait ColdStore: Send + Sync {
     fn default_class(&self) -> StorageClass;
     /// Whether `class` is one this backend can write.
     fn supports(&self, class: StorageClass) -> bool;
-    /// Writes `object` durably, with the CRC32 of `body` for the backend to check.
+    /// Writes `object` durably, with a digest of `body` the backend checks on arrival (CRC32
+    /// for S3 and local, Content-MD5 for B2).
     async fn put(
         &self,
         object: &str,
         body: Bytes,
         crc32: u32,
         class: StorageClass,
-    ) -> Result<(), ColdError>;
+    ) -> Result<PutReceipt, ColdError>;
     async fn head(&self, object: &str) -> Result<ColdObject, ColdError>;
     /// Starts a restore (a restore already running is not an error).
     async fn restore(&self, object: &str, tier: RestoreTier, days: u32) -> Result<(), ColdError>;
@@ -192,12 +203,14 @@ pub trait ColdStore: Send + Sync {
     async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, i64)>, ColdError>;
 }
 
-/// Checks that `object` as the backend reports it is the one written: same size and CRC32.
+/// Checks that `object` as the backend reports it is the one written: same size, and the same
+/// CRC32 where the backend keeps one, else the same MD5 (B2's ETag).
 pub async fn verify(
     store: &dyn ColdStore,
     object: &str,
     size: u64,
     crc32: u32,
+    receipt: PutReceipt,
 ) -> Result<ColdObject, ColdError> {
     let head = observe(store, "head", store.head(object)).await?;
     if head.size != size {
@@ -207,17 +220,28 @@ pub async fn verify(
             store.name()
         )));
     }
-    match head.crc32 {
-        Some(c) if c == crc32 => Ok(head),
-        Some(c) => Err(ColdError::Backend(format!(
+    match (head.crc32, head.md5, receipt.md5) {
+        (Some(c), _, _) if c == crc32 => Ok(head),
+        (Some(c), _, _) => Err(ColdError::Backend(format!(
             "{object} has CRC32 {c:08x} in backend {}, {crc32:08x} was written",
             store.name()
         ))),
-        None => Err(ColdError::Backend(format!(
-            "backend {} reports no CRC32 for {object}: its copy cannot be verified",
+        (None, Some(got), Some(sent)) if got == sent => Ok(head),
+        (None, Some(got), Some(sent)) => Err(ColdError::Backend(format!(
+            "{object} has MD5 {} in backend {}, {} was written",
+            hex(&got),
+            store.name(),
+            hex(&sent)
+        ))),
+        _ => Err(ColdError::Backend(format!(
+            "backend {} reports no CRC32 or MD5 for {object}: its copy cannot be verified",
             store.name()
         ))),
     }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Counts a backend request and its failure.

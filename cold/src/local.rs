@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use strata_cluster::tier::{RestoreTier, StorageClass};
 
 use super::{
-    BackendConfig, ColdError, ColdObject, ColdStore, RestoreStatus, configured_class, now_ms,
+    BackendConfig, ColdError, ColdObject, ColdStore, PutReceipt, RestoreStatus, configured_class,
+    now_ms,
 };
 
 pub struct LocalStore {
@@ -198,7 +199,7 @@ impl ColdStore for LocalStore {
         body: Bytes,
         crc32: u32,
         class: StorageClass,
-    ) -> Result<(), ColdError> {
+    ) -> Result<PutReceipt, ColdError> {
         let object = object.to_owned();
         let side = serde_json::to_vec(&Sidecar {
             class,
@@ -209,7 +210,8 @@ impl ColdStore for LocalStore {
         self.blocking(move |d| {
             let file = d.path(&object)?;
             write_durably(&file, &body).map_err(io)?;
-            write_durably(&Dir::sidecar_path(&file), &side).map_err(io)
+            write_durably(&Dir::sidecar_path(&file), &side).map_err(io)?;
+            Ok(PutReceipt::default())
         })
         .await
     }
@@ -218,14 +220,14 @@ impl ColdStore for LocalStore {
         let object = object.to_owned();
         self.blocking(move |d| {
             let (file, side) = d.read_sidecar(&object)?;
-            // The stored CRC32 is what was asked for; recompute it so a damaged file shows.
+            // The CRC32 of what the file holds now, so a damaged file shows.
             let body = std::fs::read(file).map_err(io)?;
-            let crc = crc32fast::hash(&body);
             Ok(ColdObject {
                 size: body.len() as u64,
                 class: side.class,
                 restore: d.status(&side),
-                crc32: (crc == side.crc32).then_some(crc),
+                crc32: Some(crc32fast::hash(&body)),
+                md5: None,
             })
         })
         .await

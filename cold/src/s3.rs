@@ -1,6 +1,12 @@
 //! S3 and Backblaze B2 (through its S3-compatible endpoint), with aws-sdk-s3. Archived classes
 //! (GLACIER, DEEP_ARCHIVE) need RestoreObject before GetObject; HeadObject's x-amz-restore
 //! header tells when the restored copy is readable. B2 keeps everything online.
+//!
+//! Verification differs by kind: S3 gets a CRC32 with every PutObject (x-amz-checksum-crc32)
+//! and returns it from HeadObject. B2's S3-compatible API refuses every `x-amz-checksum-*`
+//! header, so for B2 the SDK's automatic checksums are off, PutObject carries Content-MD5 (B2
+//! checks it and refuses a mismatch) and HeadObject's ETag (the MD5 of a single-part object)
+//! is compared with it.
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
@@ -14,7 +20,8 @@ use bytes::Bytes;
 use strata_cluster::tier::{RestoreTier, StorageClass};
 
 use super::{
-    BackendConfig, BackendKind, ColdError, ColdObject, ColdStore, RestoreStatus, configured_class,
+    BackendConfig, BackendKind, ColdError, ColdObject, ColdStore, PutReceipt, RestoreStatus,
+    configured_class,
 };
 
 pub struct S3Store {
@@ -64,6 +71,13 @@ impl S3Store {
         }
         let shared = loader.load().await;
         let mut conf = aws_sdk_s3::config::Builder::from(&shared).force_path_style(b.path_style);
+        if b.kind == BackendKind::B2 {
+            // B2 refuses x-amz-checksum-* headers (and the SDK sends them by default).
+            use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+            conf = conf
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        }
         if !b.endpoint.is_empty() {
             conf = conf.endpoint_url(b.endpoint.clone());
         }
@@ -123,35 +137,49 @@ impl ColdStore for S3Store {
         body: Bytes,
         crc32: u32,
         class: StorageClass,
-    ) -> Result<(), ColdError> {
-        let crc = base64::engine::general_purpose::STANDARD.encode(crc32.to_be_bytes());
+    ) -> Result<PutReceipt, ColdError> {
         let mut req = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(self.key(object))
-            .content_length(body.len() as i64)
-            .checksum_algorithm(ChecksumAlgorithm::Crc32)
-            .checksum_crc32(crc)
-            .body(ByteStream::from(body));
-        // B2 has one class and refuses the header; S3 defaults to STANDARD without it.
-        if self.kind != BackendKind::B2 {
-            req = req.storage_class(sdk_class(class));
+            .content_length(body.len() as i64);
+        let mut receipt = PutReceipt::default();
+        if self.kind == BackendKind::B2 {
+            // B2 has one class and refuses the storage-class and checksum headers.
+            let hashed = body.clone();
+            let md5 = tokio::task::spawn_blocking(move || {
+                use md5::Digest;
+                <[u8; 16]>::from(md5::Md5::digest(&hashed))
+            })
+            .await
+            .map_err(|e| ColdError::Backend(format!("hashing {object}: {e}")))?;
+            req = req.content_md5(base64::engine::general_purpose::STANDARD.encode(md5));
+            receipt.md5 = Some(md5);
+        } else {
+            let crc = base64::engine::general_purpose::STANDARD.encode(crc32.to_be_bytes());
+            req = req
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                .checksum_crc32(crc)
+                .storage_class(sdk_class(class));
         }
-        req.send().await.map_err(|e| err(object, "PutObject", e))?;
-        Ok(())
+        req.body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| err(object, "PutObject", e))?;
+        Ok(receipt)
     }
 
     async fn head(&self, object: &str) -> Result<ColdObject, ColdError> {
-        let out = self
+        let mut req = self
             .client
             .head_object()
             .bucket(&self.bucket)
-            .key(self.key(object))
-            .checksum_mode(ChecksumMode::Enabled)
-            .send()
-            .await
-            .map_err(|e| err(object, "HeadObject", e))?;
+            .key(self.key(object));
+        if self.kind != BackendKind::B2 {
+            req = req.checksum_mode(ChecksumMode::Enabled);
+        }
+        let out = req.send().await.map_err(|e| err(object, "HeadObject", e))?;
         let class = out
             .storage_class()
             .and_then(|c| StorageClass::parse(c.as_str()))
@@ -166,6 +194,7 @@ impl ColdStore for S3Store {
             class,
             restore: parse_restore_header(class, out.restore()),
             crc32,
+            md5: out.e_tag().and_then(etag_md5),
         })
     }
 
@@ -270,9 +299,31 @@ impl ColdStore for S3Store {
     }
 }
 
+/// The MD5 in an ETag (`"<32 hex digits>"`); None for a multipart ETag (`"...-N"`).
+pub fn etag_md5(etag: &str) -> Option<[u8; 16]> {
+    let hex = etag.trim().trim_matches('"');
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn etags() {
+        let md5 = etag_md5("\"9e107d9d372bb6826bd81d3542a419d6\"").expect("single part");
+        assert_eq!(md5[0], 0x9e);
+        assert_eq!(md5[15], 0xd6);
+        assert_eq!(etag_md5("\"9e107d9d372bb6826bd81d3542a419d6-3\""), None);
+        assert_eq!(etag_md5("\"xyz\""), None);
+    }
 
     #[test]
     fn restore_header() {

@@ -11,6 +11,7 @@ use strata_admin::client::{self, Admin, Storage};
 use strata_admin::transfer::{self, NoProgress};
 use strata_proto::v1 as pb;
 
+pub mod b2_proxy;
 pub mod moto;
 
 /// Path of a workspace binary next to the test executable (target/<profile>/<name>).

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use strata_proto::v1 as pb;
+use strata_tests::b2_proxy::B2Proxy;
 use strata_tests::moto::Moto;
 use strata_tests::{Node, chunk_ids, data, get, http_get, metric, put_chunked, stat, wait_until};
 
@@ -233,7 +234,11 @@ async fn glacier_transition_refuse_restore_and_read_back() {
 async fn b2_reads_through_and_small_files_are_packed() {
     let moto = Moto::start().await;
     moto.create_bucket("b2-bucket").await;
-    let backends = moto.backend_toml("b2", "b2", "b2-bucket", "");
+    // Through a proxy that refuses checksum headers as real B2 does.
+    let proxy = B2Proxy::start(&moto.endpoint).await;
+    let backends = moto
+        .backend_toml("b2", "b2", "b2-bucket", "")
+        .replace(&moto.endpoint, &proxy.endpoint);
     let (_cfg, node) = node_with(&backends, 4 * MIB, "orphan_archive_grace = \"0s\"\n");
     // An archive no metadata records (as a crashed leader would leave): the sweep deletes it.
     moto.client()
@@ -333,6 +338,49 @@ async fn b2_reads_through_and_small_files_are_packed() {
     let out = node.cli(&["tier", "policy", "get", "logs-to-b2"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    // Every request went through, none with a header B2 refuses.
+    assert_eq!(proxy.refused(), 0);
+    assert!(proxy.passed() >= 4, "{} requests", proxy.passed());
+}
+
+/// The proxy the B2 test relies on does refuse what real B2 refuses: a default aws-sdk-s3
+/// client (CRC32 checksums on by default) cannot write through it, and HeadObject with
+/// checksum mode is refused with B2's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_b2_proxy_refuses_checksum_headers_like_b2() {
+    let moto = Moto::start().await;
+    moto.create_bucket("b2-check").await;
+    let proxy = B2Proxy::start(&moto.endpoint).await;
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .endpoint_url(&proxy.endpoint)
+        .force_path_style(true)
+        .build();
+    let client = aws_sdk_s3::Client::from_conf(conf);
+    let put = client
+        .put_object()
+        .bucket("b2-check")
+        .key("k")
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(b"hello"))
+        .send()
+        .await;
+    let e = put.expect_err("a default SDK client sends a CRC32 header");
+    let text = format!("{}", aws_sdk_s3::error::DisplayErrorContext(&e));
+    assert!(text.contains("Unsupported header"), "{text}");
+    let head = client
+        .head_object()
+        .bucket("b2-check")
+        .key("k")
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+        .send()
+        .await;
+    assert!(head.is_err());
+    assert!(proxy.refused() >= 2, "{}", proxy.refused());
+    assert!(moto.objects("b2-check").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

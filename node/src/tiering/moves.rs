@@ -120,10 +120,11 @@ async fn upload(
         "put",
         store.put(&a.object, a.body, crc, class),
     );
-    if let Err(e) = put.await {
-        return Err((a.object, e));
-    }
-    match strata_cold::verify(store.as_ref(), &a.object, size, crc).await {
+    let receipt = match put.await {
+        Ok(r) => r,
+        Err(e) => return Err((a.object, e)),
+    };
+    match strata_cold::verify(store.as_ref(), &a.object, size, crc, receipt).await {
         Ok(_) => {
             metrics::counter!(m::TIER_MOVED_BYTES, "backend" => store.name().to_owned())
                 .increment(size);
