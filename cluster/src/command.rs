@@ -110,6 +110,13 @@ pub enum Command {
     },
     /// Drops the staged layout.
     RevertLayout,
+    /// Marks a node down (out of placement) or active again, as a new layout version; the
+    /// leader decides it from the layout version it saw (`LayoutState::set_down`).
+    SetNodeDown {
+        node: u64,
+        down: bool,
+        layout_version: u64,
+    },
     /// Records the cluster CA that signs node certificates for the QUIC transport. The first
     /// one recorded stays: later ones are ignored (two nodes racing to create it agree).
     SetClusterCa {

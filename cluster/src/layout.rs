@@ -26,6 +26,11 @@ pub enum NodeState {
     /// Being emptied: placement skips it; its chunks move to their other homes, after which
     /// it can be removed from the layout and the cluster.
     Draining,
+    /// Stopped answering for longer than `verify.down_after`: placement skips it, so its
+    /// chunks get copies on the next candidates, as if it were draining. Set and cleared by
+    /// the Raft leader (`SetNodeDown`); an answering node is made active again, and the copies
+    /// made meanwhile are released once every home holds the chunk.
+    Down,
 }
 
 impl NodeState {
@@ -33,6 +38,7 @@ impl NodeState {
         match self {
             NodeState::Active => "active",
             NodeState::Draining => "draining",
+            NodeState::Down => "down",
         }
     }
 }
@@ -226,6 +232,55 @@ impl LayoutState {
         Ok(())
     }
 
+    /// Marks an active node down (`down`), or a down node active again, as a new current
+    /// version (decided by the leader from the current layout `seen_version`; a decision made
+    /// on an older layout is refused). The staged layout, if any, gets the same change so
+    /// applying it does not undo this one.
+    pub fn set_down(
+        &mut self,
+        node: NodeId,
+        down: bool,
+        seen_version: u64,
+    ) -> Result<(), Rejection> {
+        if seen_version != self.current.version {
+            return Err(Rejection::LayoutVersion {
+                expected: self.current.version,
+                given: seen_version,
+            });
+        }
+        let (from, to) = if down {
+            (NodeState::Active, NodeState::Down)
+        } else {
+            (NodeState::Down, NodeState::Active)
+        };
+        let mut next = self.current.clone();
+        match next.nodes.get_mut(&node) {
+            Some(role) if role.state == from => role.state = to,
+            Some(role) => {
+                return Err(Rejection::InvalidLayout(format!(
+                    "node {node} is {}, not {}",
+                    role.state.as_str(),
+                    from.as_str()
+                )));
+            }
+            None => return Err(Rejection::NodeNotInLayout(node)),
+        }
+        if next.storage_nodes().count() == 0 {
+            return Err(Rejection::InvalidLayout(format!(
+                "node {node} is the last active node: it is not marked down"
+            )));
+        }
+        if let Some(staged) = &mut self.staged
+            && let Some(role) = staged.nodes.get_mut(&node)
+            && role.state == from
+        {
+            role.state = to;
+        }
+        next.version = self.current.version + 1;
+        self.previous = Some(std::mem::replace(&mut self.current, next));
+        Ok(())
+    }
+
     pub fn revert(&mut self) -> Result<(), Rejection> {
         if self.staged.take().is_none() {
             return Err(Rejection::NothingStaged);
@@ -244,6 +299,39 @@ mod tests {
             zone: zone.into(),
             capacity: 100,
         }
+    }
+
+    #[test]
+    fn a_down_node_leaves_placement_and_comes_back() {
+        let mut s = LayoutState::default();
+        s.stage(&assign(1, "a")).expect("stage");
+        s.stage(&assign(2, "b")).expect("stage");
+        s.apply(1).expect("apply");
+        s.stage(&assign(3, "c")).expect("stage a change");
+        assert!(matches!(
+            s.set_down(2, true, 0),
+            Err(Rejection::LayoutVersion { .. })
+        ));
+        s.set_down(2, true, 1).expect("down");
+        assert_eq!(s.current.version, 2);
+        assert_eq!(s.current.nodes[&2].state, NodeState::Down);
+        assert_eq!(s.previous.as_ref().map(|p| p.version), Some(1));
+        assert_eq!(s.current.storage_nodes().count(), 1);
+        // The operator's staged change keeps the node down, and applies as the next version.
+        assert_eq!(
+            s.staged.as_ref().map(|l| l.nodes[&2].state),
+            Some(NodeState::Down)
+        );
+        assert!(s.set_down(2, true, 2).is_err(), "already down");
+        assert!(
+            s.set_down(1, true, 2).is_err(),
+            "the last active node stays"
+        );
+        s.set_down(2, false, 2).expect("back");
+        assert_eq!(s.current.nodes[&2].state, NodeState::Active);
+        assert_eq!(s.current.version, 3);
+        s.apply(4).expect("apply the staged change");
+        assert_eq!(s.current.nodes[&2].state, NodeState::Active);
     }
 
     #[test]

@@ -332,6 +332,11 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
             Command::StageLayout(change) => update_layout(tx, |l| l.stage(change)),
             Command::ApplyLayout { version } => update_layout(tx, |l| l.apply(*version)),
             Command::RevertLayout => update_layout(tx, |l| l.revert()),
+            Command::SetNodeDown {
+                node,
+                down,
+                layout_version,
+            } => update_layout(tx, |l| l.set_down(*node, *down, *layout_version)),
             Command::SetClusterCa { cert_pem, key_pem } => {
                 let key = keys::meta(CLUSTER_CA);
                 if tx.get_raw(&key)?.is_none() {

@@ -127,6 +127,11 @@ pub struct VerifyConfig {
     /// fetched from other nodes at `rebalance_rate_bytes`).
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
+    /// A storage node that has not answered the leader for this long is marked down: it
+    /// leaves placement and its chunks get copies on other nodes (as Ceph's
+    /// mon_osd_down_out_interval). It is made active again as soon as it answers.
+    #[serde(with = "humantime_serde")]
+    pub down_after: Duration,
 }
 
 impl Default for VerifyConfig {
@@ -135,6 +140,7 @@ impl Default for VerifyConfig {
             scrub_rate: 50 * 1000 * 1000,
             scrub_interval: Duration::from_secs(30 * 24 * 3600),
             check_interval: Duration::from_secs(3600),
+            down_after: Duration::from_secs(600),
         }
     }
 }
@@ -317,9 +323,10 @@ impl Config {
         if self.verify.scrub_rate == 0
             || self.verify.scrub_interval.is_zero()
             || self.verify.check_interval.is_zero()
+            || self.verify.down_after.is_zero()
         {
             anyhow::bail!(
-                "verify.scrub_rate, verify.scrub_interval and verify.check_interval must be greater than zero"
+                "verify.scrub_rate, verify.scrub_interval, verify.check_interval and verify.down_after must be greater than zero"
             );
         }
         if self.janitor_interval.is_zero() {

@@ -669,10 +669,10 @@ pub async fn current_layout(node: &Node) -> strata_cluster::Layout {
                     strata_cluster::layout::NodeRole {
                         zone: n.zone.clone(),
                         capacity: n.capacity,
-                        state: if n.state == "active" {
-                            strata_cluster::NodeState::Active
-                        } else {
-                            strata_cluster::NodeState::Draining
+                        state: match n.state.as_str() {
+                            "active" => strata_cluster::NodeState::Active,
+                            "down" => strata_cluster::NodeState::Down,
+                            _ => strata_cluster::NodeState::Draining,
                         },
                     },
                 )

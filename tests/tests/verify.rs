@@ -3,6 +3,7 @@
 //! left is DATA_LOSS naming the object, never a wrong byte and never UNAVAILABLE.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use strata_cluster::ChunkId;
 use strata_tests::*;
@@ -346,4 +347,122 @@ async fn scrub_and_worker_commands_control_the_running_node() {
     let report = json_of(&node, &["--json", "repair", "status"]);
     assert_eq!(report["unrecoverable"].as_array().map(Vec::len), Some(0));
     assert_eq!(report["nodes"][0]["unrecoverable"], 0);
+}
+
+/// Which nodes (by index) hold a good copy of `id`.
+fn holders(cluster: &TestCluster, id: &ChunkId) -> Vec<usize> {
+    (0..cluster.nodes.len())
+        .filter(|&i| good(&chunk_path(&cluster.nodes[i].data_dir, id), id))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_for_down_after_is_stood_in_for_and_copies_are_released_when_it_returns() {
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let path = cfg.path().join("strata.toml");
+    std::fs::write(
+        &path,
+        "[verify]\nscrub_interval = \"30d\"\ncheck_interval = \"1h\"\ndown_after = \"3s\"\n",
+    )
+    .expect("write config");
+    let config = path.to_string_lossy().into_owned();
+    // 4 nodes, 3 copies of each chunk, uploads wait for 2.
+    let mut cluster = TestCluster::start(4, &[("STRATA_CONFIG", config.as_str())]);
+    let ids_by_index = cluster.raft_ids().await;
+    let leader = cluster.leader().await;
+    let victim = (leader + 1) % 4;
+    let victim_id = ids_by_index[victim];
+    let mut s = cluster.nodes[leader].storage().await;
+    let bytes = data(16 * MIB, 31);
+    put_chunked(
+        &mut s,
+        cluster.nodes[leader].root.path(),
+        "verify",
+        "survivor",
+        &bytes,
+        MIB as u32,
+    )
+    .await;
+    let ids = chunk_ids_of(&bytes, MIB);
+    let homes_of = |layout: &strata_cluster::Layout, id: &ChunkId| -> Vec<usize> {
+        let mut h: Vec<usize> = layout
+            .homes(id)
+            .iter()
+            .filter_map(|r| ids_by_index.iter().position(|x| x == r))
+            .collect();
+        h.sort();
+        h
+    };
+    let layout = current_layout(&cluster.nodes[leader]).await;
+    wait_until(30, "every chunk at its 3 homes", || {
+        let ok = ids
+            .iter()
+            .all(|id| holders(&cluster, id) == homes_of(&layout, id));
+        async move { ok }
+    })
+    .await;
+    let on_victim = ids
+        .iter()
+        .filter(|id| holders(&cluster, id).contains(&victim))
+        .count();
+    assert!(on_victim > 0, "the victim is a home of some chunks");
+
+    cluster.nodes[victim].kill();
+    let down_at = std::time::Instant::now();
+    wait_until(60, "the dead node to be marked down", || async {
+        current_layout(&cluster.nodes[leader]).await.nodes[&victim_id].state
+            == strata_cluster::NodeState::Down
+    })
+    .await;
+    let marked_after = down_at.elapsed();
+    assert!(
+        marked_after >= Duration::from_secs(3),
+        "marked down before down_after: {marked_after:?}"
+    );
+    // Every chunk is back to 3 copies on live nodes, without an operator.
+    wait_until(60, "3 live copies of every chunk", || {
+        let ok = ids.iter().all(|id| {
+            holders(&cluster, id)
+                .iter()
+                .filter(|&&i| i != victim)
+                .count()
+                >= 3
+        });
+        async move { ok }
+    })
+    .await;
+
+    // It comes back: marked active, chunks return to their homes, the stand-in copies go,
+    // and no chunk is ever below 3 copies meanwhile.
+    cluster.nodes[victim].restart();
+    wait_until(60, "the node to be marked active again", || async {
+        current_layout(&cluster.nodes[leader]).await.nodes[&victim_id].state
+            == strata_cluster::NodeState::Active
+    })
+    .await;
+    let layout = current_layout(&cluster.nodes[leader]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut settled = true;
+        for id in &ids {
+            let h = holders(&cluster, id);
+            assert!(h.len() >= 3, "chunk {id} fell to {} copies: {h:?}", h.len());
+            settled &= h == homes_of(&layout, id);
+        }
+        if settled {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "chunks did not return to exactly their homes within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut s = cluster.nodes[victim].storage().await;
+    assert!(
+        get(&mut s, "verify", "survivor", 0, 0, 0)
+            .await
+            .expect("read")
+            == bytes
+    );
 }

@@ -117,7 +117,17 @@ impl PlacementState {
                 let _ = me.cast(PlacementMsg::QueueDone(r));
             });
         }
+        // A node the leader marked down (it stopped answering) keeps its chunks until it is
+        // marked active again, instead of releasing them to the nodes that stood in for it.
+        let marked_down = blocks
+            .layout()?
+            .current
+            .nodes
+            .get(&blocks.node_id())
+            .map(|r| r.state)
+            == Some(strata_cluster::NodeState::Down);
         let due = current > 0
+            && !marked_down
             && (blocks.scanned_version() != current || self.pass_pending)
             && Instant::now() >= self.next_pass;
         if !self.pass_running && due {

@@ -147,6 +147,7 @@ impl SupervisorState {
         let args = VerifierArgs {
             blocks: self.deps.blocks.clone(),
             config: self.deps.config.verify.clone(),
+            cluster: self.deps.cluster.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, VerifierActor, args, myself.get_cell()).await?;
         self.verifier = Some(actor);

@@ -172,6 +172,16 @@ impl BlockManager {
         self.queue.len()
     }
 
+    /// This node's Raft id.
+    pub fn node_id(&self) -> NodeId {
+        self.me
+    }
+
+    /// The layouts (current, previous, staged) in this node's metadata replica.
+    pub fn layout(&self) -> BlockResult<strata_cluster::LayoutState> {
+        Ok(self.sm.layout()?)
+    }
+
     /// The current layout version in this node's metadata replica.
     pub fn layout_version(&self) -> BlockResult<u64> {
         Ok(self.sm.layout()?.current.version)

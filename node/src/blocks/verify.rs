@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use strata_cluster::ChunkId;
+use strata_cluster::layout::NodeId;
 
 use super::{BlockError, BlockManager, BlockResult};
 use crate::chunk_store::Verified;
@@ -289,6 +290,26 @@ impl BlockManager {
 
     pub fn lost_count(&self) -> usize {
         self.verify.lost.len()
+    }
+
+    /// Whether each of `nodes` answers a (chunk-less) request now. For the leader's liveness
+    /// watch: a node that stops answering for `down_after` is marked down.
+    pub async fn probe(&self, nodes: Vec<NodeId>) -> Vec<(NodeId, bool)> {
+        let Ok(peers) = self.peers() else {
+            return nodes.into_iter().map(|n| (n, false)).collect();
+        };
+        let book = self.members.all();
+        let asks = nodes.into_iter().map(|n| {
+            let addr = book.get(&n).copied();
+            async move {
+                let ok = match addr {
+                    Some(a) => peers.has_chunks(a, Vec::new()).await.is_ok(),
+                    None => false,
+                };
+                (n, ok)
+            }
+        });
+        futures::future::join_all(asks).await
     }
 
     /// Puts back a good copy of a chunk this node should hold but whose file is gone (found
