@@ -14,10 +14,12 @@
 //! The node's resident memory is sampled throughout (its pid is in `<data-dir>/node.json`).
 //!
 //! Other modes: `--metadata N` (commits/s), `--failover DIRS` (leader loss), `--peer-get`
-//! (QUIC GetChunk against iperf3 TCP) and `--replication` (R=3 on 3 nodes against R=1 on one,
-//! then the rebalance rate when a 4th node joins; starts its own nodes).
+//! (QUIC GetChunk against iperf3 TCP), `--replication` (R=3 on 3 nodes against R=1 on one,
+//! then the rebalance rate when a 4th node joins; starts its own nodes) and `--scrub` (scrub
+//! speed against one-core BLAKE3, upload speed with the scrub running against paused).
 
 mod cluster;
+mod scrub;
 mod tier;
 
 use std::io::{Read, Write};
@@ -88,6 +90,11 @@ struct Args {
     /// --work-dir, uploads --size bytes to each, then adds a 4th node and times the rebalance.
     #[arg(long)]
     replication: bool,
+    /// Scrub mode: starts a node under --work-dir holding --size bytes; compares a scrub pass
+    /// at full speed with raw one-core BLAKE3, and --rounds uploads of --size with the scrub
+    /// paused against running at its default rate.
+    #[arg(long)]
+    scrub: bool,
     /// Tiering mode: starts moto's S3 server (pip install 'moto[server]') and nodes under
     /// --work-dir, and compares moving a --size file to GLACIER with a plain PutObject loop of
     /// the same bytes; also counts backend requests per GiB with and without packing.
@@ -562,6 +569,13 @@ async fn main() -> anyhow::Result<()> {
             None => tempfile::tempdir()?,
         };
         return tier::tier(work.path(), size, args.small_files, args.json).await;
+    }
+    if args.scrub {
+        let work = match &args.work_dir {
+            Some(d) => tempfile::tempdir_in(d)?,
+            None => tempfile::tempdir()?,
+        };
+        return scrub::scrub(work.path(), size, args.rounds, args.json).await;
     }
     if args.replication {
         let work = match &args.work_dir {
