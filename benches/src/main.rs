@@ -162,7 +162,7 @@ pub(crate) fn make_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()>
     Ok(())
 }
 
-fn drop_caches() -> anyhow::Result<()> {
+pub(crate) fn drop_caches() -> anyhow::Result<()> {
     nix_sync();
     std::fs::write("/proc/sys/vm/drop_caches", "3").context("--drop-caches needs root")
 }
@@ -172,7 +172,7 @@ fn nix_sync() {
 }
 
 /// Raw durable write and sequential read of `size` bytes in `dir`.
-fn raw_disk(dir: &Path, size: u64, drop: bool) -> anyhow::Result<(f64, f64)> {
+pub(crate) fn raw_disk(dir: &Path, size: u64, drop: bool) -> anyhow::Result<(f64, f64)> {
     let path = dir.join(".strata-bench-raw");
     let buf = vec![0xA5u8; 4 << 20];
     let start = Instant::now();

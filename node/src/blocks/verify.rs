@@ -33,6 +33,8 @@ const SCRUB_KEY: &[u8] = b"scrub";
 const CHECK_KEY: &[u8] = b"check";
 /// Referenced chunks read from the metadata per step of a check.
 const CHECK_PAGE: usize = 4096;
+/// Pauses shorter than this are not slept (they add up into a later one).
+const MIN_PAUSE: Duration = Duration::from_millis(5);
 /// The scrub saves its cursor at least this often.
 const SAVE_EVERY: Duration = Duration::from_secs(2);
 
@@ -230,6 +232,10 @@ impl VerifyState {
     }
 
     fn clear_lost(&self, id: &ChunkId) {
+        // The common case, checked without a write to the tree.
+        if self.lost.is_empty() || !self.lost.contains_key(id.as_bytes()).unwrap_or(false) {
+            return;
+        }
         if let Ok(Some(_)) = self.lost.remove(id.as_bytes()) {
             metrics::gauge!(m::UNRECOVERABLE_CHUNKS).set(self.lost.len() as f64);
         }
@@ -447,8 +453,10 @@ impl BlockManager {
                     self.verify.save(SCRUB_KEY, rec)?;
                     saved = Instant::now();
                 }
+                // Short pauses are left to add up (the limiter counts every byte): a timer
+                // rounds each sleep up to a millisecond, which would cap the fastest rates.
                 let pause = pace.spend(len);
-                if !pause.is_zero() {
+                if pause >= MIN_PAUSE {
                     tokio::time::sleep(pause).await;
                 }
             }

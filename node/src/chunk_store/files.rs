@@ -56,7 +56,7 @@ const STAGE: usize = 4 << 20;
 const STAGING_KEPT: usize = 8;
 /// Read size when a file is verified or compared in place (memory does not grow with the
 /// chunk).
-const VERIFY_BUF: usize = 1 << 20;
+const VERIFY_BUF: usize = 128 << 10;
 
 /// What re-hashing a chunk file found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,18 +379,9 @@ impl Files {
         };
         let md = f.metadata().map_err(|e| io_err("stat", &path, e))?;
         let len = md.len();
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; VERIFY_BUF.min(len.max(1) as usize)];
-        let mut at = 0u64;
-        while at < len {
-            let n = buf.len().min((len - at) as usize);
-            f.read_exact_at(&mut buf[..n], at)
-                .map_err(|e| io_err("read", &path, e))?;
-            hasher.update(&buf[..n]);
-            at += n as u64;
-        }
+        let digest = hash_file(&f, len).map_err(|e| io_err("read", &path, e))?;
         metrics::counter!(m::CHUNK_STORE_OPS, "op" => "verify").increment(1);
-        if ChunkId::from_bytes(*hasher.finalize().as_bytes()) != *id {
+        if ChunkId::from_bytes(digest) != *id {
             metrics::counter!(m::CHUNK_CORRUPT).increment(1);
             tracing::error!(chunk = %id, path = %path.display(), "corrupt chunk found by scrub: BLAKE3 mismatch, quarantining");
             self.lock(id).quarantine(md.ino());
@@ -510,6 +501,51 @@ impl ChunkGuard<'_> {
             self.files.counted_removal(md.len());
         }
     }
+}
+
+/// BLAKE3 of the first `len` bytes of `f`, read in pieces of `VERIFY_BUF`. A file of more than
+/// one piece is read by a second thread while this one hashes, so reading (from the disk or
+/// the page cache) and hashing overlap; at most three pieces are in memory.
+fn hash_file(f: &File, len: u64) -> io::Result<[u8; 32]> {
+    let mut hasher = blake3::Hasher::new();
+    if len <= VERIFY_BUF as u64 {
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, 0)?;
+        hasher.update(&buf);
+        return Ok(*hasher.finalize().as_bytes());
+    }
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(6);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut at = 0u64;
+            while at < len {
+                let mut buf = empty_rx
+                    .try_recv()
+                    .unwrap_or_else(|_| vec![0u8; VERIFY_BUF]);
+                let n = VERIFY_BUF.min((len - at) as usize);
+                buf.truncate(n);
+                let r = f.read_exact_at(&mut buf, at).map(|()| buf);
+                let failed = r.is_err();
+                if full_tx.send(r).is_err() || failed {
+                    return;
+                }
+                at += n as u64;
+            }
+        });
+        let mut done = 0u64;
+        while done < len {
+            let buf = full_rx
+                .recv()
+                .map_err(|_| io::Error::other("chunk reader stopped"))??;
+            hasher.update(&buf);
+            done += buf.len() as u64;
+            let mut buf = buf;
+            buf.resize(VERIFY_BUF, 0);
+            let _ = empty_tx.try_send(buf);
+        }
+        Ok(*hasher.finalize().as_bytes())
+    })
 }
 
 fn read_with_inode(path: &Path) -> io::Result<(Vec<u8>, u64)> {

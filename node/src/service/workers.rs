@@ -106,6 +106,7 @@ pub fn local_workers(r: &NodeReport) -> Vec<pb::Worker> {
                 ("total bytes", scrub.total_bytes),
                 ("total corrupt", scrub.total_corrupt),
                 ("total repaired", scrub.total_repaired),
+                ("last pass bytes/s", scrub.last_pass_rate as u64),
             ]),
             tunables: [("scrub-rate".to_string(), rate.to_string())].into(),
         },
