@@ -84,12 +84,13 @@ pub fn pass_json(p: &pb::TierPass) -> Value {
         "backend_requests": p.backend_requests, "restores_done": p.restores_done,
         "restores_waiting": p.restores_waiting, "archives_deleted": p.archives_deleted,
         "orphans_deleted": p.orphans_deleted,
+        "archives_checked": p.archives_checked, "bad_archives": p.bad_archives,
         "errors": p.errors })
 }
 
 pub fn print_pass(p: &pb::TierPass) {
     println!(
-        "moved {} version(s) in {} archive(s), {} ({} backend requests); {} failed; {} restore(s) finished, {} waiting; {} archive(s) deleted ({} orphans)",
+        "moved {} version(s) in {} archive(s), {} ({} backend requests); {} failed; {} restore(s) finished, {} waiting; {} archive(s) deleted ({} orphans); {} archive(s) checked, {} bad",
         p.moved_versions,
         p.archives,
         human(p.archive_bytes),
@@ -98,7 +99,9 @@ pub fn print_pass(p: &pb::TierPass) {
         p.restores_done,
         p.restores_waiting,
         p.archives_deleted,
-        p.orphans_deleted
+        p.orphans_deleted,
+        p.archives_checked,
+        p.bad_archives
     );
     for e in &p.errors {
         println!("  error: {e}");

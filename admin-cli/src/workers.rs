@@ -143,6 +143,9 @@ pub fn repair_json(r: &pb::RepairStatusResponse) -> Value {
             "error": n.error, "under_replicated": n.under_replicated,
             "being_repaired": n.being_repaired, "unrecoverable": n.unrecoverable }))
             .collect::<Vec<_>>(),
+        "bad_archives": r.bad_archives.iter().map(|b| json!({ "backend": b.backend,
+            "object": b.object, "result": b.result, "detail": b.detail,
+            "found_ms": b.found_ms, "live_chunks": b.live_chunks })).collect::<Vec<_>>(),
         "unrecoverable": r.unrecoverable.iter().map(|u| json!({
             "chunk": hex::encode(&u.chunk_id), "found_by": u.found_by,
             "first_seen_ms": u.first_seen_ms, "quarantined_copy": u.quarantined_copy,
@@ -171,6 +174,20 @@ pub fn print_repair(r: &pb::RepairStatusResponse) {
             "{node:<10} {:>16} {:>14} {:>13}",
             n.under_replicated, n.being_repaired, n.unrecoverable
         );
+    }
+    if !r.bad_archives.is_empty() {
+        println!("\ncold archives that failed their check:");
+        for b in &r.bad_archives {
+            println!(
+                "  {} in {}: {} ({}), found {}, holds the cold copy of {} chunk(s)",
+                b.object,
+                b.backend,
+                b.result,
+                b.detail,
+                when(b.found_ms),
+                b.live_chunks
+            );
+        }
     }
     if r.unrecoverable.is_empty() {
         println!("\nno unrecoverable chunks");

@@ -627,6 +627,15 @@ impl StateMachine {
         read(&self.tree, "archive", &keys::archive(backend, object))
     }
 
+    /// Archive records (archives some chunk's cold copy is in), in key order, at most `limit`.
+    pub fn archives(&self, limit: usize) -> Result<Vec<crate::tier::ArchiveRecord>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix([keys::ARCHIVE]).take(limit) {
+            out.push(decode("archive", &kv?.1)?);
+        }
+        Ok(out)
+    }
+
     /// Archives no chunk needs any more, to delete from their backends.
     pub fn dead_archives(&self, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
         let mut out = Vec::new();

@@ -132,6 +132,9 @@ pub struct VerifyConfig {
     /// mon_osd_down_out_interval). It is made active again as soon as it answers.
     #[serde(with = "humantime_serde")]
     pub down_after: Duration,
+    /// Backend requests per day the leader may spend checking cold archives (about four per
+    /// archive: HEAD, footer, index, one sampled chunk; HEAD only for archived classes).
+    pub cold_requests_per_day: u64,
 }
 
 impl Default for VerifyConfig {
@@ -141,6 +144,7 @@ impl Default for VerifyConfig {
             scrub_interval: Duration::from_secs(30 * 24 * 3600),
             check_interval: Duration::from_secs(3600),
             down_after: Duration::from_secs(600),
+            cold_requests_per_day: 10_000,
         }
     }
 }

@@ -65,6 +65,7 @@ pub const CHUNKS_UNDER_REPLICATED: &str = "strata_chunks_under_replicated";
 pub const REPAIRS: &str = "strata_repairs_total";
 pub const UNRECOVERABLE_CHUNKS: &str = "strata_unrecoverable_chunks";
 pub const CHECK_PASSES: &str = "strata_anti_entropy_passes_total";
+pub const COLD_VERIFY: &str = "strata_cold_verify_total";
 
 /// Installs the global recorder; the handle renders the Prometheus text (see `http.rs`).
 pub fn install() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
@@ -191,6 +192,10 @@ fn describe() {
     describe_gauge!(
         UNRECOVERABLE_CHUNKS,
         "referenced chunks with no good copy on any node that answered"
+    );
+    describe_counter!(
+        COLD_VERIFY,
+        "cold archive checks by backend and result (ok, missing, corrupt, error)"
     );
     describe_counter!(
         CHECK_PASSES,

@@ -113,6 +113,7 @@ impl Node {
             cluster.clone(),
             blocks.clone(),
             config.tier.clone(),
+            config.verify.cold_requests_per_day,
         ));
         let reads = Arc::new(Reads::new(sm.clone(), blocks.clone(), tiering.clone()));
         Ok(Node {
@@ -150,6 +151,7 @@ impl Node {
             blocks: self.blocks.clone(),
             board: self.board.clone(),
             verify: self.config.verify.clone(),
+            tiering: self.tiering.clone(),
         })
     }
 }

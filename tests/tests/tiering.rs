@@ -697,3 +697,138 @@ async fn three_nodes_release_everywhere_restore_to_homes_and_move_after_a_leader
         assert_eq!(tier_state(&info), pb::tier_info::State::Cold, "{key}");
     }
 }
+
+/// `name{labels}` series value in a metrics text (0 if absent).
+fn series(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name_and_labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_archives_are_checked_and_missing_or_corrupt_ones_reported() {
+    let moto = Moto::start().await;
+    moto.create_bucket("checked").await;
+    let backends = moto.backend_toml("s3std", "s3", "checked", "STANDARD")
+        + "\n[verify]\ncold_requests_per_day = 1000000000\n";
+    let (_cfg, node) = node_with(&backends, 4 * MIB, "");
+    let mut s = node.storage().await;
+    // Two single-chunk files, moved in two passes: two archives of one chunk each.
+    let mut archives = Vec::new();
+    let mut files = Vec::new();
+    for (seed, name) in [(41, "one"), (42, "two")] {
+        let bytes = data(300_000, seed);
+        put_chunked(&mut s, node.root.path(), name, "file", &bytes, CHUNK).await;
+        files.push(bytes);
+        let tenant = "default";
+        cli_ok(
+            &node,
+            &[
+                "tier",
+                "policy",
+                "set",
+                &format!("to-s3-{name}"),
+                "--backend",
+                "s3std",
+                "--idle",
+                "0s",
+                "--bucket",
+                &format!("{tenant}/{name}"),
+            ],
+        );
+        let pass = run_tiering(&node).await;
+        assert_eq!(pass.moved_versions, 1, "{pass:?}");
+        let now: Vec<String> = moto
+            .objects("checked")
+            .await
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !archives.contains(k))
+            .collect();
+        assert_eq!(
+            now.len(),
+            1,
+            "{name}: new objects {now:?}; all {:?}; known {archives:?}; pass {pass:?}",
+            moto.objects("checked").await
+        );
+        archives.push(now[0].clone());
+    }
+    // A pass with nothing to move checks both archives: fine.
+    let pass = run_tiering(&node).await;
+    assert!(pass.archives_checked >= 2, "{pass:?}");
+    assert_eq!(pass.bad_archives, 0, "{pass:?}");
+    let text = metrics_text(&node).await;
+    assert!(
+        series(
+            &text,
+            "strata_cold_verify_total{backend=\"s3std\",result=\"ok\"}"
+        ) >= 2.0,
+        "{text}"
+    );
+
+    // Behind Strata's back: one archive deleted, one byte of the other's chunk flipped.
+    let client = moto.client();
+    client
+        .delete_object()
+        .bucket("checked")
+        .key(&archives[0])
+        .send()
+        .await
+        .expect("delete archive");
+    let body = client
+        .get_object()
+        .bucket("checked")
+        .key(&archives[1])
+        .send()
+        .await
+        .expect("get archive")
+        .body
+        .collect()
+        .await
+        .expect("archive bytes")
+        .into_bytes();
+    let mut rotten = body.to_vec();
+    rotten[1000] ^= 0x01;
+    client
+        .put_object()
+        .bucket("checked")
+        .key(&archives[1])
+        .body(aws_sdk_s3::primitives::ByteStream::from(rotten))
+        .send()
+        .await
+        .expect("put the rotten archive back");
+    let pass = run_tiering(&node).await;
+    assert_eq!(pass.bad_archives, 2, "{pass:?}");
+    let text = metrics_text(&node).await;
+    assert_eq!(
+        series(
+            &text,
+            "strata_cold_verify_total{backend=\"s3std\",result=\"missing\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        series(
+            &text,
+            "strata_cold_verify_total{backend=\"s3std\",result=\"corrupt\"}"
+        ),
+        1.0
+    );
+    let out = cli_ok(&node, &["--json", "repair", "status"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let bad = v["bad_archives"].as_array().expect("bad archives");
+    assert_eq!(bad.len(), 2, "{v}");
+    let result_of = |object: &str| {
+        bad.iter()
+            .find(|b| b["object"] == object)
+            .map(|b| b["result"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(result_of(&archives[0]).as_deref(), Some("missing"), "{v}");
+    assert_eq!(result_of(&archives[1]).as_deref(), Some("corrupt"), "{v}");
+    // Reading the rotten copy is refused (every cold byte is re-hashed), never served.
+    let err = get(&mut s, "two", "file", 0, 0, 0)
+        .await
+        .expect_err("the only copy is corrupt");
+    assert!(format!("{err:#}").contains("DataLoss"), "{err:#}");
+}

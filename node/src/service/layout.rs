@@ -26,6 +26,8 @@ pub struct NodeReport {
     pub board: Arc<crate::workers::Board>,
     /// The verifier's intervals (for "next pass due").
     pub verify: crate::config::VerifyConfig,
+    /// Archive checks (the leader's records of bad archives).
+    pub tiering: Arc<crate::tiering::Tiering>,
 }
 
 impl NodeReport {

@@ -198,6 +198,8 @@ pub fn pass_to_pb(r: &PassReport) -> pb::TierPass {
         restores_waiting: r.restores_waiting,
         archives_deleted: r.archives_deleted,
         orphans_deleted: r.orphans_deleted,
+        archives_checked: r.archives_checked,
+        bad_archives: r.bad_archives,
         errors: r.errors.clone(),
     }
 }

@@ -160,6 +160,19 @@ pub fn local_repair(r: &NodeReport, info: &mut pb::NodeInfoResponse) {
             objects: Vec::new(),
         })
         .collect();
+    info.bad_archives = r
+        .tiering
+        .bad_archives(LOST_SHOWN)
+        .into_iter()
+        .map(|b| pb::BadArchive {
+            backend: b.backend,
+            object: b.object,
+            result: b.result,
+            detail: b.detail,
+            found_ms: b.found_ms,
+            live_chunks: b.live_chunks,
+        })
+        .collect();
 }
 
 /// Carries out one control request on this node; returns what it did, in words.
@@ -303,6 +316,7 @@ pub async fn repair_status(
     let infos = node_infos(cluster, report).await;
     let mut nodes = Vec::new();
     let mut lost: BTreeMap<ChunkId, pb::UnrecoverableChunk> = BTreeMap::new();
+    let mut bad_archives: BTreeMap<(String, String), pb::BadArchive> = BTreeMap::new();
     for (id, info) in infos {
         let Some(info) = info else {
             nodes.push(pb::NodeRepair {
@@ -320,6 +334,11 @@ pub async fn repair_status(
             being_repaired: info.repairs_waiting,
             unrecoverable: info.unrecoverable_chunks,
         });
+        for b in info.bad_archives {
+            bad_archives
+                .entry((b.backend.clone(), b.object.clone()))
+                .or_insert(b);
+        }
         for mut u in info.unrecoverable {
             let Some(chunk) = ChunkId::from_slice(&u.chunk_id) else {
                 continue;
@@ -369,8 +388,16 @@ pub async fn repair_status(
             unrecoverable.push(u);
         }
     }
+    // Only archives still recorded (one deleted since as dead is no longer a problem).
+    let mut bad = Vec::new();
+    for ((backend, object), b) in bad_archives {
+        if sm.archive(&backend, &object)?.is_some() {
+            bad.push(b);
+        }
+    }
     Ok(pb::RepairStatusResponse {
         nodes,
         unrecoverable,
+        bad_archives: bad,
     })
 }

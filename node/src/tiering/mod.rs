@@ -13,6 +13,7 @@
 
 mod moves;
 mod restores;
+pub mod verify;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -78,6 +79,9 @@ pub struct PassReport {
     pub restores_waiting: u64,
     pub archives_deleted: u64,
     pub orphans_deleted: u64,
+    /// Archives checked (verify.cold_requests_per_day), and of those found missing or corrupt.
+    pub archives_checked: u64,
+    pub bad_archives: u64,
     pub errors: Vec<String>,
 }
 
@@ -91,6 +95,9 @@ pub struct Tiering {
     last: Mutex<PassReport>,
     /// When the leader last looked for orphan archives (None: not since this node started).
     orphan_sweep: Mutex<Option<std::time::Instant>>,
+    /// Backend requests per day the archive checks may make, and what is left of them.
+    cold_requests_per_day: u64,
+    cold_budget: Mutex<verify::Budget>,
 }
 
 impl Tiering {
@@ -100,6 +107,7 @@ impl Tiering {
         cluster: Arc<Cluster>,
         blocks: Arc<BlockManager>,
         config: TierConfig,
+        cold_requests_per_day: u64,
     ) -> Tiering {
         Tiering {
             backends,
@@ -110,6 +118,8 @@ impl Tiering {
             reads: Mutex::new(HashSet::new()),
             last: Mutex::new(PassReport::default()),
             orphan_sweep: Mutex::new(None),
+            cold_requests_per_day,
+            cold_budget: verify::Budget::new(),
         }
     }
 
@@ -192,6 +202,9 @@ impl Tiering {
         }
         if let Err(e) = self.sweep_orphan_archives(&mut report).await {
             report.errors.push(format!("orphan archive sweep: {e}"));
+        }
+        if let Err(e) = self.verify_archives(&mut report).await {
+            report.errors.push(format!("archive checks: {e}"));
         }
         report.finished_ms = now_ms();
         for e in &report.errors {
