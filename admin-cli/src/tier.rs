@@ -85,6 +85,7 @@ pub fn pass_json(p: &pb::TierPass) -> Value {
         "restores_waiting": p.restores_waiting, "archives_deleted": p.archives_deleted,
         "orphans_deleted": p.orphans_deleted,
         "archives_checked": p.archives_checked, "bad_archives": p.bad_archives,
+        "versions_made_hot": p.versions_made_hot,
         "errors": p.errors })
 }
 

@@ -504,6 +504,31 @@ impl StateMachine {
         read(&self.tree, "tier policy", &keys::policy(name))
     }
 
+    /// Chunks whose cold copy is in the archive `object` of `backend`, at most `limit` (a walk
+    /// of every cold-chunk record: for repairs, not for the data path).
+    pub fn cold_chunks_in(
+        &self,
+        backend: &str,
+        object: &str,
+        limit: usize,
+    ) -> Result<Vec<(ChunkId, crate::tier::ColdChunk)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix([keys::COLD_CHUNK]) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = kv?;
+            let c: crate::tier::ColdChunk = decode("cold chunk", &v)?;
+            if c.loc.backend == backend
+                && c.loc.object == object
+                && let Some(id) = ChunkId::from_slice(&k[1..])
+            {
+                out.push((id, c));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn cold_chunk(&self, id: &ChunkId) -> Result<Option<crate::tier::ColdChunk>, StoreError> {
         read(&self.tree, "cold chunk", &keys::cold_chunk(id))
     }

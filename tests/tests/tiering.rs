@@ -720,6 +720,10 @@ async fn cold_archives_are_checked_and_missing_or_corrupt_ones_reported() {
     for (seed, name) in [(41, "one"), (42, "two")] {
         let bytes = data(300_000, seed);
         put_chunked(&mut s, node.root.path(), name, "file", &bytes, CHUNK).await;
+        if name == "two" {
+            // The same bytes in a bucket no policy moves: this chunk keeps its hot copies.
+            put_chunked(&mut s, node.root.path(), "keep", "file", &bytes, CHUNK).await;
+        }
         files.push(bytes);
         let tenant = "default";
         cli_ok(
@@ -800,6 +804,20 @@ async fn cold_archives_are_checked_and_missing_or_corrupt_ones_reported() {
         .expect("put the rotten archive back");
     let pass = run_tiering(&node).await;
     assert_eq!(pass.bad_archives, 2, "{pass:?}");
+    // "two/file" still had hot copies: it is hot again; "one/file"'s only copy was the
+    // deleted archive.
+    assert_eq!(pass.versions_made_hot, 1, "{pass:?}");
+    assert_eq!(
+        tier_state(&stat(&mut s, "two", "file").await.expect("stat")),
+        pb::tier_info::State::Hot
+    );
+    assert!(
+        get(&mut s, "two", "file", 0, 0, 0)
+            .await
+            .expect("read the hot copy")
+            == files[1]
+    );
+    assert!(get(&mut s, "one", "file", 0, 0, 0).await.is_err());
     let text = metrics_text(&node).await;
     assert_eq!(
         series(
@@ -826,9 +844,28 @@ async fn cold_archives_are_checked_and_missing_or_corrupt_ones_reported() {
     };
     assert_eq!(result_of(&archives[0]).as_deref(), Some("missing"), "{v}");
     assert_eq!(result_of(&archives[1]).as_deref(), Some("corrupt"), "{v}");
-    // Reading the rotten copy is refused (every cold byte is re-hashed), never served.
-    let err = get(&mut s, "two", "file", 0, 0, 0)
+
+    // The next pass moves "two/file" again, into a new archive, and deletes the rotten one
+    // (nothing points into it any more): only the missing archive is still reported.
+    let pass = run_tiering(&node).await;
+    assert_eq!(pass.moved_versions, 1, "{pass:?}");
+    let pass = run_tiering(&node).await;
+    assert!(
+        pass.errors.iter().all(|e| !e.contains(&archives[1])),
+        "{pass:?}"
+    );
+    let objects: Vec<String> = moto
+        .objects("checked")
         .await
-        .expect_err("the only copy is corrupt");
-    assert!(format!("{err:#}").contains("DataLoss"), "{err:#}");
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(!objects.contains(&archives[1]), "{objects:?}");
+    assert_eq!(objects.len(), 1, "the new archive: {objects:?}");
+    let out = cli_ok(&node, &["--json", "repair", "status"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let bad = v["bad_archives"].as_array().expect("bad archives");
+    assert_eq!(bad.len(), 1, "{v}");
+    assert_eq!(bad[0]["object"], archives[0].as_str());
+    assert!(get(&mut s, "two", "file", 0, 0, 0).await.expect("read") == files[1]);
 }

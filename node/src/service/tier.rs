@@ -200,6 +200,7 @@ pub fn pass_to_pb(r: &PassReport) -> pb::TierPass {
         orphans_deleted: r.orphans_deleted,
         archives_checked: r.archives_checked,
         bad_archives: r.bad_archives,
+        versions_made_hot: r.versions_made_hot,
         errors: r.errors.clone(),
     }
 }

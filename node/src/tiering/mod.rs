@@ -82,6 +82,9 @@ pub struct PassReport {
     /// Archives checked (verify.cold_requests_per_day), and of those found missing or corrupt.
     pub archives_checked: u64,
     pub bad_archives: u64,
+    /// Cold versions made hot again because their archive failed its check (their chunks all
+    /// had hot copies); their policy moves them again.
+    pub versions_made_hot: u64,
     pub errors: Vec<String>,
 }
 

@@ -4,7 +4,10 @@
 //! without a restore, also the archive's footer and index and one chunk picked at random,
 //! re-hashed with BLAKE3. An archive found missing or corrupt is recorded (node-local tree
 //! `cold_bad`, `strata repair status`, `strata_cold_verify_total`); a later good check clears
-//! the record.
+//! the record. The cold versions with a chunk in a bad archive whose chunks all still have hot
+//! copies (none released) are made hot again (`FinishRestore`), so their policy moves them
+//! again into a new archive; a version with a released chunk in it has no other copy of it and
+//! stays reported.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -25,6 +28,8 @@ const REQUESTS_PER_CHECK: f64 = 4.0;
 /// Archive records looked at per pass when choosing which to check.
 const MAX_SCANNED: usize = 100_000;
 const DAY_MS: f64 = 86_400_000.0;
+/// Chunks and versions looked at when recovering from one bad archive.
+const RECOVER_LIMIT: usize = 100_000;
 
 /// An archive whose check failed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,11 +169,80 @@ impl Tiering {
                     if let Ok(v) = serde_json::to_vec(&rec) {
                         let _ = bad.insert(&k, v);
                     }
+                    match self.recover_archive(&a).await {
+                        Ok((hot_again, stranded)) => {
+                            report.versions_made_hot += hot_again;
+                            if stranded > 0 {
+                                report.errors.push(format!(
+                                    "{} in {}: {stranded} version(s) have chunks whose only copy was in it",
+                                    a.object, a.backend
+                                ));
+                            }
+                        }
+                        Err(e) => report.errors.push(format!(
+                            "recovering from {} in {}: {e}",
+                            a.object, a.backend
+                        )),
+                    }
                 }
             }
             let _ = checked.insert(&k, &now_ms().to_be_bytes());
         }
         Ok(())
+    }
+
+    /// Makes hot again every cold version with a chunk in the bad archive `a` whose chunks all
+    /// have hot copies; returns (versions made hot, versions that cannot be).
+    async fn recover_archive(&self, a: &ArchiveRecord) -> TierResult<(u64, u64)> {
+        let sm = self.sm.clone();
+        let (backend, object) = (a.backend.clone(), a.object.clone());
+        let uses = tokio::task::spawn_blocking(move || {
+            let chunks = sm.cold_chunks_in(&backend, &object, RECOVER_LIMIT)?;
+            let ids: std::collections::HashSet<ChunkId> =
+                chunks.iter().map(|(id, _)| *id).collect();
+            sm.versions_using(&ids, RECOVER_LIMIT)
+        })
+        .await
+        .map_err(|e| super::TierError::Task(e.to_string()))??;
+        let (mut hot_again, mut stranded) = (0, 0);
+        let mut seen = std::collections::HashSet::new();
+        for u in uses {
+            if !seen.insert((u.tenant, u.bucket.clone(), u.key.clone(), u.version)) {
+                continue;
+            }
+            let tier = self
+                .sm
+                .version_tier(u.tenant, &u.bucket, &u.key, u.version)?;
+            if !matches!(tier, strata_cluster::tier::VersionTier::Cold(_)) {
+                continue;
+            }
+            let Some(rec) = self.sm.version(u.tenant, &u.bucket, &u.key, u.version)? else {
+                continue;
+            };
+            let mut all_hot = true;
+            for c in &rec.chunks {
+                if self.sm.cold_chunk(&c.id)?.is_some_and(|cc| cc.released) {
+                    all_hot = false;
+                    break;
+                }
+            }
+            if !all_hot {
+                stranded += 1;
+                continue;
+            }
+            self.cluster
+                .propose(strata_cluster::Command::FinishRestore {
+                    tenant: u.tenant,
+                    bucket: u.bucket.clone(),
+                    key: u.key.clone(),
+                    version: u.version,
+                    now_ms: now_ms(),
+                })
+                .await?;
+            tracing::warn!(bucket = %u.bucket, key = %u.key, version = u.version, "version made hot again: its cold archive failed its check (its policy moves it again)");
+            hot_again += 1;
+        }
+        Ok((hot_again, stranded))
     }
 
     async fn check_archive(&self, a: &ArchiveRecord) -> Outcome {
