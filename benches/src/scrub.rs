@@ -78,7 +78,7 @@ async fn timed_pass(admin: &mut Admin, rate: u64) -> anyhow::Result<(u64, f64)> 
 
 fn blake3_one_core(size: u64) -> f64 {
     let buf: Vec<u8> = (0..64u64 << 20)
-        .map(|i| (i * 2_654_435_761 >> 13) as u8)
+        .map(|i| ((i * 2_654_435_761) >> 13) as u8)
         .collect();
     let start = Instant::now();
     let mut done = 0u64;
