@@ -27,6 +27,15 @@ fn when(ms: i64) -> String {
         .to_owned()
 }
 
+/// A node as tables show it: its name, or its raft id before it answered.
+fn node_label(name: &str, raft_id: u64) -> String {
+    if name.is_empty() {
+        raft_id.to_string()
+    } else {
+        name.to_owned()
+    }
+}
+
 fn rate(bps: f64) -> String {
     if bps <= 0.0 {
         "-".into()
@@ -72,11 +81,7 @@ pub fn print_workers(r: &pb::ListWorkersResponse, only: Option<&str>) {
         "NODE", "WORKER", "STATE", "PROGRESS", "RATE", "LAST DONE", "NEXT"
     );
     for n in &r.nodes {
-        let node = if n.name.is_empty() {
-            n.raft_id.to_string()
-        } else {
-            n.name.clone()
-        };
+        let node = node_label(&n.name, n.raft_id);
         if !n.error.is_empty() {
             println!("{node:<10} {:<10} {}", "-", n.error);
             continue;
@@ -127,11 +132,7 @@ pub fn control_json(r: &pb::AdminControlWorkersResponse) -> Value {
 
 pub fn print_control(r: &pb::AdminControlWorkersResponse) {
     for n in &r.nodes {
-        let node = if n.name.is_empty() {
-            n.raft_id.to_string()
-        } else {
-            n.name.clone()
-        };
+        let node = node_label(&n.name, n.raft_id);
         let mark = if n.ok { "ok" } else { "FAILED" };
         println!("{node}: {mark}: {}", n.message);
     }
@@ -161,11 +162,7 @@ pub fn print_repair(r: &pb::RepairStatusResponse) {
         "NODE", "UNDER-REPLICATED", "BEING REPAIRED", "UNRECOVERABLE"
     );
     for n in &r.nodes {
-        let node = if n.name.is_empty() {
-            n.raft_id.to_string()
-        } else {
-            n.name.clone()
-        };
+        let node = node_label(&n.name, n.raft_id);
         if !n.error.is_empty() {
             println!("{node:<10} {}", n.error);
             continue;

@@ -7,6 +7,14 @@ use crate::names::{BucketName, ObjectKey};
 use crate::records::*;
 use crate::state_machine::{StateMachine, read};
 
+/// `bucket NUL key` from a record key's tail (None if it is not two valid names).
+fn bucket_and_key(rest: &[u8]) -> Option<(BucketName, ObjectKey)> {
+    let nul = rest.iter().position(|b| *b == 0)?;
+    let b = std::str::from_utf8(&rest[..nul]).ok()?;
+    let k = std::str::from_utf8(&rest[nul + 1..]).ok()?;
+    Some((BucketName::new(b).ok()?, ObjectKey::new(k).ok()?))
+}
+
 /// A version whose content uses a given chunk (see `versions_using`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionUse {
@@ -112,17 +120,7 @@ impl StateMachine {
                 break;
             }
             let tenant = TenantId(keys::be_u64(&k, 9).unwrap_or(0));
-            let Some(rest) = k.get(17..) else { continue };
-            let Some(nul) = rest.iter().position(|b| *b == 0) else {
-                continue;
-            };
-            let (Ok(b), Ok(key)) = (
-                std::str::from_utf8(&rest[..nul]),
-                std::str::from_utf8(&rest[nul + 1..]),
-            ) else {
-                continue;
-            };
-            if let (Ok(b), Ok(key)) = (BucketName::new(b), ObjectKey::new(key)) {
+            if let Some((b, key)) = k.get(17..).and_then(bucket_and_key) {
                 out.push((tenant, b, key));
             }
         }
@@ -194,19 +192,7 @@ impl StateMachine {
             };
             // `v tenant(8) bucket NUL key NUL version(8)`
             let tenant = TenantId(keys::be_u64(&k, 1).unwrap_or(0));
-            let Some(rest) = k.get(9..k.len().saturating_sub(9)) else {
-                continue;
-            };
-            let Some(nul) = rest.iter().position(|b| *b == 0) else {
-                continue;
-            };
-            let (Ok(b), Ok(key)) = (
-                std::str::from_utf8(&rest[..nul]),
-                std::str::from_utf8(&rest[nul + 1..]),
-            ) else {
-                continue;
-            };
-            if let (Ok(b), Ok(key)) = (BucketName::new(b), ObjectKey::new(key)) {
+            if let Some((b, key)) = k.get(9..k.len().saturating_sub(9)).and_then(bucket_and_key) {
                 out.push(VersionUse {
                     chunk: hit.id,
                     tenant,
