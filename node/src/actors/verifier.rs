@@ -224,7 +224,11 @@ impl VerifierState {
             return;
         }
         let now = Instant::now();
-        let mut change = None;
+        // A leader marked down earlier (its QUIC stopped answering while Raft did not) is
+        // plainly up: it marks itself active first.
+        let me = self.args.cluster.id;
+        let mut change = (state.current.nodes.get(&me).map(|r| r.state) == Some(NodeState::Down))
+            .then_some((me, false));
         for (node, ok) in answers {
             let seen = self.last_seen.entry(node).or_insert(now);
             if ok {
