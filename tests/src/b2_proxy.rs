@@ -66,6 +66,15 @@ impl Drop for B2Proxy {
     }
 }
 
+/// A header line's name, lower-cased.
+fn header_name(line: &str) -> String {
+    line.split(':')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
 async fn serve(
     mut conn: TcpStream,
     upstream: &str,
@@ -92,12 +101,7 @@ async fn serve(
     let request_line = lines.next().unwrap_or_default().to_owned();
     let mut headers: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
     if let Some(bad) = headers.iter().find_map(|h| {
-        let name = h
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let name = header_name(h);
         (name.starts_with("x-amz-checksum-") || name == "x-amz-sdk-checksum-algorithm")
             .then_some(name)
     }) {
@@ -113,15 +117,7 @@ async fn serve(
         return conn.shutdown().await;
     }
     passed.fetch_add(1, Ordering::Relaxed);
-    headers.retain(|h| {
-        let name = h
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        name != "connection"
-    });
+    headers.retain(|h| header_name(h) != "connection");
     let mut new_head = request_line;
     new_head.push_str("\r\n");
     for h in headers {
