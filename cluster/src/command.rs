@@ -117,11 +117,35 @@ pub enum Command {
         down: bool,
         layout_version: u64,
     },
-    /// Records the cluster CA that signs node certificates for the QUIC transport. The first
-    /// one recorded stays: later ones are ignored (two nodes racing to create it agree).
+    /// Records the cluster CA certificate (public: its private key never enters the metadata).
+    /// The first one recorded stays: later ones are ignored.
     SetClusterCa {
         cert_pem: String,
-        key_pem: String,
+    },
+    /// Names the member that holds the CA key and signs certificates (joins and renewals go
+    /// to it).
+    SetSigner {
+        node: u64,
+    },
+    /// Creates a join token (stored as its hash) that admits `uses` nodes until `expires_ms`.
+    CreateJoinToken {
+        token: TokenHash,
+        expires_ms: i64,
+        uses: u32,
+        now_ms: i64,
+    },
+    /// Spends one use of a join token for `node` (refused when unknown, expired or used up).
+    UseJoinToken {
+        token: TokenHash,
+        node: u64,
+        now_ms: i64,
+    },
+    /// Revokes every certificate of `node`: from this entry on, every member refuses its
+    /// handshakes, and the signer refuses to sign for it. Proposed before the node leaves the
+    /// membership; never undone (a node that comes back joins with a new id).
+    RevokeNode {
+        node: u64,
+        now_ms: i64,
     },
     /// Creates or replaces the tiering policy of that name.
     SetTierPolicy(TierPolicy),

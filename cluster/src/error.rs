@@ -73,6 +73,14 @@ pub enum Rejection {
     AlreadyCold,
     #[error("chunk {0} has no cold copy recorded: the transition raced with another change")]
     ColdCopyMissing(ChunkId),
+    #[error("join token not recognised by this cluster")]
+    JoinTokenUnknown,
+    #[error("join token expired")]
+    JoinTokenExpired,
+    #[error("join token already used")]
+    JoinTokenUsed,
+    #[error("node {0} was removed from the cluster: its certificates are revoked")]
+    NodeRevoked(u64),
 }
 
 /// Failure of the state machine itself (not a refusal): the node cannot serve metadata.

@@ -27,6 +27,8 @@ pub const ARCHIVE_DEAD: u8 = b'D';
 pub const COLD_VERSION: u8 = b'K';
 pub const RESTORE: u8 = b'R';
 pub const ACCESS: u8 = b'a';
+pub const JOIN_TOKEN: u8 = b'j';
+pub const REVOKED_NODE: u8 = b'r';
 
 pub fn meta(name: &str) -> Vec<u8> {
     [&[META], name.as_bytes()].concat()
@@ -34,6 +36,14 @@ pub fn meta(name: &str) -> Vec<u8> {
 
 pub fn tenant(t: TenantId) -> Vec<u8> {
     [&[TENANT][..], &t.0.to_be_bytes()].concat()
+}
+
+pub fn join_token(hash: &[u8; 32]) -> Vec<u8> {
+    [&[JOIN_TOKEN][..], hash].concat()
+}
+
+pub fn revoked_node(node: u64) -> Vec<u8> {
+    [&[REVOKED_NODE][..], &node.to_be_bytes()].concat()
 }
 
 pub fn token(hash: &[u8; 32]) -> Vec<u8> {

@@ -434,13 +434,38 @@ impl StateMachine {
         .unwrap_or_default())
     }
 
-    /// The cluster CA, once the initializing node has recorded it.
-    pub fn cluster_ca(&self) -> Result<Option<ClusterCa>, StoreError> {
+    /// The cluster CA certificate (PEM), once the initializing node has recorded it.
+    pub fn cluster_ca(&self) -> Result<Option<String>, StoreError> {
         read(
             &self.tree,
             "cluster CA",
             &keys::meta(crate::state_machine::CLUSTER_CA),
         )
+    }
+
+    /// The member that holds the CA key and signs certificates.
+    pub fn ca_signer(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .tree
+            .get(keys::meta(crate::state_machine::CA_SIGNER))?
+            .and_then(|v| keys::be_u64(&v, 0)))
+    }
+
+    /// Whether `node`'s certificates are revoked (it was removed from the cluster).
+    pub fn is_revoked(&self, node: u64) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(keys::revoked_node(node))?)
+    }
+
+    /// The nodes whose certificates are revoked.
+    pub fn revoked_nodes(&self) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix([keys::REVOKED_NODE]) {
+            let (k, _) = kv?;
+            if let Some(id) = keys::be_u64(&k, 1) {
+                out.push(id);
+            }
+        }
+        Ok(out)
     }
 }
 

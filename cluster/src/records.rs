@@ -161,9 +161,12 @@ pub struct SessionChunk {
     pub cv: Option<[u8; 32]>,
 }
 
-/// The cluster CA (PEM): signs each node's QUIC certificate.
+/// A join token (kept by its hash): how many more nodes it admits, and until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterCa {
-    pub cert_pem: String,
-    pub key_pem: String,
+pub struct JoinTokenRecord {
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub uses_left: u32,
+    /// Nodes admitted with it so far.
+    pub used_by: Vec<u64>,
 }

@@ -337,17 +337,57 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                 down,
                 layout_version,
             } => update_layout(tx, |l| l.set_down(*node, *down, *layout_version)),
-            Command::SetClusterCa { cert_pem, key_pem } => {
+            Command::SetClusterCa { cert_pem } => {
                 let key = keys::meta(CLUSTER_CA);
                 if tx.get_raw(&key)?.is_none() {
-                    tx.put(
-                        key,
-                        &ClusterCa {
-                            cert_pem: cert_pem.clone(),
-                            key_pem: key_pem.clone(),
-                        },
-                    )?;
+                    tx.put(key, cert_pem)?;
                 }
+                Ok(Response::Done)
+            }
+            Command::SetSigner { node } => {
+                tx.put_u64(keys::meta(CA_SIGNER), *node);
+                Ok(Response::Done)
+            }
+            Command::CreateJoinToken {
+                token,
+                expires_ms,
+                uses,
+                now_ms,
+            } => {
+                let rec = JoinTokenRecord {
+                    created_ms: *now_ms,
+                    expires_ms: *expires_ms,
+                    uses_left: *uses,
+                    used_by: Vec::new(),
+                };
+                tx.put(keys::join_token(&token.0), &rec)?;
+                Ok(Response::Done)
+            }
+            Command::UseJoinToken {
+                token,
+                node,
+                now_ms,
+            } => {
+                if tx.get_raw(&keys::revoked_node(*node))?.is_some() {
+                    return Err(Rejection::NodeRevoked(*node).into());
+                }
+                let key = keys::join_token(&token.0);
+                let Some(mut rec) = tx.get::<JoinTokenRecord>("join token", &key)? else {
+                    return Err(Rejection::JoinTokenUnknown.into());
+                };
+                if *now_ms >= rec.expires_ms {
+                    return Err(Rejection::JoinTokenExpired.into());
+                }
+                if rec.uses_left == 0 {
+                    return Err(Rejection::JoinTokenUsed.into());
+                }
+                rec.uses_left -= 1;
+                rec.used_by.push(*node);
+                tx.put(key, &rec)?;
+                Ok(Response::Done)
+            }
+            Command::RevokeNode { node, now_ms } => {
+                tx.put_u64(keys::revoked_node(*node), (*now_ms).max(0) as u64);
                 Ok(Response::Done)
             }
         }
@@ -356,6 +396,7 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
 
 pub(crate) const LAYOUT: &str = "layout";
 pub(crate) const CLUSTER_CA: &str = "cluster-ca";
+pub(crate) const CA_SIGNER: &str = "ca-signer";
 
 fn update_layout(
     tx: &mut Txn,

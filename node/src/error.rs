@@ -161,6 +161,10 @@ impl NodeError {
             Rejection::NodeNotInLayout(_) | Rejection::PolicyNotFound(_) => Code::NotFound,
             Rejection::NotCold | Rejection::AlreadyCold => Code::FailedPrecondition,
             Rejection::ColdCopyMissing(_) => Code::Aborted,
+            Rejection::JoinTokenUnknown
+            | Rejection::JoinTokenExpired
+            | Rejection::JoinTokenUsed => Code::Unauthenticated,
+            Rejection::NodeRevoked(_) => Code::PermissionDenied,
             Rejection::NothingStaged | Rejection::LayoutVersion { .. } => Code::FailedPrecondition,
         }
     }

@@ -71,6 +71,59 @@ fn add_all(sm: &StateMachine, s: SessionId, tenant: u64, chunks: &[u8]) {
 }
 
 #[test]
+fn join_tokens_admit_their_uses_until_expiry_and_never_a_revoked_node() {
+    let (_d, sm) = sm();
+    let token = TokenHash([7; 32]);
+    let create = Command::CreateJoinToken {
+        token,
+        expires_ms: 1_000,
+        uses: 2,
+        now_ms: 0,
+    };
+    sm.apply(&create).unwrap();
+    let use_for = |node: u64, now_ms: i64| {
+        sm.apply(&Command::UseJoinToken {
+            token,
+            node,
+            now_ms,
+        })
+    };
+    let rejected = |r: Result<Response, ApplyError>| match r {
+        Err(ApplyError::Rejected(x)) => x,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    sm.apply(&Command::RevokeNode { node: 9, now_ms: 1 }).unwrap();
+    assert_eq!(rejected(use_for(9, 10)), Rejection::NodeRevoked(9));
+    assert!(sm.is_revoked(9).unwrap());
+    assert!(!sm.is_revoked(1).unwrap());
+    use_for(1, 10).unwrap();
+    assert_eq!(rejected(use_for(2, 1_000)), Rejection::JoinTokenExpired);
+    use_for(2, 999).unwrap();
+    assert_eq!(rejected(use_for(3, 20)), Rejection::JoinTokenUsed);
+    let other = TokenHash([8; 32]);
+    assert_eq!(
+        rejected(sm.apply(&Command::UseJoinToken {
+            token: other,
+            node: 4,
+            now_ms: 5
+        })),
+        Rejection::JoinTokenUnknown
+    );
+    assert_eq!(sm.revoked_nodes().unwrap(), vec![9]);
+    sm.apply(&Command::SetClusterCa {
+        cert_pem: "first".into(),
+    })
+    .unwrap();
+    sm.apply(&Command::SetClusterCa {
+        cert_pem: "second".into(),
+    })
+    .unwrap();
+    assert_eq!(sm.cluster_ca().unwrap().as_deref(), Some("first"));
+    sm.apply(&Command::SetSigner { node: 5 }).unwrap();
+    assert_eq!(sm.ca_signer().unwrap(), Some(5));
+}
+
+#[test]
 fn upload_complete_read_back() {
     let (_d, sm) = sm();
     let s = sid(1);
