@@ -1,12 +1,13 @@
 //! A small gRPC client for Strata: a channel with the bearer token attached to every call.
 
+use std::path::Path;
 use std::time::Duration;
 
 use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::storage_client::StorageClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 
 /// Largest message the client accepts (the node's largest chunk is 64 MiB).
@@ -27,24 +28,74 @@ pub type Storage = StorageClient<InterceptedService<Channel, Auth>>;
 pub type Admin = AdminClient<InterceptedService<Channel, Auth>>;
 
 /// Connects to a node. Fails fast (with the address in the message) when nothing listens.
+/// An `https://` endpoint is verified against the system's trusted roots.
 pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
-    let ep = Endpoint::from_shared(endpoint.to_owned())
+    connect_ca(endpoint, None).await
+}
+
+/// Connects to a node; an `https://` endpoint is verified against the CA certificate in
+/// `ca_file` (the cluster CA, or whichever CA signed the node's `tls.cert`), else against the
+/// system's trusted roots.
+pub async fn connect_ca(endpoint: &str, ca_file: Option<&Path>) -> anyhow::Result<Channel> {
+    let mut ep = Endpoint::from_shared(endpoint.to_owned())
         .map_err(|e| anyhow::anyhow!("invalid endpoint {endpoint:?}: {e}"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(16 * 1024 * 1024))
         .initial_connection_window_size(Some(32 * 1024 * 1024));
-    ep.connect()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to {endpoint}: {}", root_cause(&e)))
+    if endpoint.starts_with("https://") {
+        let tls = match ca_file {
+            Some(path) => {
+                let pem = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read the CA file {}: {e}", path.display())
+                })?;
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+            }
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        ep = ep
+            .tls_config(tls)
+            .map_err(|e| anyhow::anyhow!("TLS for {endpoint}: {}", causes(&e)))?;
+    } else if ca_file.is_some() {
+        anyhow::bail!("--ca-file is given but the endpoint {endpoint} is not https://");
+    }
+    ep.connect().await.map_err(|e| {
+        let why = causes(&e);
+        anyhow::anyhow!("cannot connect to {endpoint}: {why}{}", hint(endpoint, &why, ca_file))
+    })
 }
 
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+/// Every cause of an error, outermost first (TLS failures are a few sources deep).
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
     let mut cur = e;
     while let Some(next) = cur.source() {
+        let text = next.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         cur = next;
     }
-    cur.to_string()
+    out
+}
+
+/// What to do about a failed connection, when the cause says it.
+pub fn hint(endpoint: &str, why: &str, ca_file: Option<&Path>) -> &'static str {
+    let tls_trust = why.contains("certificate") || why.contains("UnknownIssuer");
+    if endpoint.starts_with("https://") && tls_trust {
+        return if ca_file.is_some() {
+            " (TLS: the node's certificate is not signed by the CA in --ca-file, or not for this address; the cluster CA is in a node's <data dir>/tls/ca.crt)"
+        } else {
+            " (TLS: the node's certificate is not trusted; pass the cluster CA with --ca-file or STRATA_CA_FILE: a node keeps it in <data dir>/tls/ca.crt)"
+        };
+    }
+    if endpoint.starts_with("http://")
+        && (why.contains("insufficient security") || why.contains("TLS only"))
+    {
+        return " (the node accepts TLS only: use an https:// endpoint, with --ca-file)";
+    }
+    ""
 }
 
 fn auth(token: &str) -> anyhow::Result<Auth> {
@@ -66,5 +117,11 @@ pub fn admin(channel: Channel, token: &str) -> anyhow::Result<Admin> {
 
 /// A gRPC status as a one-line error: the node's message and the code's name.
 pub fn status_error(what: &str, s: Status) -> anyhow::Error {
-    anyhow::anyhow!("{what}: {} ({:?})", s.message(), s.code())
+    let why = format!("{} {:?}", s.message(), std::error::Error::source(&s));
+    let hint = if why.contains("insufficient security") {
+        " (the node accepts TLS only: use an https:// endpoint, with --ca-file)"
+    } else {
+        ""
+    };
+    anyhow::anyhow!("{what}: {} ({:?}){hint}", s.message(), s.code())
 }

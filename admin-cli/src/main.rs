@@ -30,6 +30,10 @@ struct Cli {
         default_value = "http://127.0.0.1:7400"
     )]
     endpoint: String,
+    /// The cluster CA certificate (PEM) to verify an https:// endpoint with (a node keeps it
+    /// in <data dir>/tls/ca.crt); without it, the system's trusted roots.
+    #[arg(long, global = true, env = "STRATA_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Tenant token for object commands.
     #[arg(long, global = true, env = "STRATA_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -199,10 +203,26 @@ enum TokenCmd {
 }
 
 #[derive(Subcommand)]
+enum NodeTokenCmd {
+    /// A join token (shown once) and the cluster CA's hash: start a new node with
+    /// `strata-node run --join <member URL> --join-token <token> --ca-hash <hash>`.
+    Create {
+        /// How long the token stays valid (at most 7 days).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// How many nodes it admits.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+}
+
+#[derive(Subcommand)]
 enum NodeCmd {
-    /// Add the node serving at ADDRESS (started with this cluster's secret): it joins as a
-    /// learner and becomes a voter once it has caught up.
-    Join { address: String },
+    /// Join tokens for new nodes.
+    Token {
+        #[command(subcommand)]
+        cmd: NodeTokenCmd,
+    },
     /// Remove a node by its Raft id (see `strata status`). The last voter cannot be removed,
     /// nor a node still in the layout (drain it first).
     Remove { raft_id: u64 },
@@ -406,12 +426,18 @@ impl Cli {
 
     async fn storage(&self) -> anyhow::Result<client::Storage> {
         let token = self.tenant_token()?;
-        client::storage(client::connect(&self.endpoint).await?, &token)
+        client::storage(
+            client::connect_ca(&self.endpoint, self.ca_file.as_deref()).await?,
+            &token,
+        )
     }
 
     async fn admin(&self) -> anyhow::Result<client::Admin> {
         let token = self.admin_token()?;
-        client::admin(client::connect(&self.endpoint).await?, &token)
+        client::admin(
+            client::connect_ca(&self.endpoint, self.ca_file.as_deref()).await?,
+            &token,
+        )
     }
 }
 
@@ -777,18 +803,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Node { cmd } => {
             let mut admin = cli.admin().await?;
             match cmd {
-                NodeCmd::Join { address } => {
+                NodeCmd::Token {
+                    cmd: NodeTokenCmd::Create { ttl, uses },
+                } => {
                     let r = admin
-                        .add_node(pb::AddNodeRequest {
-                            address: address.clone(),
+                        .create_join_token(pb::CreateJoinTokenRequest {
+                            ttl_seconds: ttl.as_secs().max(1),
+                            uses: *uses,
                         })
                         .await
-                        .map_err(|s| status_error("node join", s))?
+                        .map_err(|s| status_error("node token create", s))?
                         .into_inner();
                     if cli.json {
-                        println!("{}", json!({ "raft_id": r.raft_id, "address": address }));
+                        println!(
+                            "{}",
+                            json!({
+                                "token": r.token,
+                                "ca_hash": r.ca_hash,
+                                "expires_ms": r.expires_ms,
+                                "ca_pem": r.ca_pem,
+                            })
+                        );
                     } else {
-                        println!("node {} at {address} joined as a voter", r.raft_id);
+                        println!("join token : {}  (shown once; admits {uses} node(s) for {})", r.token, humantime::format_duration(*ttl));
+                        println!("CA hash    : {}", r.ca_hash);
+                        println!();
+                        println!("Start the new node with (the token is better passed as STRATA_JOIN_TOKEN than on the command line):");
+                        println!(
+                            "  strata-node run --join {} --join-token {} --ca-hash {}",
+                            cli.endpoint.replacen("http://", "https://", 1),
+                            r.token,
+                            r.ca_hash
+                        );
                     }
                 }
                 NodeCmd::Drain {

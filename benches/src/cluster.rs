@@ -12,7 +12,7 @@ use bytes::Bytes;
 use strata_admin::client;
 use strata_admin::transfer::{self, NoProgress};
 use strata_node::peer::PeerClient;
-use strata_node::peer::tls::Identity;
+use strata_node::tls::{Identity, NodeTls};
 use strata_proto::v1 as pb;
 
 use crate::{make_file, mbps};
@@ -54,15 +54,16 @@ pub async fn peer_get(
     streams: usize,
     json: bool,
 ) -> anyhow::Result<()> {
-    let [ca, cert, key] = Identity::paths(data_dir);
-    let read = |p: &PathBuf| {
-        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-    };
-    let id = Identity::from_pem(&read(&ca)?, &read(&cert)?, &read(&key)?)?;
+    let id = Identity::load(data_dir)?
+        .with_context(|| format!("no node certificate in {}/tls", data_dir.display()))?;
+    let tls = NodeTls::new(id, None, Arc::new(|_| false))?;
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    ep.set_default_client_config(id.client_config()?);
+    ep.set_default_client_config(strata_node::peer::tls::client_config(&tls)?);
     let peer = Arc::new(PeerClient::new(ep));
-    let addr: std::net::SocketAddr = endpoint.trim_start_matches("http://").parse()?;
+    let addr: std::net::SocketAddr = endpoint
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .parse()?;
 
     // 32 chunks of 4 MiB, stored through PutChunk (untimed), then read round-robin.
     let chunk = 4usize << 20;
@@ -286,7 +287,13 @@ pub async fn replication(work: &Path, size: u64, json: bool) -> anyhow::Result<(
     let r3 = upload(&endpoint, &tenant, &files, "r3").await?;
 
     // A fourth node joins, goes into the layout, and receives its share.
-    let secret = token(&first, "cluster.secret")?;
+    let join = admin
+        .create_join_token(pb::CreateJoinTokenRequest {
+            ttl_seconds: 600,
+            uses: 1,
+        })
+        .await?
+        .into_inner();
     let fourth_dir = base.join("node-4");
     let fourth_port = free_port()?;
     let _fourth = Spawned::start(
@@ -304,7 +311,8 @@ pub async fn replication(work: &Path, size: u64, json: bool) -> anyhow::Result<(
             &endpoint,
         ],
         &[
-            ("STRATA_CLUSTER_SECRET", &secret),
+            ("STRATA_JOIN_TOKEN", &join.token),
+            ("STRATA_CA_HASH", &join.ca_hash),
             ("STRATA_REBALANCE_RATE_BYTES", "4294967296"),
         ],
     )?;

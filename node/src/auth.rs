@@ -12,6 +12,10 @@ pub fn new_token() -> String {
 }
 
 fn principal(sm: &StateMachine, md: &MetadataMap) -> NodeResult<Principal> {
+    principal_and_hash(sm, md).map(|(p, _)| p)
+}
+
+fn principal_and_hash(sm: &StateMachine, md: &MetadataMap) -> NodeResult<(Principal, TokenHash)> {
     let Some(value) = md.get(strata_proto::AUTHORIZATION) else {
         return Err(NodeError::Unauthenticated(
             "missing bearer token: set \"authorization: Bearer <token>\"".into(),
@@ -28,8 +32,11 @@ fn principal(sm: &StateMachine, md: &MetadataMap) -> NodeResult<Principal> {
         .ok_or_else(|| {
             NodeError::Unauthenticated("authorization must be \"Bearer <token>\"".into())
         })?;
-    sm.principal(&TokenHash::of(token))?
-        .ok_or_else(|| NodeError::Unauthenticated("unknown or revoked token".into()))
+    let hash = TokenHash::of(token);
+    let p = sm
+        .principal(&hash)?
+        .ok_or_else(|| NodeError::Unauthenticated("unknown or revoked token".into()))?;
+    Ok((p, hash))
 }
 
 /// The tenant a Storage call acts for.
@@ -42,11 +49,12 @@ pub fn tenant(sm: &StateMachine, md: &MetadataMap) -> NodeResult<TenantId> {
     }
 }
 
-/// Checks that an Admin call carries the admin token.
-pub fn admin(sm: &StateMachine, md: &MetadataMap) -> NodeResult<()> {
-    match principal(sm, md)? {
-        Principal::Admin => Ok(()),
-        Principal::Tenant(_) => Err(NodeError::PermissionDenied(
+/// Checks that an Admin call carries the admin token; returns who called (the token's id, as
+/// `strata token list` shows it) for the audit log.
+pub fn admin(sm: &StateMachine, md: &MetadataMap) -> NodeResult<String> {
+    match principal_and_hash(sm, md)? {
+        (Principal::Admin, hash) => Ok(format!("admin token {}", hex::encode(&hash.0[..8]))),
+        (Principal::Tenant(_), _) => Err(NodeError::PermissionDenied(
             "this call needs the admin token".into(),
         )),
     }

@@ -24,7 +24,9 @@ pub const KEYS: &[&str] = &[
     "log",
     "advertise",
     "join",
-    "cluster_secret",
+    "join_token",
+    "ca_hash",
+    "insecure_plaintext",
     "raft_snapshot_logs",
     "zone",
     "capacity",
@@ -67,13 +69,19 @@ pub struct Config {
     pub janitor_interval: Duration,
     /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "strata_node=debug".
     pub log: String,
-    /// The gRPC URL other nodes use to reach this one (default: http://<listen>).
+    /// The gRPC URL other nodes use to reach this one (default: https://<listen>).
     pub advertise: String,
     /// gRPC URL of a cluster member to join at first start (empty: do not join).
     pub join: String,
-    /// The secret members present to each other. Created by the node that initializes the
-    /// cluster (saved in <data_dir>/cluster.secret); a joining node must be given it.
-    pub cluster_secret: String,
+    /// Join token from `strata node token create` (used once, at the first start, or to get a
+    /// new certificate after this node's expired).
+    pub join_token: String,
+    /// The cluster CA's hash (`sha256:...`, printed with the join token): the joining node
+    /// checks the member it contacts against it before sending anything.
+    pub ca_hash: String,
+    /// Also accept plaintext (non-TLS) API connections. Off by default; `strata-node dev` on a
+    /// loopback address accepts them anyway. Internal traffic is always mutual TLS.
+    pub insecure_plaintext: bool,
     /// Raft takes a snapshot (and compacts its log) after this many entries.
     pub raft_snapshot_logs: u64,
     /// This node's failure zone, used when it puts itself in the layout (the node that
@@ -111,6 +119,39 @@ pub struct Config {
     pub tier: TierConfig,
     /// Scrub and anti-entropy check of this node's chunks.
     pub verify: VerifyConfig,
+    /// Certificates.
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Certificate chain and key (PEM files) shown to API clients, e.g. one from a public CA
+    /// (empty: the node certificate from the cluster CA). Members always use node certificates.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Extra host names or addresses for this node's certificate (besides the advertised host
+    /// and the listen address).
+    pub names: Vec<String>,
+    /// Lifetime of node certificates signed by this node (when it is the signer); each node
+    /// renews its own after two thirds of it.
+    #[serde(with = "humantime_serde")]
+    pub cert_lifetime: Duration,
+    /// A backup of the cluster CA key to take over signing from a lost signer (copied into
+    /// <data_dir>/tls/ca.key at start; empty: none).
+    pub ca_key: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            names: Vec::new(),
+            cert_lifetime: Duration::from_secs(7 * 24 * 3600),
+            ca_key: PathBuf::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,12 +190,12 @@ impl Default for VerifyConfig {
     }
 }
 
-/// Debug output never shows the cluster secret (or, through BackendConfig, S3 keys).
+/// Debug output never shows the join token (or, through BackendConfig, S3 keys).
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut shown = self.clone();
-        if !shown.cluster_secret.is_empty() {
-            shown.cluster_secret = "<redacted>".into();
+        if !shown.join_token.is_empty() {
+            shown.join_token = "<redacted>".into();
         }
         f.write_str(&toml::to_string(&shown).unwrap_or_else(|e| format!("<config: {e}>")))
     }
@@ -214,7 +255,9 @@ impl Default for Config {
             log: "info".into(),
             advertise: String::new(),
             join: String::new(),
-            cluster_secret: String::new(),
+            join_token: String::new(),
+            ca_hash: String::new(),
+            insecure_plaintext: false,
             raft_snapshot_logs: 5000,
             zone: "default".into(),
             capacity: 0,
@@ -230,6 +273,7 @@ impl Default for Config {
             min_free_bytes: 0,
             tier: TierConfig::default(),
             verify: VerifyConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -249,6 +293,10 @@ pub struct Overrides {
     pub advertise: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub join: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_hash: Option<String>,
 }
 
 /// The largest chunk any configuration may allow (and the peer protocol carries).
@@ -292,6 +340,14 @@ impl Config {
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        if self.tls.cert_lifetime < std::time::Duration::from_secs(10)
+            || self.tls.cert_lifetime > std::time::Duration::from_secs(366 * 24 * 3600)
+        {
+            anyhow::bail!("tls.cert_lifetime must be between 10s and 366 days");
+        }
+        if self.tls.cert.as_os_str().is_empty() != self.tls.key.as_os_str().is_empty() {
+            anyhow::bail!("tls.cert and tls.key go together: set both or neither");
+        }
         if self.max_chunk_bytes < 1024 || self.max_chunk_bytes > MAX_CHUNK_LIMIT {
             anyhow::bail!("max_chunk_bytes must be between 1024 and {MAX_CHUNK_LIMIT}");
         }
@@ -503,13 +559,13 @@ mod tests {
     }
 
     #[test]
-    fn debug_output_hides_the_cluster_secret() {
+    fn debug_output_hides_the_join_token() {
         let c = Config {
-            cluster_secret: "sks_very_secret".into(),
+            join_token: "sjt_very_secret".into(),
             ..Config::default()
         };
         let shown = format!("{c:?}");
-        assert!(!shown.contains("sks_very_secret"), "{shown}");
+        assert!(!shown.contains("sjt_very_secret"), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");
     }
 

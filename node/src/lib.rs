@@ -4,7 +4,8 @@
 //!
 //! Layers, bottom to top (a module imports only from layers below it; `tests/layers.rs`
 //! checks this):
-//! 1. leaves: `clock`, `codec`, `config`, `metrics`, `budget`, `disk`, `rate_limit`, `workers`
+//! 1. leaves: `clock`, `codec`, `config`, `metrics`, `budget`, `disk`, `rate_limit`, `workers`,
+//!    `tls`
 //! 2. `chunk_store`, `raft`, `peer` (and the strata-cold crate)
 //! 3. `blocks` (the block layer)
 //! 4. `tiering`
@@ -34,4 +35,5 @@ pub mod reads;
 pub mod server;
 pub mod service;
 pub mod tiering;
+pub mod tls;
 pub mod workers;

@@ -3,6 +3,8 @@
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
+pub const CERT_RENEWALS: &str = "strata_cert_renewals_total";
+pub const CERT_EXPIRY: &str = "strata_node_cert_expiry_timestamp_seconds";
 pub const GRPC_REQUESTS: &str = "strata_grpc_requests_total";
 pub const GRPC_DURATION: &str = "strata_grpc_request_duration_seconds";
 pub const UPLOAD_BYTES: &str = "strata_upload_bytes_total";
@@ -173,6 +175,19 @@ fn describe() {
         "bytes of chunk files re-hashed by the scrub"
     );
     describe_counter!(SCRUB_CHUNKS, "chunk files re-hashed by the scrub");
+    describe_counter!(
+        CERT_RENEWALS,
+        "renewals of this node's certificate, by outcome (ok, failed)"
+    );
+    describe_gauge!(
+        CERT_EXPIRY,
+        Unit::Seconds,
+        "when this node's certificate expires (unix time)"
+    );
+    describe_counter!(
+        "strata_connections_refused_total",
+        "gRPC connections closed before serving: failed or slow TLS handshakes, plaintext where TLS is required, too many handshakes at once"
+    );
     describe_counter!(
         SCRUB_CORRUPTIONS,
         "chunk files the scrub found corrupt (quarantined, then repaired from a good copy)"

@@ -6,7 +6,7 @@ use crate::workers::Board;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use ractor::{Actor, ActorRef};
@@ -17,7 +17,6 @@ use strata_proto::v1::admin_server::AdminServer;
 use strata_proto::v1::cluster_server::ClusterServer;
 use strata_proto::v1::storage_server::StorageServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::actors::supervisor::{ActorDeps, NodeSupervisor, SupervisorMsg};
 use crate::blocks::{BlockConfig, BlockManager, MemberBook, PeerService};
@@ -26,11 +25,15 @@ use crate::chunk_store::ChunkStore;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::disk::DiskSpace;
-use crate::peer::tls;
+use crate::peer::tls as peer_tls;
 use crate::raft::Cluster;
 use crate::reads::Reads;
 use crate::service::admin::{AdminDeps, AdminService, create_tenant};
 use crate::service::cluster::ClusterService;
+use crate::service::identity::{self, Signer};
+use crate::tls::listener::incoming;
+use crate::tls::pki::{self, Ca};
+use crate::tls::{Identity, NodeTls};
 use crate::service::ingress::{IngressLayer, StreamGate};
 use crate::service::layout::NodeReport;
 use crate::service::storage::{StorageDeps, StorageService};
@@ -55,20 +58,35 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens the stores and builds every part, with Raft started at `advertise`.
-    async fn open(config: Config, advertise: String, secret: String) -> anyhow::Result<Node> {
+    /// Opens the stores and builds every part, with Raft started at `advertise` and TLS with
+    /// `identity`.
+    async fn open(config: Config, advertise: String, identity: Identity) -> anyhow::Result<Node> {
         let config = Arc::new(config);
         let dir = config.data_dir.clone();
-        let (db, sm, disk) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let api_cert = config.tls.clone();
+        let (db, sm, disk, client_api) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create data directory {}", dir.display()))?;
             let meta = dir.join("meta");
             let db = open_db(&meta)
                 .with_context(|| format!("cannot open metadata in {}", meta.display()))?;
             let sm = Arc::new(StateMachine::with_db(db.clone())?);
-            Ok((db, sm, DiskSpace::new(dir)))
+            let client_api = if api_cert.cert.as_os_str().is_empty() {
+                None
+            } else {
+                let read = |p: &Path| {
+                    std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+                };
+                Some((read(&api_cert.cert)?, read(&api_cert.key)?))
+            };
+            Ok((db, sm, DiskSpace::new(dir), client_api))
         })
         .await??;
+        let revoked = {
+            let sm = sm.clone();
+            Arc::new(move |node: u64| sm.is_revoked(node).unwrap_or(true)) as crate::tls::Revoked
+        };
+        let tls = NodeTls::new(identity, client_api, revoked)?;
         let dir = &config.data_dir;
         let reserve = config.reserve_for(disk.total());
         let store = ChunkStore::open(dir, config.min_free_bytes)
@@ -81,7 +99,7 @@ impl Node {
                 &db,
                 sm.clone(),
                 advertise,
-                secret,
+                tls,
                 disk.clone(),
                 reserve / 4,
             )
@@ -198,7 +216,7 @@ pub async fn run(
     let metrics_handle = metrics::install()?;
 
     let advertise = if config.advertise.is_empty() {
-        format!("http://{grpc_addr}")
+        format!("https://{grpc_addr}")
     } else {
         config.advertise.clone()
     };
@@ -208,18 +226,29 @@ pub async fn run(
         );
     }
     let dir = config.data_dir.clone();
-    let secret_file = dir.join("cluster.secret");
-    let secret = if !config.cluster_secret.is_empty() {
-        config.cluster_secret.clone()
-    } else {
-        let f = secret_file.clone();
-        tokio::task::spawn_blocking(move || std::fs::read_to_string(f))
-            .await?
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default()
-    };
+    let names = identity::node_names(&advertise, grpc_addr, &config.tls.names);
+    let creates = config.join.is_empty() && (mode == Mode::Dev || init);
+    let id = obtain_identity(&config, &names, creates).await?;
+    let ca_pem = id.ca_pem.clone();
     let join = config.join.clone();
-    let node = Node::open(config, advertise, secret.clone()).await?;
+    let plaintext =
+        config.insecure_plaintext || (mode == Mode::Dev && grpc_addr.ip().is_loopback());
+    if mode == Mode::Dev && !plaintext {
+        tracing::warn!("dev mode on a non-loopback address: the API accepts TLS only (set insecure_plaintext to allow plaintext)");
+    }
+    let node = Node::open(config, advertise, id).await?;
+    let signer = {
+        let (dir, backup, lifetime) = (
+            dir.clone(),
+            node.config.tls.ca_key.clone(),
+            node.config.tls.cert_lifetime,
+        );
+        Arc::new(
+            tokio::task::spawn_blocking(move || Signer::load(&dir, &backup, &ca_pem, lifetime))
+                .await??,
+        )
+    };
+    let tls = node.cluster.peers.tls().clone();
     node.disk.follow(Duration::from_secs(1));
     let (supervisor, supervisor_handle) = Actor::spawn(
         Some("node-supervisor".into()),
@@ -250,12 +279,16 @@ pub async fn run(
         tiering: node.tiering.clone(),
         report: report.clone(),
         sup: supervisor.clone(),
-        grpc_address: format!("http://{grpc_addr}"),
+        grpc_address: format!("{}://{grpc_addr}", if plaintext { "http" } else { "https" }),
         data_dir: dir.display().to_string(),
         started: node.started,
     }))
     .max_decoding_message_size(limit);
-    let internal = ClusterServer::new(ClusterService::new(node.cluster.clone(), report))
+    let internal = ClusterServer::new(ClusterService::new(
+        node.cluster.clone(),
+        report,
+        signer.clone(),
+    ))
         .max_decoding_message_size(INTERNAL_MESSAGE_LIMIT)
         .max_encoding_message_size(INTERNAL_MESSAGE_LIMIT);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -274,7 +307,6 @@ pub async fn run(
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_streams(STREAMS_PER_CONNECTION)
-        .tcp_nodelay(true)
         .layer(IngressLayer::new(
             node.budget.clone(),
             limit,
@@ -285,7 +317,7 @@ pub async fn run(
         .add_service(internal)
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+        .serve_with_incoming_shutdown(incoming(grpc, tls.grpc_server_config()?, plaintext), async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
@@ -305,14 +337,14 @@ pub async fn run(
     ));
     tokio::spawn(metrics::follow_raft(node.cluster.raft.clone()));
 
-    let member = bootstrap(&node, mode, init, &join, &secret_file).await?;
+    bootstrap(&node, mode, init, &join).await?;
     let mut first = FirstRun {
         admin_token: None,
         tenant_token: None,
     };
     // The node that creates a cluster (dev, --init) also creates its first credentials; after
     // a read barrier, so a restarted node whose replica lags never makes a second set.
-    if member && join.is_empty() && (mode == Mode::Dev || init) {
+    if creates {
         match node.cluster.linearize().await {
             Ok(()) => first = first_run(&node, mode).await?,
             Err(e) => {
@@ -320,27 +352,28 @@ pub async fn run(
             }
         }
     }
-    let creator = member && join.is_empty() && (mode == Mode::Dev || init);
-    let transport = if member {
-        Some(tokio::spawn(start_transport(
-            node.sm.clone(),
-            node.cluster.clone(),
-            node.blocks.clone(),
-            node.config.data_dir.clone(),
-            node.config.node_id.clone(),
-            grpc_addr,
-        )))
-    } else {
-        None
-    };
-    if creator {
+    if signer.holds_key() {
+        tokio::spawn(register_signer(node.sm.clone(), node.cluster.clone(), tls.clone()));
+    }
+    let transport = start_transport(&tls, &node.blocks, grpc_addr)?;
+    let renewals = tokio::spawn(identity::renew_loop(
+        tls.clone(),
+        node.cluster.clone(),
+        node.sm.clone(),
+        signer.clone(),
+        dir.clone(),
+        names,
+    ));
+    if creates {
         let dev_single = mode == Mode::Dev && dev_nodes <= 1;
         if let Err(e) = initial_layout(&node, dev_single).await {
             tracing::warn!(error = %e, "could not put this node in the layout");
         }
     }
-    write_node_file(&dir, grpc_addr, metrics_addr, &node.config.node_id).await?;
-    banner(&node.config, mode, grpc_addr, metrics_addr, &first);
+    let endpoint = format!("{}://{grpc_addr}", if plaintext { "http" } else { "https" });
+    let ca_hash = crate::tls::pki::ca_hash(&tls.identity().ca);
+    write_node_file(&dir, &endpoint, metrics_addr, &node.config.node_id, &ca_hash).await?;
+    banner(&node.config, mode, &endpoint, metrics_addr, &first, &ca_hash);
     let _peers = if mode == Mode::Dev && dev_nodes > 1 {
         let peers = DevPeers::start(&node, dev_nodes).await?;
         dev_layout(&node).await?;
@@ -367,9 +400,8 @@ pub async fn run(
     };
     tracing::info!("shutting down: stopping actors and raft, flushing metadata");
     node.blocks.close_transport();
-    if let Some(t) = transport {
-        t.abort();
-    }
+    transport.abort();
+    renewals.abort();
     stop_actors(supervisor, supervisor_handle).await;
     let _ = node.cluster.raft.shutdown().await;
     node.sm.flush().await?;
@@ -377,73 +409,131 @@ pub async fn run(
     result.context("gRPC server failed")
 }
 
-/// Brings an uninitialized node into a cluster: joins through `join`, or (dev mode, --init)
-/// starts a new one-node cluster with a fresh secret. Returns whether the node is now a
-/// member of a cluster.
-async fn bootstrap(
-    node: &Node,
-    mode: Mode,
-    init: bool,
-    join: &str,
-    secret_file: &Path,
-) -> anyhow::Result<bool> {
-    let cluster = &node.cluster;
-    if cluster.is_initialized().await {
-        if cluster.peers.secret().is_empty() {
+/// This node's certificate: the one saved in its data directory; else, on the node that
+/// creates a cluster, one signed by a new cluster CA (whose key stays in `tls/ca.key`); else
+/// one from enrollment through `join` with the join token, the CA pinned by `ca_hash`. An
+/// expired certificate is replaced the same way (the signer signs its own again).
+async fn obtain_identity(
+    config: &Config,
+    names: &[String],
+    creates: bool,
+) -> anyhow::Result<Identity> {
+    let dir = config.data_dir.clone();
+    let lifetime = config.tls.cert_lifetime;
+    let names_owned = names.to_vec();
+    let local = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, Option<Identity>)> {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        let raft_id = crate::raft::raft_id(&dir)?;
+        let saved = Identity::load(&dir)?;
+        let fresh = |i: &Identity| i.facts.not_after > SystemTime::now() + Duration::from_secs(60);
+        if let Some(i) = saved.filter(fresh) {
+            return Ok((raft_id, Some(i)));
+        }
+        let key_path = identity::ca_key_path(&dir);
+        let ca = if key_path.exists() {
+            let cert = std::fs::read_to_string(dir.join("tls").join("ca.crt"))?;
+            Some(Ca::load(&cert, &std::fs::read_to_string(&key_path)?)?)
+        } else if creates && !dir.join("tls").join("ca.crt").exists() {
+            let ca = Ca::generate()?;
+            std::fs::create_dir_all(dir.join("tls"))?;
+            crate::tls::write_atomically(&key_path, ca.key_pem().as_bytes(), 0o600)?;
+            tracing::info!(key = %key_path.display(), "created the cluster CA; back up its key (it signs every node certificate)");
+            Some(ca)
+        } else {
+            None
+        };
+        let Some(ca) = ca else {
+            return Ok((raft_id, None));
+        };
+        let (key, csr) = pki::new_key_and_csr()?;
+        let cert = ca.sign(&csr, raft_id, &names_owned, lifetime)?;
+        let id = Identity::from_pem(&ca.cert_pem, &cert, &key)?;
+        id.save(&dir)?;
+        Ok((raft_id, Some(id)))
+    })
+    .await??;
+    let (raft_id, id) = local;
+    if let Some(id) = id {
+        return Ok(id);
+    }
+    let expired = config.data_dir.join("tls").join("node.key").exists();
+    if config.join.is_empty() || config.join_token.is_empty() || config.ca_hash.is_empty() {
+        if expired {
             anyhow::bail!(
-                "this node belongs to a cluster but has no cluster secret: restore {} or set cluster_secret",
-                secret_file.display()
+                "this node's certificate has expired (it was down longer than tls.cert_lifetime allows): start it with --join <member URL> --join-token <token> --ca-hash <hash> (from `strata node token create` on a member) to get a new one"
             );
         }
-        return Ok(true);
+        anyhow::bail!(
+            "this node is not part of a cluster: start it with --init to create one, or with --join <member URL> --join-token <token> --ca-hash <hash> (from `strata node token create` on a member) to join one"
+        );
     }
-    if !join.is_empty() {
-        let secret = cluster.peers.secret();
-        if secret.is_empty() {
-            anyhow::bail!(
-                "joining {join} needs the cluster secret: set cluster_secret (STRATA_CLUSTER_SECRET) to the content of the first node's cluster.secret"
-            );
-        }
-        write_secret(secret_file, &secret)?;
-        tracing::info!(via = join, "joining the cluster");
-        cluster.join(join, Duration::from_secs(120)).await?;
-        return Ok(true);
-    }
-    if mode == Mode::Dev || init {
-        if cluster.peers.secret().is_empty() {
-            let secret = auth::new_token().replacen("stk_", "sks_", 1);
-            write_secret(secret_file, &secret)?;
-            cluster.peers.set_secret(secret);
-        }
-        cluster.init_single().await?;
-        tracing::info!(raft_id = cluster.id, "initialized a new cluster");
-        return Ok(true);
-    }
-    println!(
-        "This node is not part of a cluster yet. Start it with --init to create one, or with --join <url> and the cluster secret to join one."
-    );
-    Ok(false)
+    tracing::info!(via = %config.join, "enrolling: asking the cluster for a certificate");
+    let id = identity::enroll(
+        identity::Enrollment {
+            join: &config.join,
+            token: &config.join_token,
+            ca_hash: &config.ca_hash,
+            raft_id,
+            names: names.to_vec(),
+        },
+        Duration::from_secs(120),
+    )
+    .await?;
+    let dir = config.data_dir.clone();
+    tokio::task::spawn_blocking(move || id.save(&dir).map(|()| id)).await?
 }
 
-/// Brings up the peer transport: the cluster CA (created by the first member that finds none),
-/// this node's certificate, and the QUIC endpoint on UDP at the gRPC port. Retries until it
-/// works (a restarted node may have to wait for a quorum to read the CA).
-async fn start_transport(
-    sm: Arc<StateMachine>,
-    cluster: Arc<Cluster>,
-    blocks: Arc<BlockManager>,
-    data_dir: std::path::PathBuf,
-    node_name: String,
-    grpc_addr: SocketAddr,
-) {
-    let mut attempt = 0u32;
-    loop {
-        match try_start_transport(&sm, &cluster, &blocks, &data_dir, &node_name, grpc_addr).await {
+/// Brings an uninitialized node into a cluster: joins through `join` (with the certificate it
+/// enrolled for), or (dev mode, --init) starts a new one-node cluster.
+async fn bootstrap(node: &Node, mode: Mode, init: bool, join: &str) -> anyhow::Result<()> {
+    let cluster = &node.cluster;
+    if cluster.is_initialized().await {
+        return Ok(());
+    }
+    if !join.is_empty() {
+        tracing::info!(via = join, "joining the cluster");
+        return cluster.join(join, Duration::from_secs(120)).await;
+    }
+    if mode == Mode::Dev || init {
+        cluster.init_single().await?;
+        tracing::info!(raft_id = cluster.id, "initialized a new cluster");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "this node is not part of a cluster: start it with --init to create one, or with --join <member URL> --join-token <token> --ca-hash <hash> to join one"
+    )
+}
+
+/// On the node holding the CA key: records the CA certificate (first start of a cluster) and
+/// this node as the signer (also after a takeover from a key backup). Retries until a quorum
+/// takes it.
+async fn register_signer(sm: Arc<StateMachine>, cluster: Arc<Cluster>, tls: Arc<NodeTls>) {
+    let ca_pem = tls.identity().ca_pem.clone();
+    for attempt in 0u32.. {
+        let done = async {
+            cluster.linearize().await?;
+            if sm.cluster_ca()?.is_none() {
+                cluster
+                    .propose(Command::SetClusterCa {
+                        cert_pem: ca_pem.clone(),
+                    })
+                    .await?;
+            }
+            if sm.ca_signer()? != Some(cluster.id) {
+                cluster
+                    .propose(Command::SetSigner { node: cluster.id })
+                    .await?;
+                tracing::info!(raft_id = cluster.id, "this node signs the cluster's certificates");
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        match done {
             Ok(()) => return,
             Err(e) => {
-                attempt += 1;
-                if attempt % 10 == 1 {
-                    tracing::warn!(error = %e, "peer transport not up yet; retrying");
+                if attempt % 10 == 0 {
+                    tracing::warn!(error = %e, "cannot record the certificate signer yet; retrying");
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -451,53 +541,24 @@ async fn start_transport(
     }
 }
 
-async fn try_start_transport(
-    sm: &StateMachine,
-    cluster: &Cluster,
+/// Brings up the peer transport: the QUIC endpoint on UDP at the gRPC port, with mutual TLS
+/// from the node's certificate.
+fn start_transport(
+    tls: &Arc<NodeTls>,
     blocks: &Arc<BlockManager>,
-    data_dir: &Path,
-    node_name: &str,
     grpc_addr: SocketAddr,
-) -> anyhow::Result<()> {
-    let ca = match sm.cluster_ca()? {
-        Some(ca) => ca,
-        None => {
-            cluster.linearize().await?;
-            if sm.cluster_ca()?.is_none() {
-                let ca = tls::new_ca()?;
-                cluster
-                    .propose(Command::SetClusterCa {
-                        cert_pem: ca.cert_pem,
-                        key_pem: ca.key_pem,
-                    })
-                    .await?;
-                tracing::info!("created the cluster CA for the peer transport");
-            }
-            sm.cluster_ca()?
-                .ok_or_else(|| anyhow::anyhow!("the cluster CA is not in the metadata"))?
-        }
-    };
-    let dir = data_dir.to_owned();
-    let name = format!("{node_name} (raft id {})", cluster.id);
-    let identity = tokio::task::spawn_blocking(move || -> anyhow::Result<tls::Identity> {
-        if let Some(i) = tls::Identity::load(&dir, &ca.cert_pem) {
-            return Ok(i);
-        }
-        let i = tls::Identity::create(&dir, &ca, &name)?;
-        tracing::info!(dir = %dir.join("tls").display(), "signed this node's certificate with the cluster CA");
-        Ok(i)
-    })
-    .await??;
-    let mut endpoint = quinn::Endpoint::server(identity.server_config()?, grpc_addr)
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut endpoint = quinn::Endpoint::server(peer_tls::server_config(tls)?, grpc_addr)
         .with_context(|| format!("cannot listen for QUIC on udp/{grpc_addr}"))?;
-    endpoint.set_default_client_config(identity.client_config()?);
-    tokio::spawn(crate::peer::server::serve(
+    endpoint.set_default_client_config(peer_tls::client_config(tls)?);
+    let serving = tokio::spawn(crate::peer::server::serve(
         endpoint.clone(),
         Arc::new(PeerService(blocks.clone())),
+        tls.clone(),
     ));
     blocks.set_peers(Arc::new(crate::peer::PeerClient::new(endpoint)));
     tracing::info!(addr = %grpc_addr, "peer transport (QUIC, mutual TLS) listening on udp/{grpc_addr}");
-    Ok(())
+    Ok(serving)
 }
 
 /// This node's capacity weight: the configured one, or its data disk's size.
@@ -578,6 +639,22 @@ fn batch_ok(r: strata_cluster::Response) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A join token for `uses` nodes, valid ten minutes, with the CA hash.
+async fn dev_join_token(node: &Node, uses: u32) -> anyhow::Result<(String, String)> {
+    let ca_hash = crate::tls::pki::ca_hash(&node.cluster.peers.tls().identity().ca);
+    let token = format!("sjt_{}", hex::encode(rand::random::<[u8; 24]>()));
+    let now = now_ms();
+    node.cluster
+        .propose(Command::CreateJoinToken {
+            token: TokenHash::of(&token),
+            expires_ms: now + 600_000,
+            uses,
+            now_ms: now,
+        })
+        .await?;
+    Ok((token, ca_hash))
+}
+
 /// The other nodes of `strata-node dev --nodes N`: child processes of this one, stopped with it.
 struct DevPeers(Vec<std::process::Child>);
 
@@ -597,6 +674,8 @@ impl DevPeers {
             .next()
             .map(|b| b.path)
             .unwrap_or_default();
+        // One join token admits every other node; it travels to them in their environment.
+        let (token, ca_hash) = dev_join_token(node, (n - 1) as u32).await?;
         let mut children = Vec::new();
         for k in 2..=n {
             let dir = base.join(format!("node-{k}"));
@@ -629,7 +708,8 @@ impl DevPeers {
                     "--join",
                     &node.cluster.addr,
                 ])
-                .env("STRATA_CLUSTER_SECRET", node.cluster.peers.secret())
+                .env("STRATA_JOIN_TOKEN", &token)
+                .env("STRATA_CA_HASH", &ca_hash)
                 .env("STRATA_LOG", &node.config.log)
                 // One local cold directory for the whole dev cluster (the leader may move).
                 .env("STRATA_COLD_DIR", &local_cold)
@@ -696,7 +776,11 @@ impl Drop for DevPeers {
 /// A single-node cluster on `config.data_dir`, initialized and leading, without gRPC or a peer
 /// transport: for tests and tools that drive the actors directly.
 pub async fn open_single_node(config: Config) -> anyhow::Result<Node> {
-    let node = Node::open(config, "http://127.0.0.1:1".into(), auth::new_token()).await?;
+    let ca = Ca::generate()?;
+    let (key, csr) = pki::new_key_and_csr()?;
+    let cert = ca.sign(&csr, 1, &[], config.tls.cert_lifetime)?;
+    let id = Identity::from_pem(&ca.cert_pem, &cert, &key)?;
+    let node = Node::open(config, "https://127.0.0.1:1".into(), id).await?;
     node.cluster.init_single().await?;
     Ok(node)
 }
@@ -778,33 +862,48 @@ fn write_secret(path: &Path, token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `node.json` in the data dir says where a running node listens (scripts and tests read it).
+/// `node.json` in the data dir says where a running node listens and which CA signs its
+/// certificate (scripts and tests read it).
 async fn write_node_file(
     dir: &Path,
-    grpc: SocketAddr,
+    grpc: &str,
     metrics: SocketAddr,
     node_id: &str,
+    ca_hash: &str,
 ) -> anyhow::Result<()> {
-    let body = format!(
-        "{{\"node_id\":\"{node_id}\",\"grpc\":\"http://{grpc}\",\"metrics\":\"http://{metrics}/metrics\",\"pid\":{}}}\n",
-        std::process::id()
-    );
+    let body = serde_json::json!({
+        "node_id": node_id,
+        "grpc": grpc,
+        "metrics": format!("http://{metrics}/metrics"),
+        "ca_file": dir.join("tls").join("ca.crt"),
+        "ca_hash": ca_hash,
+        "pid": std::process::id(),
+    });
+    let body = format!("{body}\n");
     let tmp = dir.join("node.json.tmp");
     tokio::fs::write(&tmp, body).await?;
     tokio::fs::rename(tmp, dir.join("node.json")).await?;
     Ok(())
 }
 
-fn banner(config: &Config, mode: Mode, grpc: SocketAddr, metrics: SocketAddr, first: &FirstRun) {
+fn banner(
+    config: &Config,
+    mode: Mode,
+    grpc: &str,
+    metrics: SocketAddr,
+    first: &FirstRun,
+    ca_hash: &str,
+) {
     let dir = config.data_dir.display();
     println!(
         "Strata node {} is running ({}).",
         config.node_id,
         if mode == Mode::Dev { "dev" } else { "run" }
     );
-    println!("  gRPC endpoint : http://{grpc}");
+    println!("  gRPC endpoint : {grpc}");
     println!("  metrics       : http://{metrics}/metrics");
     println!("  data dir      : {dir}");
+    println!("  cluster CA    : {dir}/tls/ca.crt ({ca_hash})");
     match &first.admin_token {
         Some(t) => println!("  admin token   : {t}  (shown once; saved in {dir}/admin.token)"),
         None => println!("  admin token   : in {dir}/admin.token (created at first start)"),
@@ -818,7 +917,10 @@ fn banner(config: &Config, mode: Mode, grpc: SocketAddr, metrics: SocketAddr, fi
         }
         println!();
         println!("Try it:");
-        println!("  export STRATA_ENDPOINT=http://{grpc} STRATA_TOKEN=$(cat {dir}/tenant.token)");
+        println!("  export STRATA_ENDPOINT={grpc} STRATA_TOKEN=$(cat {dir}/tenant.token)");
+        if grpc.starts_with("https") {
+            println!("  export STRATA_CA_FILE={dir}/tls/ca.crt");
+        }
         println!("  strata put ./some-file mybucket/some-file && strata ls mybucket");
     }
 }

@@ -17,6 +17,7 @@ const LAYERS: &[&[&str]] = &[
         "disk",
         "rate_limit",
         "workers",
+        "tls",
     ],
     &["chunk_store", "raft", "peer"],
     &["blocks"],

@@ -24,12 +24,19 @@ struct Cli {
     /// This node's name.
     #[arg(long, global = true)]
     node_id: Option<String>,
-    /// The URL other nodes use to reach this one (default: http://<listen>).
+    /// The URL other nodes use to reach this one (default: https://<listen>).
     #[arg(long, global = true)]
     advertise: Option<String>,
-    /// Join the cluster that the node at this URL belongs to (needs the cluster secret).
+    /// Join the cluster that the node at this URL belongs to (with --join-token and --ca-hash).
     #[arg(long, global = true)]
     join: Option<String>,
+    /// Join token from `strata node token create` on a member.
+    #[arg(long, global = true)]
+    join_token: Option<String>,
+    /// The cluster CA's hash printed with the join token (sha256:...): the member at --join is
+    /// checked against it before the token is sent.
+    #[arg(long, global = true)]
+    ca_hash: Option<String>,
     /// Create a new cluster with this node as its first member (run mode; dev always does).
     #[arg(long, global = true)]
     init: bool,
@@ -71,6 +78,8 @@ fn main() -> anyhow::Result<()> {
         metrics_listen: cli.metrics_listen,
         advertise: cli.advertise,
         join: cli.join,
+        join_token: cli.join_token,
+        ca_hash: cli.ca_hash,
     };
     if dev_nodes > 1 {
         // A local multi-node cluster keeps each node's data in <data dir>/node-<n>.

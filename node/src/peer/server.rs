@@ -4,6 +4,11 @@
 
 use std::sync::Arc;
 
+use rustls::pki_types::CertificateDer;
+
+use crate::tls::NodeTls;
+use crate::tls::pki::CertFacts;
+
 use bytes::Bytes;
 
 use super::{DATA_TIMEOUT, ErrorCode, Reply, Request, read_frame, write_frame};
@@ -28,9 +33,12 @@ pub fn error(code: ErrorCode, message: impl Into<String>) -> (Reply, Option<Byte
 }
 
 /// Accepts connections until the endpoint closes.
-pub async fn serve(endpoint: quinn::Endpoint, handler: Arc<dyn Handler>) {
+/// Each stream first checks that the connection's node has not been revoked since its
+/// handshake (a removed node's open connection serves nothing more).
+pub async fn serve(endpoint: quinn::Endpoint, handler: Arc<dyn Handler>, tls: Arc<NodeTls>) {
     while let Some(incoming) = endpoint.accept().await {
         let handler = handler.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
@@ -48,7 +56,17 @@ pub async fn serve(endpoint: quinn::Endpoint, handler: Arc<dyn Handler>) {
                     return;
                 }
             };
+            let node = conn
+                .peer_identity()
+                .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
+                .and_then(|certs| certs.first().and_then(|c| CertFacts::of(c).ok()))
+                .and_then(|f| f.node);
             while let Ok((send, recv)) = conn.accept_bi().await {
+                if node.is_none_or(|n| tls.is_revoked(n)) {
+                    conn.close(1u32.into(), b"revoked");
+                    tracing::info!(peer = %remote, ?node, "closed the QUIC connection of a revoked node");
+                    return;
+                }
                 tokio::spawn(handle(handler.clone(), send, recv));
             }
         });

@@ -53,6 +53,7 @@ pub struct Cluster {
     pub id: NodeId,
     pub addr: String,
     pub peers: Peers,
+    sm: Arc<StateMachine>,
     batcher: mpsc::Sender<Proposal>,
     /// Free space of the metadata's filesystem, and the floor below which writes are refused
     /// (sled must never meet a full disk: it cannot recover from a failed write).
@@ -154,7 +155,8 @@ async fn batcher(writer: Writer, mut rx: mpsc::Receiver<Proposal>) {
 }
 
 /// Reads this node's Raft id from `<data>/raft-id`, choosing a random one at first start.
-fn raft_id(dir: &Path) -> anyhow::Result<NodeId> {
+/// Blocking.
+pub fn raft_id(dir: &Path) -> anyhow::Result<NodeId> {
     let path = dir.join("raft-id");
     if let Ok(s) = std::fs::read_to_string(&path) {
         return s
@@ -175,14 +177,14 @@ impl Cluster {
         db: &strata_cluster::state_machine::MetaDb,
         sm: Arc<StateMachine>,
         addr: String,
-        secret: String,
+        tls: Arc<crate::tls::NodeTls>,
         disk: Arc<DiskSpace>,
         floor: u64,
     ) -> anyhow::Result<Cluster> {
         let id = raft_id(dir)?;
-        let peers = Peers::new(secret);
+        let peers = Peers::new(tls);
         let log = LogStore::new(db).map_err(|e| anyhow::anyhow!("raft log store: {e}"))?;
-        let sm_store = SmStore::new(sm).map_err(|e| anyhow::anyhow!("raft state machine: {e}"))?;
+        let sm_store = SmStore::new(sm.clone()).map_err(|e| anyhow::anyhow!("raft state machine: {e}"))?;
         let raft = Raft::new(
             id,
             Arc::new(raft_config(snapshot_logs)?),
@@ -206,6 +208,7 @@ impl Cluster {
             id,
             addr,
             peers,
+            sm,
             batcher: tx,
             disk,
             floor,
@@ -233,7 +236,8 @@ impl Cluster {
     }
 
     /// Asks the cluster at `via` to add this node (as a learner, then a voter), retrying until
-    /// `deadline`.
+    /// `deadline`. The call is mutual TLS: the member checks that the certificate this node
+    /// got at enrollment names the Raft id it asks to add.
     pub async fn join(&self, via: &str, deadline: Duration) -> anyhow::Result<()> {
         let until = Instant::now() + deadline;
         loop {
@@ -249,11 +253,13 @@ impl Cluster {
             .await;
             match result {
                 Ok(_) => return Ok(()),
-                Err(s) if s.code() == tonic::Code::Unauthenticated => {
-                    anyhow::bail!(
-                        "{via} refused to add this node: {} (check the cluster secret)",
-                        s.message()
-                    )
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                    ) =>
+                {
+                    anyhow::bail!("{via} refused to add this node: {}", s.message())
                 }
                 Err(s) if Instant::now() >= until => {
                     anyhow::bail!("could not join the cluster through {via}: {}", s.message())
@@ -315,6 +321,15 @@ impl Cluster {
         if is_voter && membership.voter_ids().count() == 1 {
             return Err(ClusterError::LastVoter(id));
         }
+        // Revoke first: from this commit on, every member refuses the node's handshakes, so it
+        // can neither rejoin nor fetch chunks while (and after) it leaves the membership.
+        let (revoked, _) = self
+            .write(Command::RevokeNode {
+                node: id,
+                now_ms: crate::clock::now_ms(),
+            })
+            .await?;
+        revoked?;
         let change = if is_voter {
             ChangeMembers::RemoveVoters([id].into())
         } else {
@@ -364,6 +379,12 @@ impl Cluster {
             .nodes()
             .map(|(id, n)| (*id, n.addr.clone()))
             .collect()
+    }
+
+    /// The address of the member that signs certificates (it holds the CA key).
+    pub fn sm_signer(&self) -> Option<String> {
+        let id = self.sm.ca_signer().ok().flatten()?;
+        self.members().get(&id).cloned()
     }
 
     /// The voting members.

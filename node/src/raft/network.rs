@@ -1,5 +1,6 @@
 //! Raft's network: openraft RPCs carried by the internal gRPC `Cluster` service, bincode-encoded,
-//! authenticated with the cluster secret. Channels to peers are cached and connect lazily.
+//! over mutual TLS (each member proves who it is with its node certificate; no shared secret
+//! travels). Channels to peers are cached and connect lazily.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,81 +20,74 @@ use serde::de::DeserializeOwned;
 use strata_cluster::raft::{NodeId, TypeConfig};
 use strata_proto::v1::RaftPayload;
 use strata_proto::v1::cluster_client::ClusterClient;
-use tonic::metadata::MetadataValue;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::codec;
+use crate::tls::NodeTls;
 
-/// Metadata key carrying the cluster secret on node-to-node calls.
-pub const SECRET_HEADER: &str = "x-strata-cluster-secret";
+pub type PeerClient = ClusterClient<Channel>;
 
-pub type PeerClient = ClusterClient<InterceptedService<Channel, SecretAuth>>;
-
-#[derive(Clone)]
-pub struct SecretAuth(MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for SecretAuth {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert(SECRET_HEADER, self.0.clone());
-        Ok(req)
-    }
-}
-
-/// Cached, lazily connected clients to peers, keyed by address.
+/// Cached, lazily connected clients to peers, keyed by address. Every channel is mutual TLS
+/// with this node's current certificate; a renewal drops the cache, so new channels present
+/// the new certificate (calls already running finish on the old ones).
 #[derive(Clone)]
 pub struct Peers {
-    secret: Arc<Mutex<String>>,
+    tls: Arc<NodeTls>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
+/// Members call each other at `https://` URLs; an `http://` address (given by hand, or
+/// recorded by a node of an older version) is reached over TLS all the same.
+pub fn tls_url(addr: &str) -> String {
+    match addr.strip_prefix("http://") {
+        Some(rest) => format!("https://{rest}"),
+        None => addr.to_owned(),
+    }
+}
+
 impl Peers {
-    pub fn new(secret: String) -> Peers {
+    pub fn new(tls: Arc<NodeTls>) -> Peers {
         Peers {
-            secret: Arc::new(Mutex::new(secret)),
+            tls,
             channels: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    pub fn set_secret(&self, secret: String) {
-        *self.secret.lock().unwrap_or_else(|p| p.into_inner()) = secret;
+    pub fn tls(&self) -> &Arc<NodeTls> {
+        &self.tls
     }
 
-    pub fn secret(&self) -> String {
-        self.secret
+    /// Forgets every cached channel (after a certificate renewal).
+    pub fn reset(&self) {
+        self.channels
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clear();
     }
 
-    /// A client for the peer at `addr` (an http:// URL).
+    /// A client for the peer at `addr`.
     pub fn client(&self, addr: &str) -> Result<PeerClient, tonic::Status> {
-        let channel = {
-            let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-            match channels.get(addr) {
-                Some(c) => c.clone(),
-                None => {
-                    let ep = Endpoint::from_shared(addr.to_owned())
-                        .map_err(|e| {
-                            tonic::Status::invalid_argument(format!(
-                                "bad peer address {addr:?}: {e}"
-                            ))
-                        })?
-                        .connect_timeout(Duration::from_secs(2))
-                        .tcp_nodelay(true)
-                        .initial_stream_window_size(Some(16 * 1024 * 1024))
-                        .initial_connection_window_size(Some(64 * 1024 * 1024));
-                    let c = ep.connect_lazy();
-                    channels.insert(addr.to_owned(), c.clone());
-                    c
-                }
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let bad = |e: tonic::transport::Error| {
+                    tonic::Status::invalid_argument(format!("bad peer address {addr:?}: {e}"))
+                };
+                let ep = Endpoint::from_shared(tls_url(addr))
+                    .map_err(bad)?
+                    .tls_config(self.tls.grpc_client_config())
+                    .map_err(bad)?
+                    .connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true)
+                    .initial_stream_window_size(Some(16 * 1024 * 1024))
+                    .initial_connection_window_size(Some(64 * 1024 * 1024));
+                let c = ep.connect_lazy();
+                channels.insert(addr.to_owned(), c.clone());
+                c
             }
         };
-        let secret = self.secret();
-        let value = secret
-            .parse()
-            .map_err(|_| tonic::Status::internal("cluster secret is not a valid header value"))?;
-        Ok(ClusterClient::with_interceptor(channel, SecretAuth(value))
+        Ok(ClusterClient::new(channel)
             .max_decoding_message_size(256 * 1024 * 1024)
             .max_encoding_message_size(256 * 1024 * 1024))
     }

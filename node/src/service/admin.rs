@@ -8,7 +8,7 @@ use strata_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::layout::{self, NodeReport};
-use super::observe::observe;
+use super::observe::audited;
 use super::tier;
 use super::workers;
 use crate::actors::supervisor::SupervisorMsg;
@@ -17,6 +17,12 @@ use crate::clock::now_ms;
 use crate::error::{NodeError, NodeResult};
 use crate::raft::Cluster;
 use crate::tiering::Tiering;
+
+/// A join token lives one hour unless asked otherwise, at most a week.
+const DEFAULT_JOIN_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+const MAX_JOIN_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// Nodes one join token may admit.
+const MAX_JOIN_TOKEN_USES: u32 = 100;
 
 pub struct AdminService {
     sm: Arc<StateMachine>,
@@ -188,8 +194,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        observe("Status", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("Status", caller, async {
             let me = self.report.local();
             let counts = self.sm.counts()?;
             Ok(pb::StatusResponse {
@@ -215,8 +221,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTenantResponse>, Status> {
-        observe("CreateToken", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("CreateToken", caller, async {
             let name = req.get_ref().tenant.clone();
             check_tenant_name(&name)?;
             let token = auth::new_token();
@@ -243,8 +249,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        observe("ListTokens", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("ListTokens", caller, async {
             self.cluster.linearize().await?;
             let tokens = self
                 .sm
@@ -266,8 +272,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        observe("RevokeToken", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("RevokeToken", caller, async {
             let id = req.get_ref().id.trim().to_lowercase();
             if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(NodeError::InvalidArgument(format!(
@@ -310,32 +316,54 @@ impl pb::admin_server::Admin for AdminService {
         .await
     }
 
-    async fn add_node(
+    async fn create_join_token(
         &self,
-        req: Request<pb::AddNodeRequest>,
-    ) -> Result<Response<pb::AddNodeResponse>, Status> {
-        observe("AddNode", async {
-            auth::admin(&self.sm, req.metadata())?;
-            let address = req.get_ref().address.trim().to_owned();
-            if !(address.starts_with("http://") || address.starts_with("https://")) {
-                return Err(NodeError::InvalidArgument(format!("address {address:?} must be a URL like http://host:7400")));
-            }
-            let c = &self.cluster;
-            let mut client = c.peers.client(&address).map_err(NodeError::from_status)?;
-            let who = client
-                .identify(pb::IdentifyRequest {})
-                .await
-                .map_err(|s| match s.code() {
-                    tonic::Code::Unauthenticated => NodeError::FailedPrecondition(format!(
-                        "{address} does not know this cluster's secret: start it with cluster_secret set to this cluster's"
-                    )),
-                    _ => NodeError::Unavailable(format!("cannot reach {address}: {}", s.message())),
-                })?
-                .into_inner();
-            let join = pb::JoinRequest { raft_id: who.raft_id, address: who.address.clone() };
-            let local = c.add_node(who.raft_id, &who.address);
-            c.on_leader(local, async move |mut leader| leader.join(join).await.map(|_| ())).await?;
-            Ok(pb::AddNodeResponse { raft_id: who.raft_id })
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("CreateJoinToken", caller, async {
+            let r = req.get_ref();
+            let ttl = match r.ttl_seconds {
+                0 => DEFAULT_JOIN_TOKEN_TTL,
+                s if s > MAX_JOIN_TOKEN_TTL.as_secs() => {
+                    return Err(NodeError::InvalidArgument(format!(
+                        "a join token lives at most {} hours",
+                        MAX_JOIN_TOKEN_TTL.as_secs() / 3600
+                    )));
+                }
+                s => std::time::Duration::from_secs(s),
+            };
+            let uses = match r.uses {
+                0 => 1,
+                u if u > MAX_JOIN_TOKEN_USES => {
+                    return Err(NodeError::InvalidArgument(format!(
+                        "a join token admits at most {MAX_JOIN_TOKEN_USES} nodes"
+                    )));
+                }
+                u => u,
+            };
+            let ca_pem = self.sm.cluster_ca()?.ok_or_else(|| {
+                NodeError::Unavailable("the cluster CA is not recorded yet; retry".into())
+            })?;
+            let ca_hash = crate::tls::pki::ca_hash_pem(&ca_pem)
+                .map_err(|e| NodeError::Internal(e.to_string()))?;
+            let token = format!("sjt_{}", hex::encode(rand::random::<[u8; 24]>()));
+            let now = now_ms();
+            let expires_ms = now + ttl.as_millis() as i64;
+            self.cluster
+                .propose(Command::CreateJoinToken {
+                    token: TokenHash::of(&token),
+                    expires_ms,
+                    uses,
+                    now_ms: now,
+                })
+                .await?;
+            Ok(pb::CreateJoinTokenResponse {
+                token,
+                ca_hash,
+                expires_ms,
+                ca_pem,
+            })
         })
         .await
     }
@@ -344,8 +372,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        observe("RemoveNode", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("RemoveNode", caller, async {
             let id = req.get_ref().raft_id;
             // Unknown nodes and the last voter get their own refusals from the leader.
             let members = self.cluster.members();
@@ -370,8 +398,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::CreateTenantResponse>, Status> {
-        observe("CreateTenant", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("CreateTenant", caller, async {
             let name = req.get_ref().name.clone();
             let (tenant_id, token) = create_tenant(&self.cluster, &name).await?;
             Ok(pb::CreateTenantResponse {
@@ -387,8 +415,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::GetLayoutRequest>,
     ) -> Result<Response<pb::LayoutResponse>, Status> {
-        observe("GetLayout", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("GetLayout", caller, async {
             self.cluster.linearize().await?;
             layout::layout_response(&self.sm, &self.cluster, &self.report).await
         })
@@ -399,8 +427,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::StageLayoutRequest>,
     ) -> Result<Response<pb::LayoutResponse>, Status> {
-        observe("StageLayout", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("StageLayout", caller, async {
             let change =
                 layout::change_of(&self.sm, &self.cluster, &self.report, req.into_inner()).await?;
             layout::stage(&self.cluster, change).await?;
@@ -413,8 +441,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::ApplyLayoutRequest>,
     ) -> Result<Response<pb::LayoutResponse>, Status> {
-        observe("ApplyLayout", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("ApplyLayout", caller, async {
             layout::apply(&self.cluster, req.get_ref().version).await?;
             layout::layout_response(&self.sm, &self.cluster, &self.report).await
         })
@@ -425,8 +453,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::RevertLayoutRequest>,
     ) -> Result<Response<pb::LayoutResponse>, Status> {
-        observe("RevertLayout", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("RevertLayout", caller, async {
             layout::revert(&self.cluster).await?;
             layout::layout_response(&self.sm, &self.cluster, &self.report).await
         })
@@ -437,8 +465,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::TierPolicy>,
     ) -> Result<Response<pb::TierPolicy>, Status> {
-        observe("SetTierPolicy", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("SetTierPolicy", caller, async {
             tier::set_policy(&self.sm, &self.cluster, &self.tiering, req.get_ref()).await
         })
         .await
@@ -448,8 +476,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::TierPolicyName>,
     ) -> Result<Response<pb::TierPolicy>, Status> {
-        observe("GetTierPolicy", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("GetTierPolicy", caller, async {
             self.cluster.linearize().await?;
             tier::get_policy(&self.sm, &req.get_ref().name)
         })
@@ -460,8 +488,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::ListTierPoliciesRequest>,
     ) -> Result<Response<pb::ListTierPoliciesResponse>, Status> {
-        observe("ListTierPolicies", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("ListTierPolicies", caller, async {
             self.cluster.linearize().await?;
             tier::list_policies(&self.sm)
         })
@@ -472,8 +500,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::TierPolicyName>,
     ) -> Result<Response<pb::DeleteTierPolicyResponse>, Status> {
-        observe("DeleteTierPolicy", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("DeleteTierPolicy", caller, async {
             tier::delete_policy(&self.cluster, &req.get_ref().name).await?;
             Ok(pb::DeleteTierPolicyResponse {})
         })
@@ -484,8 +512,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::TierStatusRequest>,
     ) -> Result<Response<pb::TierStatusResponse>, Status> {
-        observe("TierStatus", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("TierStatus", caller, async {
             self.cluster.linearize().await?;
             tier::status(&self.sm, &self.cluster, &self.tiering, &self.report).await
         })
@@ -496,8 +524,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::RunTieringRequest>,
     ) -> Result<Response<pb::TierPass>, Status> {
-        observe("RunTiering", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("RunTiering", caller, async {
             tier::run_now(&self.cluster, &self.sup).await
         })
         .await
@@ -507,8 +535,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        observe("ListWorkers", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("ListWorkers", caller, async {
             Ok(workers::list(&self.cluster, &self.report).await)
         })
         .await
@@ -518,8 +546,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::AdminControlWorkersRequest>,
     ) -> Result<Response<pb::AdminControlWorkersResponse>, Status> {
-        observe("ControlWorkers", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("ControlWorkers", caller, async {
             let r = req.into_inner();
             let inner = r.request.ok_or_else(|| {
                 NodeError::InvalidArgument("request is required (the action to carry out)".into())
@@ -533,8 +561,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::RepairStatusRequest>,
     ) -> Result<Response<pb::RepairStatusResponse>, Status> {
-        observe("RepairStatus", async {
-            auth::admin(&self.sm, req.metadata())?;
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("RepairStatus", caller, async {
             workers::repair_status(&self.sm, &self.cluster, &self.report).await
         })
         .await

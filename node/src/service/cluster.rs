@@ -1,5 +1,7 @@
-//! The internal `Cluster` gRPC service: Raft RPCs, forwarded writes, read index, join, and
-//! what each node reports about itself. Every call must carry the cluster secret.
+//! The internal `Cluster` gRPC service: Raft RPCs, forwarded writes, read index, enrollment,
+//! join, and what each node reports about itself. Every call but `Enroll` must come over mutual
+//! TLS from a member whose certificate is not revoked (checked at the handshake, and again
+//! per call, so a node's open connections stop working the moment its revocation commits).
 
 use std::sync::Arc;
 
@@ -8,14 +10,16 @@ use strata_cluster::raft::NodeId;
 use strata_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use super::identity::{self, Signer};
 use super::layout::NodeReport;
 use crate::codec;
-use crate::raft::network::SECRET_HEADER;
 use crate::raft::{Cluster, WireError};
+use crate::tls::listener::ConnInfo;
 
 pub struct ClusterService {
     cluster: Arc<Cluster>,
     report: Arc<NodeReport>,
+    signer: Arc<Signer>,
 }
 
 fn payload<T: Serialize>(what: &'static str, v: &T) -> Result<Response<pb::RaftPayload>, Status> {
@@ -24,26 +28,31 @@ fn payload<T: Serialize>(what: &'static str, v: &T) -> Result<Response<pb::RaftP
 }
 
 impl ClusterService {
-    pub fn new(cluster: Arc<Cluster>, report: Arc<NodeReport>) -> Self {
-        ClusterService { cluster, report }
+    pub fn new(cluster: Arc<Cluster>, report: Arc<NodeReport>, signer: Arc<Signer>) -> Self {
+        ClusterService {
+            cluster,
+            report,
+            signer,
+        }
     }
 
-    fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let expected = self.cluster.peers.secret();
-        let given = req
-            .metadata()
-            .get(SECRET_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        // Compare hashes so the comparison takes the same time wherever the strings differ.
-        if expected.is_empty()
-            || blake3::hash(given.as_bytes()) != blake3::hash(expected.as_bytes())
-        {
-            return Err(Status::unauthenticated(
-                "this node does not recognise the caller as a member of its cluster (wrong or missing cluster secret)",
-            ));
+    /// The member that made this call (its certificate was verified in the handshake).
+    fn check<T>(&self, req: &Request<T>) -> Result<NodeId, Status> {
+        let node = req
+            .extensions()
+            .get::<ConnInfo>()
+            .and_then(|i| i.node)
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "internal calls need mutual TLS with a certificate from this cluster's CA",
+                )
+            })?;
+        if self.cluster.peers.tls().is_revoked(node) {
+            return Err(Status::permission_denied(format!(
+                "node {node} was removed from the cluster: its certificates are revoked"
+            )));
         }
-        Ok(())
+        Ok(node)
     }
 }
 
@@ -126,17 +135,89 @@ impl pb::cluster_server::Cluster for ClusterService {
         }))
     }
 
+    async fn enroll(
+        &self,
+        req: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        // The token must never travel in plaintext: a dev node's plaintext API port does not
+        // take it.
+        if !req.extensions().get::<ConnInfo>().is_some_and(|i| i.tls) {
+            return Err(Status::unauthenticated("enrollment needs TLS"));
+        }
+        let r = req.into_inner();
+        if r.raft_id == 0 || r.token.is_empty() || r.token.len() > 128 {
+            return Err(Status::invalid_argument(
+                "enrollment needs the node's raft id and a join token",
+            ));
+        }
+        identity::check_request(&r.csr_pem, &r.names).map_err(Status::invalid_argument)?;
+        let c = &self.cluster;
+        if !self.signer.holds_key() {
+            let signer = c
+                .sm_signer()
+                .ok_or_else(|| Status::unavailable("no certificate signer is known yet; retry"))?;
+            let mut client = c.peers.client(&signer)?;
+            return client.enroll(r).await;
+        }
+        c.propose(strata_cluster::Command::UseJoinToken {
+            token: strata_cluster::TokenHash::of(&r.token),
+            node: r.raft_id,
+            now_ms: crate::clock::now_ms(),
+        })
+        .await
+        .map_err(|e| Status::from(crate::error::NodeError::from(e)))?;
+        let cert_pem = self
+            .signer
+            .sign(&r.csr_pem, r.raft_id, &r.names)
+            .map_err(Status::invalid_argument)?;
+        tracing::info!(target: "audit", node = r.raft_id, "enrolled a new node with a join token");
+        Ok(Response::new(pb::EnrollResponse {
+            cert_pem,
+            ca_pem: self.signer.ca_pem().unwrap_or_default().to_owned(),
+        }))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let node = self.check(&req)?;
+        let r = req.into_inner();
+        identity::check_request(&r.csr_pem, &r.names).map_err(Status::invalid_argument)?;
+        if !self.signer.holds_key() {
+            return Err(Status::failed_precondition(
+                "this node does not hold the CA key; renew with the signer",
+            ));
+        }
+        let cert_pem = self
+            .signer
+            .sign(&r.csr_pem, node, &r.names)
+            .map_err(Status::invalid_argument)?;
+        tracing::info!(node, "renewed a member's certificate");
+        Ok(Response::new(pb::EnrollResponse {
+            cert_pem,
+            ca_pem: self.signer.ca_pem().unwrap_or_default().to_owned(),
+        }))
+    }
+
     async fn join(
         &self,
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
-        self.check(&req)?;
+        let caller = self.check(&req)?;
         let c = &self.cluster;
         let r = req.into_inner();
         if r.raft_id == 0 || r.address.is_empty() {
             return Err(Status::invalid_argument(
                 "join needs the node's raft id and address",
             ));
+        }
+        // A node adds itself (its certificate names it), or a member forwards its join.
+        if caller != r.raft_id && !c.members().contains_key(&caller) {
+            return Err(Status::permission_denied(format!(
+                "the caller's certificate names node {caller}, not node {}",
+                r.raft_id
+            )));
         }
         if !c.is_leader() {
             let Some((leader, addr)) = c.leader() else {

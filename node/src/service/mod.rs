@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod convert;
+pub mod identity;
 pub mod ingress;
 pub mod layout;
 mod observe;
