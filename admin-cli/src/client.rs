@@ -61,7 +61,10 @@ pub async fn connect_ca(endpoint: &str, ca_file: Option<&Path>) -> anyhow::Resul
     }
     ep.connect().await.map_err(|e| {
         let why = causes(&e);
-        anyhow::anyhow!("cannot connect to {endpoint}: {why}{}", hint(endpoint, &why, ca_file))
+        anyhow::anyhow!(
+            "cannot connect to {endpoint}: {why}{}",
+            hint(endpoint, &why, ca_file)
+        )
     })
 }
 
@@ -118,8 +121,8 @@ pub fn admin(channel: Channel, token: &str) -> anyhow::Result<Admin> {
 /// A gRPC status as a one-line error: the node's message and the code's name.
 pub fn status_error(what: &str, s: Status) -> anyhow::Error {
     let why = format!("{} {:?}", s.message(), std::error::Error::source(&s));
-    let hint = if why.contains("insufficient security") {
-        " (the node accepts TLS only: use an https:// endpoint, with --ca-file)"
+    let hint = if why.contains("insufficient security") || why.contains("h2 protocol error") {
+        " (if the node accepts TLS only, use an https:// endpoint, with --ca-file)"
     } else {
         ""
     };

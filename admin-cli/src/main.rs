@@ -825,10 +825,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             })
                         );
                     } else {
-                        println!("join token : {}  (shown once; admits {uses} node(s) for {})", r.token, humantime::format_duration(*ttl));
+                        println!(
+                            "join token : {}  (shown once; admits {uses} node(s) for {})",
+                            r.token,
+                            humantime::format_duration(*ttl)
+                        );
                         println!("CA hash    : {}", r.ca_hash);
                         println!();
-                        println!("Start the new node with (the token is better passed as STRATA_JOIN_TOKEN than on the command line):");
+                        println!(
+                            "Start the new node with (the token is better passed as STRATA_JOIN_TOKEN than on the command line):"
+                        );
                         println!(
                             "  strata-node run --join {} --join-token {} --ca-hash {}",
                             cli.endpoint.replacen("http://", "https://", 1),
@@ -1450,8 +1456,17 @@ async fn tier_cmd(cli: &Cli, cmd: &TierCmd) -> anyhow::Result<()> {
                 && leader.starts_with("http")
             {
                 let token = cli.admin_token()?;
-                let mut leader_admin =
-                    client::admin(client::connect(leader.trim()).await?, &token)?;
+                // The leader's API on the same terms as the node asked (plaintext or TLS).
+                let hostport = leader
+                    .trim()
+                    .trim_start_matches("https://")
+                    .trim_start_matches("http://");
+                let scheme = cli.endpoint.split("://").next().unwrap_or("http");
+                let url = format!("{scheme}://{hostport}");
+                let mut leader_admin = client::admin(
+                    client::connect_ca(&url, cli.ca_file.as_deref()).await?,
+                    &token,
+                )?;
                 r = leader_admin.run_tiering(pb::RunTieringRequest {}).await;
             }
             let p = r.map_err(|s| status_error("tier run", s))?.into_inner();

@@ -31,13 +31,13 @@ use crate::reads::Reads;
 use crate::service::admin::{AdminDeps, AdminService, create_tenant};
 use crate::service::cluster::ClusterService;
 use crate::service::identity::{self, Signer};
-use crate::tls::listener::incoming;
-use crate::tls::pki::{self, Ca};
-use crate::tls::{Identity, NodeTls};
 use crate::service::ingress::{IngressLayer, StreamGate};
 use crate::service::layout::NodeReport;
 use crate::service::storage::{StorageDeps, StorageService};
 use crate::tiering::Tiering;
+use crate::tls::listener::incoming;
+use crate::tls::pki::{self, Ca};
+use crate::tls::{Identity, NodeTls};
 use crate::{auth, metrics};
 
 /// The parts of a running node. Only this module builds it; nothing below it imports it: each
@@ -64,24 +64,26 @@ impl Node {
         let config = Arc::new(config);
         let dir = config.data_dir.clone();
         let api_cert = config.tls.clone();
-        let (db, sm, disk, client_api) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-            let meta = dir.join("meta");
-            let db = open_db(&meta)
-                .with_context(|| format!("cannot open metadata in {}", meta.display()))?;
-            let sm = Arc::new(StateMachine::with_db(db.clone())?);
-            let client_api = if api_cert.cert.as_os_str().is_empty() {
-                None
-            } else {
-                let read = |p: &Path| {
-                    std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+        let (db, sm, disk, client_api) =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+                let meta = dir.join("meta");
+                let db = open_db(&meta)
+                    .with_context(|| format!("cannot open metadata in {}", meta.display()))?;
+                let sm = Arc::new(StateMachine::with_db(db.clone())?);
+                let client_api = if api_cert.cert.as_os_str().is_empty() {
+                    None
+                } else {
+                    let read = |p: &Path| {
+                        std::fs::read_to_string(p)
+                            .with_context(|| format!("cannot read {}", p.display()))
+                    };
+                    Some((read(&api_cert.cert)?, read(&api_cert.key)?))
                 };
-                Some((read(&api_cert.cert)?, read(&api_cert.key)?))
-            };
-            Ok((db, sm, DiskSpace::new(dir), client_api))
-        })
-        .await??;
+                Ok((db, sm, DiskSpace::new(dir), client_api))
+            })
+            .await??;
         let revoked = {
             let sm = sm.clone();
             Arc::new(move |node: u64| sm.is_revoked(node).unwrap_or(true)) as crate::tls::Revoked
@@ -234,7 +236,9 @@ pub async fn run(
     let plaintext =
         config.insecure_plaintext || (mode == Mode::Dev && grpc_addr.ip().is_loopback());
     if mode == Mode::Dev && !plaintext {
-        tracing::warn!("dev mode on a non-loopback address: the API accepts TLS only (set insecure_plaintext to allow plaintext)");
+        tracing::warn!(
+            "dev mode on a non-loopback address: the API accepts TLS only (set insecure_plaintext to allow plaintext)"
+        );
     }
     let node = Node::open(config, advertise, id).await?;
     let signer = {
@@ -289,8 +293,8 @@ pub async fn run(
         report,
         signer.clone(),
     ))
-        .max_decoding_message_size(INTERNAL_MESSAGE_LIMIT)
-        .max_encoding_message_size(INTERNAL_MESSAGE_LIMIT);
+    .max_decoding_message_size(INTERNAL_MESSAGE_LIMIT)
+    .max_encoding_message_size(INTERNAL_MESSAGE_LIMIT);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<StorageServer<StorageService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
@@ -317,10 +321,13 @@ pub async fn run(
         .add_service(internal)
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(incoming(grpc, tls.grpc_server_config()?, plaintext), async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
+        .serve_with_incoming_shutdown(
+            incoming(grpc, tls.grpc_server_config()?, plaintext),
+            async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            },
+        );
     // Serve at once: a joining node must be reachable while the leader replicates to it.
     let server = tokio::spawn(server);
     tokio::spawn(crate::http::serve(
@@ -353,7 +360,11 @@ pub async fn run(
         }
     }
     if signer.holds_key() {
-        tokio::spawn(register_signer(node.sm.clone(), node.cluster.clone(), tls.clone()));
+        tokio::spawn(register_signer(
+            node.sm.clone(),
+            node.cluster.clone(),
+            tls.clone(),
+        ));
     }
     let transport = start_transport(&tls, &node.blocks, grpc_addr)?;
     let renewals = tokio::spawn(identity::renew_loop(
@@ -372,8 +383,22 @@ pub async fn run(
     }
     let endpoint = format!("{}://{grpc_addr}", if plaintext { "http" } else { "https" });
     let ca_hash = crate::tls::pki::ca_hash(&tls.identity().ca);
-    write_node_file(&dir, &endpoint, metrics_addr, &node.config.node_id, &ca_hash).await?;
-    banner(&node.config, mode, &endpoint, metrics_addr, &first, &ca_hash);
+    write_node_file(
+        &dir,
+        &endpoint,
+        metrics_addr,
+        &node.config.node_id,
+        &ca_hash,
+    )
+    .await?;
+    banner(
+        &node.config,
+        mode,
+        &endpoint,
+        metrics_addr,
+        &first,
+        &ca_hash,
+    );
     let _peers = if mode == Mode::Dev && dev_nodes > 1 {
         let peers = DevPeers::start(&node, dev_nodes).await?;
         dev_layout(&node).await?;
@@ -524,7 +549,10 @@ async fn register_signer(sm: Arc<StateMachine>, cluster: Arc<Cluster>, tls: Arc<
                 cluster
                     .propose(Command::SetSigner { node: cluster.id })
                     .await?;
-                tracing::info!(raft_id = cluster.id, "this node signs the cluster's certificates");
+                tracing::info!(
+                    raft_id = cluster.id,
+                    "this node signs the cluster's certificates"
+                );
             }
             anyhow::Ok(())
         }

@@ -39,11 +39,22 @@ pub struct Node {
     pub tenant_token: String,
     pub admin_token: String,
     env: Vec<(String, String)>,
-    /// `dev` (creates or joins a cluster) or `run` (waits to be added with `strata node join`).
+    /// `dev` (creates or joins a cluster; plaintext API on loopback) or `run` (TLS only).
     mode: &'static str,
     /// The gRPC port, kept across restarts so the other members can still reach the node.
     port: u16,
     child: Option<Child>,
+}
+
+/// A join token and the CA hash that goes with it.
+pub struct JoinToken {
+    pub token: String,
+    pub ca_hash: String,
+}
+
+/// The https:// form of a node URL (members and joining nodes always speak TLS).
+pub fn tls_url(endpoint: &str) -> String {
+    endpoint.replacen("http://", "https://", 1)
 }
 
 /// A free loopback port (bound and released; the node binds it again right after).
@@ -69,8 +80,29 @@ impl Node {
         Node::start_in(root, data_dir, env)
     }
 
+    /// Starts a node in `run` mode (TLS only; `STRATA_INIT=true` or a join in `env`) on
+    /// the gRPC port `port` (0: any free one).
+    pub fn start_run(port: u16, env: &[(&str, &str)]) -> Node {
+        let root = tempfile::Builder::new()
+            .prefix("strata-test-")
+            .tempdir()
+            .expect("tempdir");
+        let data_dir = root.path().join("data");
+        Node::start_mode(root, data_dir, env, "run", port)
+    }
+
     /// Starts a node whose data directory is `data_dir` (e.g. a mount point made by the test).
     pub fn start_in(root: tempfile::TempDir, data_dir: PathBuf, env: &[(&str, &str)]) -> Node {
+        Node::start_mode(root, data_dir, env, "dev", 0)
+    }
+
+    fn start_mode(
+        root: tempfile::TempDir,
+        data_dir: PathBuf,
+        env: &[(&str, &str)],
+        mode: &'static str,
+        port: u16,
+    ) -> Node {
         let mut node = Node {
             root,
             data_dir,
@@ -82,32 +114,8 @@ impl Node {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            mode: "dev",
-            port: free_port(),
-            child: None,
-        };
-        node.spawn();
-        node
-    }
-
-    /// Starts a node in `run` mode with the cluster secret and no cluster: it serves the
-    /// internal API and waits to be added (`strata node join` / Admin AddNode).
-    pub fn start_unjoined(secret: &str, tokens_from: &Node) -> Node {
-        let root = tempfile::Builder::new()
-            .prefix("strata-test-")
-            .tempdir()
-            .expect("tempdir");
-        let data_dir = root.path().join("data");
-        let mut node = Node {
-            root,
-            data_dir,
-            endpoint: String::new(),
-            metrics: String::new(),
-            tenant_token: tokens_from.tenant_token.clone(),
-            admin_token: tokens_from.admin_token.clone(),
-            env: vec![("STRATA_CLUSTER_SECRET".into(), secret.into())],
-            mode: "run",
-            port: free_port(),
+            mode,
+            port: if port == 0 { free_port() } else { port },
             child: None,
         };
         node.spawn();
@@ -166,6 +174,26 @@ impl Node {
         self.child = Some(child);
     }
 
+    /// A new join token for one node (`strata node token create --json`).
+    pub fn join_token(&self) -> JoinToken {
+        let out = self.cli(&["--json", "node", "token", "create"]);
+        assert!(
+            out.status.success(),
+            "node token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("token JSON");
+        JoinToken {
+            token: v["token"].as_str().expect("token").to_owned(),
+            ca_hash: v["ca_hash"].as_str().expect("ca_hash").to_owned(),
+        }
+    }
+
+    /// The cluster CA certificate file of this node.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.join("tls").join("ca.crt")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.root.path().join("node.log")).unwrap_or_default()
     }
@@ -195,19 +223,22 @@ impl Node {
     }
 
     pub async fn storage_as(&self, token: &str) -> Storage {
-        client::storage(
-            client::connect(&self.endpoint).await.expect("connect"),
-            token,
-        )
-        .expect("client")
+        client::storage(self.channel().await, token).expect("client")
     }
 
     pub async fn admin(&self) -> Admin {
-        client::admin(
-            client::connect(&self.endpoint).await.expect("connect"),
-            &self.admin_token,
-        )
-        .expect("client")
+        client::admin(self.channel().await, &self.admin_token).expect("client")
+    }
+
+    /// A channel to this node's API (TLS with the cluster CA on an https:// endpoint).
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        let ca = self
+            .endpoint
+            .starts_with("https://")
+            .then(|| self.ca_file());
+        client::connect_ca(&self.endpoint, ca.as_deref())
+            .await
+            .expect("connect")
     }
 
     /// Creates another tenant and returns its token.
@@ -232,8 +263,11 @@ impl Node {
 
     /// Runs the `strata` CLI against this node with the tenant and admin tokens set.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bin("strata"))
-            .args(args)
+        let mut cmd = Command::new(bin("strata"));
+        if self.endpoint.starts_with("https://") {
+            cmd.env("STRATA_CA_FILE", self.ca_file());
+        }
+        cmd.args(args)
             .env("STRATA_ENDPOINT", &self.endpoint)
             .env("STRATA_TOKEN", &self.tenant_token)
             .env("STRATA_ADMIN_TOKEN", &self.admin_token)
@@ -251,13 +285,9 @@ pub struct TestCluster {
 impl TestCluster {
     pub fn start(n: usize, env: &[(&str, &str)]) -> TestCluster {
         let first = Node::start_with(env);
-        let secret = std::fs::read_to_string(first.data_dir.join("cluster.secret"))
-            .expect("cluster.secret")
-            .trim()
-            .to_owned();
         let mut nodes = vec![first];
         for _ in 1..n {
-            let node = TestCluster::joiner(&nodes[0], &secret, env);
+            let node = TestCluster::joiner(&nodes[0], env);
             nodes.push(node);
         }
         let cluster = TestCluster { nodes };
@@ -272,11 +302,14 @@ impl TestCluster {
         cluster
     }
 
-    /// Starts a node that joins through `via` with `secret`, carrying `via`'s tokens.
-    pub fn joiner(via: &Node, secret: &str, env: &[(&str, &str)]) -> Node {
+    /// Starts a node that joins through `via` with a new join token, carrying `via`'s tokens.
+    pub fn joiner(via: &Node, env: &[(&str, &str)]) -> Node {
+        let join = via.join_token();
         let mut all: Vec<(&str, &str)> = env.to_vec();
-        all.push(("STRATA_JOIN", via.endpoint.as_str()));
-        all.push(("STRATA_CLUSTER_SECRET", secret));
+        let url = tls_url(&via.endpoint);
+        all.push(("STRATA_JOIN", url.as_str()));
+        all.push(("STRATA_JOIN_TOKEN", join.token.as_str()));
+        all.push(("STRATA_CA_HASH", join.ca_hash.as_str()));
         let mut node = Node::start_with(&all);
         node.tenant_token = via.tenant_token.clone();
         node.admin_token = via.admin_token.clone();
@@ -994,4 +1027,79 @@ fn strip_ansi(line: &str) -> String {
         }
     }
     out
+}
+
+/// TLS identities for tests: a node's own (what a member presents), or one made here.
+pub mod identities {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use strata_node::peer::PeerClient;
+    use strata_node::tls::pki::{self, Ca};
+    use strata_node::tls::{Identity, NodeTls};
+    use strata_proto::v1::cluster_client::ClusterClient;
+
+    /// The identity saved in a node's data directory.
+    pub fn of_node(data_dir: &Path) -> Identity {
+        Identity::load(data_dir)
+            .expect("read identity")
+            .expect("the node has a certificate")
+    }
+
+    /// A certificate for node `node` signed by the CA whose files are in `data_dir/tls`
+    /// (the signer's), living `lifetime` from now.
+    pub fn signed_by_node_ca(data_dir: &Path, node: u64, lifetime: Duration) -> Identity {
+        let read = |f: &str| std::fs::read_to_string(data_dir.join("tls").join(f)).expect(f);
+        let ca = Ca::load(&read("ca.crt"), &read("ca.key")).expect("CA");
+        sign(&ca, node, lifetime)
+    }
+
+    /// A certificate for `node` from a CA made here (another cluster's).
+    pub fn foreign(node: u64) -> Identity {
+        sign(
+            &Ca::generate().expect("CA"),
+            node,
+            Duration::from_secs(3600),
+        )
+    }
+
+    fn sign(ca: &Ca, node: u64, lifetime: Duration) -> Identity {
+        let (key, csr) = pki::new_key_and_csr().expect("csr");
+        let cert = ca.sign(&csr, node, &[], lifetime).expect("sign");
+        Identity::from_pem(&ca.cert_pem, &cert, &key).expect("identity")
+    }
+
+    pub fn tls(id: Identity) -> Arc<NodeTls> {
+        NodeTls::new(id, None, Arc::new(|_| false)).expect("tls")
+    }
+
+    /// A QUIC peer client presenting `id`.
+    pub fn quic(id: Identity) -> PeerClient {
+        let mut endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+        endpoint.set_default_client_config(
+            strata_node::peer::tls::client_config(&tls(id)).expect("quic config"),
+        );
+        PeerClient::new(endpoint)
+    }
+
+    /// A client of a node's internal `Cluster` service presenting `id`, trusting `ca_pem`
+    /// for the server (the node's CA) so only the client side is under test.
+    pub async fn internal(
+        endpoint: &str,
+        id: &Identity,
+        ca_pem: &str,
+    ) -> Result<ClusterClient<tonic::transport::Channel>, tonic::transport::Error> {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+            .identity(id.tonic_identity())
+            .domain_name(pki::PEER_NAME);
+        let channel = tonic::transport::Endpoint::from_shared(crate::tls_url(endpoint))?
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+        Ok(ClusterClient::new(channel))
+    }
 }

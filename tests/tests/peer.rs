@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_cluster::ChunkId;
-use strata_node::peer::tls::{self, Identity};
+use strata_node::peer::tls;
 use strata_node::peer::{ErrorCode, PeerClient, PeerError};
+use strata_node::tls::Identity;
 use strata_tests::*;
 
 fn quic_addr(node: &Node) -> SocketAddr {
     node.endpoint
         .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .parse()
         .expect("endpoint address")
 }
@@ -28,10 +30,7 @@ fn client(config: quinn::ClientConfig) -> PeerClient {
 
 /// A client using the node's own certificate (what another member would present).
 fn member_client(node: &Node) -> PeerClient {
-    let [ca, cert, key] = Identity::paths(&node.data_dir);
-    let read = |p| std::fs::read_to_string(p).expect("tls file");
-    let id = Identity::from_pem(&read(ca), &read(cert), &read(key)).expect("identity");
-    client(id.client_config().expect("client config"))
+    identities::quic(identities::of_node(&node.data_dir))
 }
 
 async fn wait_for_tls(node: &Node) {
@@ -59,10 +58,7 @@ async fn peers_without_a_cluster_certificate_are_refused() {
     assert_eq!(has, vec![false]);
 
     // A certificate signed by another CA.
-    let other_ca = tls::new_ca().expect("ca");
-    let dir = tempfile::tempdir().expect("dir");
-    let stranger = Identity::create(dir.path(), &other_ca, "stranger").expect("identity");
-    let c = client(stranger.client_config().expect("config"));
+    let c = identities::quic(identities::foreign(7));
     let r = c.has_chunks(addr, vec![some_id]).await;
     assert!(
         matches!(

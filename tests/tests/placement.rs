@@ -17,7 +17,7 @@ async fn raft_ids(c: &TestCluster) -> Vec<u64> {
         .map(|n| {
             s.nodes
                 .iter()
-                .find(|m| m.address == n.endpoint)
+                .find(|m| tls_url(&m.address) == tls_url(&n.endpoint))
                 .unwrap_or_else(|| panic!("{} not in the status table", n.endpoint))
                 .raft_id
         })
@@ -114,11 +114,7 @@ async fn adding_a_node_moves_chunks_and_draining_empties_one_never_below_r() {
     );
 
     // A fourth node joins and is added to the layout through the CLI.
-    let secret = std::fs::read_to_string(c.nodes[0].data_dir.join("cluster.secret"))
-        .expect("secret")
-        .trim()
-        .to_owned();
-    let fourth = TestCluster::joiner(&c.nodes[0], &secret, &[]);
+    let fourth = TestCluster::joiner(&c.nodes[0], &[]);
     c.nodes.push(fourth);
     let all_dirs: Vec<_> = c.nodes.iter().map(|n| n.data_dir.clone()).collect();
 

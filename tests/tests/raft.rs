@@ -297,8 +297,9 @@ async fn membership_errors_are_clear() {
         Code::NotFound
     );
 
-    // A node with the wrong secret cannot join: it exits with a clear error.
+    // A node with an unknown join token cannot join: it exits with a clear error.
     let root = tempfile::tempdir().expect("tmp");
+    let ca_hash = node.join_token().ca_hash;
     let out = std::process::Command::new(bin("strata-node"))
         .args([
             "dev",
@@ -310,13 +311,17 @@ async fn membership_errors_are_clear() {
         ])
         .arg(root.path().join("data"))
         .env("STRATA_JOIN", &node.endpoint)
-        .env("STRATA_CLUSTER_SECRET", "sks_wrong")
+        .env("STRATA_JOIN_TOKEN", "sjt_wrong")
+        .env("STRATA_CA_HASH", &ca_hash)
         .output()
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("refused") && err.contains("secret"), "{err}");
-    // A bare gRPC call to the internal service without the secret is refused.
+    assert!(
+        err.contains("refused") && err.contains("join token not recognised"),
+        "{err}"
+    );
+    // A bare gRPC call to the internal service without a member certificate is refused.
     let channel = strata_admin::client::connect(&node.endpoint)
         .await
         .expect("connect");
@@ -325,17 +330,6 @@ async fn membership_errors_are_clear() {
         code(raw.identify(pb::IdentifyRequest {}).await),
         Code::Unauthenticated
     );
-    // Admin AddNode of an address that does not know the secret is refused.
-    let stranger = Node::start();
-    let err = node
-        .admin()
-        .await
-        .add_node(pb::AddNodeRequest {
-            address: stranger.endpoint.clone(),
-        })
-        .await
-        .expect_err("stranger");
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 }
 
 /// Keys whose upload committed, with their bytes.
@@ -389,10 +383,6 @@ fn writer(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_grows_to_five_and_shrinks_back_under_load() {
     let cluster = TestCluster::start(3, &[]);
-    let secret = std::fs::read_to_string(cluster.nodes[0].data_dir.join("cluster.secret"))
-        .expect("secret")
-        .trim()
-        .to_owned();
     let endpoints: Vec<String> = cluster.nodes.iter().map(|n| n.endpoint.clone()).collect();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (0..4)
@@ -406,8 +396,10 @@ async fn membership_grows_to_five_and_shrinks_back_under_load() {
         })
         .collect();
 
+    // Each joins through a different member: its enrollment and join reach the signer and
+    // the leader by forwarding.
     let extra: Vec<Node> = (0..2)
-        .map(|_| Node::start_unjoined(&secret, &cluster.nodes[0]))
+        .map(|i| TestCluster::joiner(&cluster.nodes[i + 1], &[]))
         .collect();
     let admin = |n: &Node| {
         let (e, t) = (n.endpoint.clone(), n.admin_token.clone());
@@ -417,17 +409,16 @@ async fn membership_grows_to_five_and_shrinks_back_under_load() {
         }
     };
     let mut ids = Vec::new();
-    for (i, node) in extra.iter().enumerate() {
-        // Ask a different member each time: the request reaches the leader by forwarding.
-        let r = admin(&cluster.nodes[i + 1])
-            .await
-            .add_node(pb::AddNodeRequest {
-                address: node.endpoint.clone(),
-            })
-            .await
-            .expect("add node")
-            .into_inner();
-        ids.push(r.raft_id);
+    for node in &extra {
+        let status = cluster.nodes[0].status().await;
+        let port = node.endpoint.rsplit(':').next().expect("port").to_owned();
+        let id = status
+            .nodes
+            .iter()
+            .find(|n| n.address.ends_with(&format!(":{port}")))
+            .unwrap_or_else(|| panic!("{} is not a member: {:?}", node.endpoint, status.nodes))
+            .raft_id;
+        ids.push(id);
     }
     let status = cluster.nodes[0].status().await;
     assert_eq!(

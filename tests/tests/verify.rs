@@ -98,6 +98,26 @@ async fn upload_and_settle(
         async move { ids.iter().all(|id| good(&chunk_path(&dir, id), id)) }
     })
     .await;
+    // And every copy still on its way has arrived (queued sends to slow homes, rebalance
+    // passes for the layout the cluster started with): a late copy must not put back a file
+    // the test deletes.
+    wait_until(
+        30,
+        "every node's replication queue and rebalance to finish",
+        || async {
+            let s = cluster.nodes[0].status().await;
+            let version = s.layout_version;
+            s.nodes.len() == cluster.nodes.len()
+                && s.nodes.iter().all(|n| {
+                    n.reachable
+                        && n.replication_queue == 0
+                        && n.rebalance.as_ref().is_some_and(|r| {
+                            !r.running && r.finished_version >= version && r.pending_chunks == 0
+                        })
+                })
+        },
+    )
+    .await;
     (bytes, ids)
 }
 

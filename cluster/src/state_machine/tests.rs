@@ -92,7 +92,8 @@ fn join_tokens_admit_their_uses_until_expiry_and_never_a_revoked_node() {
         Err(ApplyError::Rejected(x)) => x,
         other => panic!("expected a refusal, got {other:?}"),
     };
-    sm.apply(&Command::RevokeNode { node: 9, now_ms: 1 }).unwrap();
+    sm.apply(&Command::RevokeNode { node: 9, now_ms: 1 })
+        .unwrap();
     assert_eq!(rejected(use_for(9, 10)), Rejection::NodeRevoked(9));
     assert!(sm.is_revoked(9).unwrap());
     assert!(!sm.is_revoked(1).unwrap());

@@ -38,7 +38,7 @@ struct Cli {
     #[arg(long, global = true)]
     ca_hash: Option<String>,
     /// Create a new cluster with this node as its first member (run mode; dev always does).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "STRATA_INIT")]
     init: bool,
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -95,6 +95,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mode = match command {
         Cmd::Dev { .. } => Mode::Dev,

@@ -184,7 +184,8 @@ impl Cluster {
         let id = raft_id(dir)?;
         let peers = Peers::new(tls);
         let log = LogStore::new(db).map_err(|e| anyhow::anyhow!("raft log store: {e}"))?;
-        let sm_store = SmStore::new(sm.clone()).map_err(|e| anyhow::anyhow!("raft state machine: {e}"))?;
+        let sm_store =
+            SmStore::new(sm.clone()).map_err(|e| anyhow::anyhow!("raft state machine: {e}"))?;
         let raft = Raft::new(
             id,
             Arc::new(raft_config(snapshot_logs)?),

@@ -124,7 +124,9 @@ pub fn node_names(advertise: &str, listen: std::net::SocketAddr, extra: &[String
         .into_iter()
         .chain(extra.iter().cloned())
     {
-        let unspecified = n.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified());
+        let unspecified = n
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
         if !n.is_empty() && !unspecified && !names.contains(&n) {
             names.push(n);
         }
@@ -286,7 +288,10 @@ pub async fn enroll(e: Enrollment<'_>, deadline: Duration) -> anyhow::Result<Ide
                 .map(|r| r.into_inner())
                 .map_err(|s| {
                     let fatal = !matches!(s.code(), tonic::Code::Unavailable);
-                    (fatal, format!("{} refused to enroll this node: {}", e.join, s.message()))
+                    (
+                        fatal,
+                        format!("{} refused to enroll this node: {}", e.join, s.message()),
+                    )
                 })
         }
         .await;
@@ -356,7 +361,8 @@ pub async fn renew_loop(
                 }
             }
             Err(e) => {
-                metrics::counter!(crate::metrics::CERT_RENEWALS, "outcome" => "failed").increment(1);
+                metrics::counter!(crate::metrics::CERT_RENEWALS, "outcome" => "failed")
+                    .increment(1);
                 tracing::warn!(error = %e, "certificate renewal failed; retrying in 10 s");
                 tokio::time::sleep(Duration::from_secs(10)).await;
             }

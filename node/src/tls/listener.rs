@@ -122,7 +122,12 @@ pub fn incoming(
     plaintext: bool,
 ) -> ReceiverStream<std::io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(READY_QUEUE);
-    tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), plaintext, tx));
+    tokio::spawn(accept_loop(
+        listener,
+        TlsAcceptor::from(config),
+        plaintext,
+        tx,
+    ));
     ReceiverStream::new(rx)
 }
 
@@ -148,7 +153,8 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            metrics::counter!("strata_connections_refused_total", "reason" => "handshakes").increment(1);
+            metrics::counter!("strata_connections_refused_total", "reason" => "handshakes")
+                .increment(1);
             tracing::debug!(%remote, limit = MAX_HANDSHAKES, "connection closed: too many handshakes in progress (MAX_HANDSHAKES)");
             continue;
         };
@@ -157,19 +163,23 @@ async fn accept_loop(
         let tx = tx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let result =
-                tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, remote, acceptor, plaintext))
-                    .await;
+            let result = tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                handshake(tcp, remote, acceptor, plaintext),
+            )
+            .await;
             match result {
                 Ok(Ok(conn)) => {
                     let _ = tx.send(Ok(conn)).await;
                 }
                 Ok(Err(e)) => {
-                    metrics::counter!("strata_connections_refused_total", "reason" => "handshake").increment(1);
+                    metrics::counter!("strata_connections_refused_total", "reason" => "handshake")
+                        .increment(1);
                     tracing::debug!(%remote, error = %e, "connection refused");
                 }
                 Err(_) => {
-                    metrics::counter!("strata_connections_refused_total", "reason" => "timeout").increment(1);
+                    metrics::counter!("strata_connections_refused_total", "reason" => "timeout")
+                        .increment(1);
                     tracing::debug!(%remote, "connection closed: no handshake within {HANDSHAKE_TIMEOUT:?}");
                 }
             }

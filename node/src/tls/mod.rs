@@ -248,7 +248,10 @@ impl NodeTls {
     }
 
     /// QUIC server side: a member certificate is required.
-    pub fn quic_server_config(self: &Arc<Self>, alpn: &[u8]) -> anyhow::Result<rustls::ServerConfig> {
+    pub fn quic_server_config(
+        self: &Arc<Self>,
+        alpn: &[u8],
+    ) -> anyhow::Result<rustls::ServerConfig> {
         let mut c = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(self.member_verifier(true)?)
@@ -258,7 +261,10 @@ impl NodeTls {
     }
 
     /// QUIC client side: trust only the cluster CA, present the current node certificate.
-    pub fn quic_client_config(self: &Arc<Self>, alpn: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
+    pub fn quic_client_config(
+        self: &Arc<Self>,
+        alpn: &[u8],
+    ) -> anyhow::Result<rustls::ClientConfig> {
         let mut c = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(self.roots()?)
@@ -336,8 +342,7 @@ impl ClientCertVerifier for MemberVerifier {
         let ok = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let facts =
-            CertFacts::of(end_entity).map_err(|e| rustls::Error::General(e.to_string()))?;
+        let facts = CertFacts::of(end_entity).map_err(|e| rustls::Error::General(e.to_string()))?;
         let Some(node) = facts.node else {
             return Err(rustls::Error::General(
                 "the client certificate does not name a node".into(),

@@ -196,13 +196,14 @@ impl CertFacts {
         })
     }
 
-    /// When a certificate should be renewed: after two thirds of its life.
+    /// When a certificate should be renewed: after two thirds of its life (counted from
+    /// when it was signed, not from `not_before`, which is back-dated by the clock skew).
     pub fn renew_at(&self) -> SystemTime {
         let life = self
             .not_after
-            .duration_since(self.not_before)
+            .duration_since(self.not_before + CLOCK_SKEW)
             .unwrap_or_default();
-        self.not_before + life * 2 / 3
+        self.not_after - life / 3
     }
 }
 
@@ -234,6 +235,9 @@ mod tests {
         let other = Ca::generate().unwrap();
         assert!(Ca::load(&ca.cert_pem, other.key_pem()).is_err());
         assert!(Ca::load(&ca.cert_pem, ca.key_pem()).is_ok());
-        assert!(ca.sign("not a csr", 1, &[], Duration::from_secs(60)).is_err());
+        assert!(
+            ca.sign("not a csr", 1, &[], Duration::from_secs(60))
+                .is_err()
+        );
     }
 }

@@ -1,0 +1,630 @@
+//! Trust on the wire, with real processes on loopback: no token, secret or key crosses a
+//! connection in plaintext; a certificate from another CA, an expired one, or a removed node's
+//! is refused by every other node on gRPC and on QUIC; joining pins the CA before sending the
+//! token; join tokens are spent once and expire; certificates renew under traffic with no
+//! failed call.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use strata_cluster::ChunkId;
+use strata_proto::v1 as pb;
+use strata_tests::*;
+
+fn quic_addr(node: &Node) -> SocketAddr {
+    node.endpoint
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .parse()
+        .expect("endpoint address")
+}
+
+fn raft_id(node: &Node) -> u64 {
+    identities::of_node(&node.data_dir)
+        .node()
+        .expect("a node certificate names its node")
+}
+
+/// Whether a member's internal service accepts a call from `id`.
+async fn grpc_accepts(node: &Node, id: &strata_node::tls::Identity) -> bool {
+    let ca = std::fs::read_to_string(node.ca_file()).expect("ca");
+    match identities::internal(&node.endpoint, id, &ca).await {
+        Err(_) => false,
+        Ok(mut c) => c.identify(pb::IdentifyRequest {}).await.is_ok(),
+    }
+}
+
+/// Whether a member's QUIC endpoint serves `id`.
+async fn quic_accepts(node: &Node, id: strata_node::tls::Identity) -> bool {
+    identities::quic(id)
+        .has_chunks(quic_addr(node), vec![ChunkId::of(b"x")])
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_expired_and_removed_nodes_are_refused_on_grpc_and_quic() {
+    let first = Node::start();
+    let second = TestCluster::joiner(&first, &[]);
+    let third = TestCluster::joiner(&first, &[]);
+    let members = [&first, &second];
+
+    // A member's own certificate is accepted by the others (the control).
+    for node in members {
+        assert!(grpc_accepts(node, &identities::of_node(&third.data_dir)).await);
+        assert!(quic_accepts(node, identities::of_node(&third.data_dir)).await);
+    }
+    let third_id = raft_id(&third);
+
+    // Another cluster's CA, naming a real member.
+    for node in members {
+        assert!(!grpc_accepts(node, &identities::foreign(third_id)).await);
+        assert!(!quic_accepts(node, identities::foreign(third_id)).await);
+    }
+
+    // Signed by this cluster's CA, but expired.
+    let mut expired: Vec<_> = (0..4)
+        .map(|_| identities::signed_by_node_ca(&first.data_dir, third_id, Duration::ZERO))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for node in members {
+        let (g, q) = (expired.pop().expect("cert"), expired.pop().expect("cert"));
+        assert!(!grpc_accepts(node, &g).await, "expired accepted on gRPC");
+        assert!(!quic_accepts(node, q).await, "expired accepted on QUIC");
+    }
+
+    // A QUIC connection opened before the removal stops serving once it commits.
+    let open = identities::quic(identities::of_node(&third.data_dir));
+    let addr = quic_addr(&first);
+    open.has_chunks(addr, vec![ChunkId::of(b"x")])
+        .await
+        .expect("served before the removal");
+
+    // Removed: the third node's own, still valid, certificate is refused from then on.
+    first
+        .admin()
+        .await
+        .remove_node(pb::RemoveNodeRequest { raft_id: third_id })
+        .await
+        .expect("remove node");
+    for node in members {
+        assert!(
+            !grpc_accepts(node, &identities::of_node(&third.data_dir)).await,
+            "a removed node's certificate was accepted on gRPC by {}",
+            node.endpoint
+        );
+        assert!(
+            !quic_accepts(node, identities::of_node(&third.data_dir)).await,
+            "a removed node's certificate was accepted on QUIC by {}",
+            node.endpoint
+        );
+    }
+    assert!(
+        open.has_chunks(addr, vec![ChunkId::of(b"x")])
+            .await
+            .is_err(),
+        "a removed node's open QUIC connection was still served"
+    );
+    // A new certificate for the removed node, signed by the CA, is refused too (revocation is
+    // by node, covering every serial it ever had).
+    let resigned =
+        identities::signed_by_node_ca(&first.data_dir, third_id, Duration::from_secs(600));
+    assert!(!grpc_accepts(&second, &resigned).await);
+}
+
+/// Runs a node that tries to join through `via` and must fail; returns its stderr.
+fn join_fails(via: &Node, token: &str, ca_hash: &str) -> String {
+    let root = tempfile::tempdir().expect("tmp");
+    let mut child = std::process::Command::new(bin("strata-node"))
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(root.path().join("data"))
+        .env("STRATA_JOIN", tls_url(&via.endpoint))
+        .env("STRATA_JOIN_TOKEN", token)
+        .env("STRATA_CA_HASH", ca_hash)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a join that should fail still runs after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read stderr");
+    assert!(!status.success(), "the join succeeded: {err}");
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_pins_the_ca_and_spends_a_token_once() {
+    let first = Node::start();
+    let t = first.join_token();
+
+    // A wrong CA hash: refused during the TLS handshake, before the token is sent.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let err = join_fails(&first, &t.token, &wrong);
+    assert!(
+        err.contains("pinned") && err.contains("nothing was sent"),
+        "{err}"
+    );
+    assert!(
+        !first.log().contains("enrolled a new node"),
+        "{}",
+        first.log()
+    );
+
+    // The same token with the right hash still works: it was never spent.
+    let mut second = Node::start_with(&[
+        ("STRATA_JOIN", &tls_url(&first.endpoint)),
+        ("STRATA_JOIN_TOKEN", &t.token),
+        ("STRATA_CA_HASH", &t.ca_hash),
+    ]);
+    second.admin_token = first.admin_token.clone();
+    let voters = first
+        .status()
+        .await
+        .nodes
+        .iter()
+        .filter(|n| n.voter)
+        .count();
+    assert_eq!(voters, 2);
+
+    // Used once: refused.
+    let err = join_fails(&first, &t.token, &t.ca_hash);
+    assert!(err.contains("join token already used"), "{err}");
+    // Never issued: refused.
+    let err = join_fails(&first, "sjt_0123", &t.ca_hash);
+    assert!(err.contains("join token not recognised"), "{err}");
+    // Expired: refused.
+    let out = first.cli(&["--json", "node", "token", "create", "--ttl", "1s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let short: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let err = join_fails(&first, short["token"].as_str().expect("token"), &t.ca_hash);
+    assert!(err.contains("join token expired"), "{err}");
+    // A malformed hash is refused before any connection.
+    let err = join_fails(&first, &t.token, "md5:abc");
+    assert!(err.contains("--ca-hash must be sha256:"), "{err}");
+
+    // Every admin call leaves an audit line: who, which call, its outcome.
+    let log = first.log();
+    let audit: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("audit") && l.contains("CreateJoinToken"))
+        .collect();
+    assert!(audit.len() >= 2, "{log}");
+    assert!(
+        audit
+            .iter()
+            .all(|l| l.contains("who=admin token ") && l.contains("outcome=Ok")),
+        "{audit:?}"
+    );
+    // A refused admin call is audited too.
+    let out = std::process::Command::new(bin("strata"))
+        .args(["node", "token", "create"])
+        .env("STRATA_ENDPOINT", &first.endpoint)
+        .env("STRATA_ADMIN_TOKEN", "stk_not_a_token")
+        .output()
+        .expect("cli");
+    assert!(!out.status.success());
+    assert!(
+        first
+            .log()
+            .lines()
+            .any(|l| l.contains("audit") && l.contains("without the admin token")),
+        "{}",
+        first.log()
+    );
+}
+
+/// A TCP proxy on loopback that records every byte both ways. Connections wait until the
+/// target is set (the node behind it starts after the proxy's address is known).
+struct Tap {
+    addr: SocketAddr,
+    target: Arc<OnceLock<SocketAddr>>,
+    bytes: Arc<Mutex<Vec<u8>>>,
+    /// The first byte each client sent (0x16: a TLS handshake).
+    firsts: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Tap {
+    fn start() -> Tap {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind tap");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let tap = Tap {
+            addr: listener.local_addr().expect("addr"),
+            target: Arc::new(OnceLock::new()),
+            bytes: Arc::new(Mutex::new(Vec::new())),
+            firsts: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (target, bytes, stop) = (tap.target.clone(), tap.bytes.clone(), tap.stop.clone());
+        let firsts = tap.firsts.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let (target, bytes, firsts) = (target.clone(), bytes.clone(), firsts.clone());
+                std::thread::spawn(move || {
+                    let until = Instant::now() + Duration::from_secs(30);
+                    let to = loop {
+                        if let Some(t) = target.get() {
+                            break *t;
+                        }
+                        if Instant::now() > until {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    };
+                    let _ = client.set_nonblocking(false);
+                    let Ok(server) = TcpStream::connect(to) else {
+                        return;
+                    };
+                    let pump =
+                        |mut from: TcpStream,
+                         mut to: TcpStream,
+                         bytes: Arc<Mutex<Vec<u8>>>,
+                         firsts: Option<Arc<Mutex<Vec<u8>>>>| {
+                            let mut buf = vec![0u8; 64 * 1024];
+                            let mut first = true;
+                            while let Ok(n) = from.read(&mut buf) {
+                                if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                                if first && let Some(f) = &firsts {
+                                    f.lock().expect("tap").push(buf[0]);
+                                }
+                                first = false;
+                                bytes.lock().expect("tap").extend_from_slice(&buf[..n]);
+                            }
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        };
+                    let (c2, s2) = (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    );
+                    let b2 = bytes.clone();
+                    let up = std::thread::spawn(move || pump(c2, s2, b2, Some(firsts)));
+                    pump(server, client, bytes, None);
+                    let _ = up.join();
+                });
+            }
+        });
+        tap
+    }
+
+    fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://{}", self.addr)
+    }
+
+    fn forward_to_port(&self, port: u16) {
+        let _ = self.target.set(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+
+    fn first_bytes(&self) -> Vec<u8> {
+        self.firsts.lock().expect("tap").clone()
+    }
+
+    fn captured(&self) -> Vec<u8> {
+        self.bytes.lock().expect("tap").clone()
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// The longest base64 line of a PEM file's body (what a leaked key would show).
+fn pem_body(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .expect("pem")
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .max_by_key(|l| l.len())
+        .expect("pem body")
+        .to_owned()
+}
+
+fn cli_via(
+    endpoint: &str,
+    ca: &std::path::Path,
+    admin: &str,
+    tenant: &str,
+    args: &[&str],
+) -> String {
+    let out = std::process::Command::new(bin("strata"))
+        .args(args)
+        .env("STRATA_ENDPOINT", endpoint)
+        .env("STRATA_CA_FILE", ca)
+        .env("STRATA_ADMIN_TOKEN", admin)
+        .env("STRATA_TOKEN", tenant)
+        .output()
+        .expect("cli");
+    assert!(
+        out.status.success(),
+        "strata {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_secret_or_key_crosses_the_wire_in_plaintext() {
+    // Two run-mode nodes, each reached by the other (and by the CLI) only through a tap.
+    let tap1 = Tap::start();
+    let tap2 = Tap::start();
+    let (port1, port2) = (free_port(), free_port());
+    tap1.forward_to_port(port1);
+    tap2.forward_to_port(port2);
+    let first = Node::start_run(
+        port1,
+        &[
+            ("STRATA_INIT", "true"),
+            ("STRATA_ADVERTISE", &tap1.url("https")),
+        ],
+    );
+    assert!(first.endpoint.starts_with("https://"), "{}", first.endpoint);
+    let ca = first.ca_file();
+    let via = tap1.url("https");
+    let admin = first.admin_token.clone();
+    let join: serde_json::Value = serde_json::from_str(&cli_via(
+        &via,
+        &ca,
+        &admin,
+        "",
+        &["--json", "node", "token", "create"],
+    ))
+    .expect("json");
+    let join_token = join["token"].as_str().expect("token").to_owned();
+    let second = Node::start_run(
+        port2,
+        &[
+            ("STRATA_JOIN", &via),
+            ("STRATA_JOIN_TOKEN", &join_token),
+            ("STRATA_CA_HASH", join["ca_hash"].as_str().expect("hash")),
+            ("STRATA_ADVERTISE", &tap2.url("https")),
+        ],
+    );
+    // Tenant, an upload and a download through the tap, over TLS.
+    let tenant: serde_json::Value = serde_json::from_str(&cli_via(
+        &via,
+        &ca,
+        &admin,
+        "",
+        &["--json", "tenant", "create", "alice"],
+    ))
+    .expect("json");
+    let tenant_token = tenant["token"].as_str().expect("token").to_owned();
+    let dir = tempfile::tempdir().expect("tmp");
+    let marker = "PLAINTEXT-MARKER-".repeat(4096);
+    let file = write_file(dir.path(), "f", marker.as_bytes());
+    let file_arg = file.to_str().expect("path");
+    let back = dir.path().join("back");
+    cli_via(
+        &via,
+        &ca,
+        &admin,
+        &tenant_token,
+        &["put", file_arg, "photos/f"],
+    );
+    cli_via(
+        &via,
+        &ca,
+        &admin,
+        &tenant_token,
+        &["get", "photos/f", "-o", back.to_str().expect("path")],
+    );
+    assert_eq!(std::fs::read(&back).expect("back"), marker.as_bytes());
+    // Raft between the two: the second node is a voter (its traffic went through the taps).
+    let voters = first
+        .status()
+        .await
+        .nodes
+        .iter()
+        .filter(|n| n.voter)
+        .count();
+    assert_eq!(voters, 2);
+
+    // Every connection through the taps (CLI to node, node to node) was TLS from its first
+    // byte. (HTTP/2 may Huffman-code header values, so looking for a token's text alone would
+    // not prove much; payload bytes are not coded, and the control below sees them.)
+    let firsts: Vec<u8> = [tap1.first_bytes(), tap2.first_bytes()].concat();
+    assert!(firsts.len() >= 4, "connections seen: {firsts:?}");
+    assert!(
+        firsts.iter().all(|b| *b == 0x16),
+        "a non-TLS connection: {firsts:?}"
+    );
+    let mut captured = tap1.captured();
+    captured.extend(tap2.captured());
+    assert!(
+        captured.len() > 100_000,
+        "too little traffic captured ({} bytes)",
+        captured.len()
+    );
+    let secrets = [
+        ("admin token", admin.clone()),
+        ("tenant token", tenant_token.clone()),
+        ("join token", join_token.clone()),
+        (
+            "CA key",
+            pem_body(&first.data_dir.join("tls").join("ca.key")),
+        ),
+        (
+            "first node key",
+            pem_body(&first.data_dir.join("tls").join("node.key")),
+        ),
+        (
+            "second node key",
+            pem_body(&second.data_dir.join("tls").join("node.key")),
+        ),
+        (
+            "file contents",
+            "PLAINTEXT-MARKER-PLAINTEXT-MARKER".to_owned(),
+        ),
+    ];
+    for (what, secret) in &secrets {
+        assert!(
+            !contains(&captured, secret),
+            "the {what} crossed the wire in plaintext"
+        );
+    }
+    // Nor do the logs show tokens.
+    for node in [&first, &second] {
+        for (what, secret) in &secrets[..3] {
+            assert!(
+                !node.log().contains(secret.as_str()),
+                "the {what} is in a log"
+            );
+        }
+    }
+    // The control: the same tap on a plaintext connection (a dev node on loopback) sees the
+    // file's bytes and a plaintext first byte, so the checks above would catch a leak.
+    let tap3 = Tap::start();
+    let dev = Node::start();
+    tap3.forward_to_port(quic_addr(&dev).port());
+    let out = std::process::Command::new(bin("strata"))
+        .args(["put", file_arg, "photos/f"])
+        .env("STRATA_ENDPOINT", tap3.url("http"))
+        .env("STRATA_TOKEN", &dev.tenant_token)
+        .output()
+        .expect("cli");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(contains(
+        &tap3.captured(),
+        "PLAINTEXT-MARKER-PLAINTEXT-MARKER"
+    ));
+    assert!(
+        tap3.first_bytes().iter().all(|b| *b == b'P'),
+        "{:?}",
+        tap3.first_bytes()
+    );
+    // And a run-mode node refuses plaintext with a message saying why.
+    let out = std::process::Command::new(bin("strata"))
+        .args(["ls", "photos"])
+        .env(
+            "STRATA_ENDPOINT",
+            first.endpoint.replacen("https://", "http://", 1),
+        )
+        .env("STRATA_TOKEN", &tenant_token)
+        .output()
+        .expect("cli");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("https://"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renew_under_traffic_without_a_failed_call() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("strata.toml");
+    std::fs::write(&cfg, "[tls]\ncert_lifetime = \"12s\"\n").expect("config");
+    let cfg = cfg.to_str().expect("path").to_owned();
+    let cluster = TestCluster::start(3, &[("STRATA_CONFIG", &cfg)]);
+    let serials = |c: &TestCluster| -> Vec<String> {
+        c.nodes
+            .iter()
+            .map(|n| identities::of_node(&n.data_dir).facts.serial.clone())
+            .collect()
+    };
+    let before = serials(&cluster);
+    // 30 s of uploads and reads through every node: chunks cross QUIC (R = 3), metadata
+    // crosses gRPC to the leader, while each node renews about every 8 s.
+    let files = tempfile::tempdir().expect("tmp");
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut calls = 0;
+    let mut failed = Vec::new();
+    let mut i = 0usize;
+    while Instant::now() < until && i < 2_000 {
+        let node = &cluster.nodes[i % 3];
+        let bytes = data(300_000 + i * 17, i as u64);
+        let path = write_file(files.path(), "f", &bytes);
+        let mut s = node.storage().await;
+        let key = format!("k{i}");
+        let put = strata_admin::transfer::upload(
+            &mut s,
+            &path,
+            "renew",
+            &key,
+            "",
+            64 * 1024,
+            Arc::new(strata_admin::transfer::NoProgress),
+        )
+        .await;
+        calls += 1;
+        match put {
+            Err(e) => failed.push(format!("put {key} via {}: {e:#}", node.endpoint)),
+            Ok(_) => {
+                let mut r = cluster.nodes[(i + 1) % 3].storage().await;
+                calls += 1;
+                match get(&mut r, "renew", &key, 0, 0, 0).await {
+                    Ok(got) if got == bytes => {}
+                    Ok(_) => failed.push(format!("get {key}: wrong bytes")),
+                    Err(e) => failed.push(format!("get {key}: {e:#}")),
+                }
+            }
+        }
+        i += 1;
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {calls} calls failed: {failed:?}",
+        failed.len()
+    );
+    assert!(calls > 20, "too few calls: {calls}");
+    let after = serials(&cluster);
+    for (k, node) in cluster.nodes.iter().enumerate() {
+        assert_ne!(before[k], after[k], "node {k} kept its certificate");
+        let (_, text) = http_get(&node.metrics).await;
+        let renewed: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("strata_cert_renewals_total") && l.contains("outcome=\"ok\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(renewed >= 2.0, "node {k} renewed {renewed} times:\n{text}");
+        assert!(
+            !text.contains("outcome=\"failed\""),
+            "node {k} had a failed renewal"
+        );
+    }
+}
