@@ -121,6 +121,8 @@ pub fn admin(channel: Channel, token: &str) -> anyhow::Result<Admin> {
 /// A gRPC status as a one-line error: the node's message and the code's name.
 pub fn status_error(what: &str, s: Status) -> anyhow::Error {
     let why = format!("{} {:?}", s.message(), std::error::Error::source(&s));
+    // A TLS-only node answers a plaintext client's first call with FAILED_PRECONDITION and a
+    // message saying so; a call already in flight may see its GOAWAY instead.
     let hint = if why.contains("insufficient security") || why.contains("h2 protocol error") {
         " (if the node accepts TLS only, use an https:// endpoint, with --ca-file)"
     } else {

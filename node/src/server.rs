@@ -445,6 +445,7 @@ async fn obtain_identity(
 ) -> anyhow::Result<Identity> {
     let dir = config.data_dir.clone();
     let lifetime = config.tls.cert_lifetime;
+    let external = config.tls.ca_key.clone();
     let names_owned = names.to_vec();
     let local = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, Option<Identity>)> {
         std::fs::create_dir_all(&dir)
@@ -460,10 +461,24 @@ async fn obtain_identity(
             let cert = std::fs::read_to_string(dir.join("tls").join("ca.crt"))?;
             Some(Ca::load(&cert, &std::fs::read_to_string(&key_path)?)?)
         } else if creates && !dir.join("tls").join("ca.crt").exists() {
-            let ca = Ca::generate()?;
+            let ca = if external.as_os_str().is_empty() {
+                let ca = Ca::generate()?;
+                tracing::info!(key = %key_path.display(), "created the cluster CA; back up its key (it signs every node certificate)");
+                ca
+            } else {
+                // A CA made beforehand (`strata-node ca create`): its certificate is next to
+                // the key.
+                let cert_path = external.with_file_name("ca.crt");
+                let read = |p: &Path| {
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read {}", p.display()))
+                };
+                let ca = Ca::load(&read(&cert_path)?, &read(&external)?)?;
+                tracing::info!(key = %external.display(), "the cluster CA is the one given in tls.ca_key");
+                ca
+            };
             std::fs::create_dir_all(dir.join("tls"))?;
             crate::tls::write_atomically(&key_path, ca.key_pem().as_bytes(), 0o600)?;
-            tracing::info!(key = %key_path.display(), "created the cluster CA; back up its key (it signs every node certificate)");
             Some(ca)
         } else {
             None
@@ -849,6 +864,11 @@ async fn bind(addr: SocketAddr, mode: Mode) -> anyhow::Result<TcpListener> {
     ))
 }
 
+/// The join token configured on the node that creates a cluster admits this many nodes, for
+/// this long.
+const BOOTSTRAP_TOKEN_USES: u32 = 100;
+const BOOTSTRAP_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
 async fn first_run(node: &Node, mode: Mode) -> anyhow::Result<FirstRun> {
     let mut first = FirstRun {
         admin_token: None,
@@ -865,6 +885,24 @@ async fn first_run(node: &Node, mode: Mode) -> anyhow::Result<FirstRun> {
             .await?;
         write_secret(&dir.join("admin.token"), &token)?;
         first.admin_token = Some(token);
+        // A join token given to the node that creates the cluster admits the nodes a
+        // deployment tool starts with it (compose, Kubernetes): registered once, here.
+        if !node.config.join_token.is_empty() {
+            let now = now_ms();
+            node.cluster
+                .propose(Command::CreateJoinToken {
+                    token: TokenHash::of(&node.config.join_token),
+                    expires_ms: now + BOOTSTRAP_TOKEN_TTL.as_millis() as i64,
+                    uses: BOOTSTRAP_TOKEN_USES,
+                    now_ms: now,
+                })
+                .await?;
+            tracing::info!(
+                uses = BOOTSTRAP_TOKEN_USES,
+                ttl = ?BOOTSTRAP_TOKEN_TTL,
+                "registered the configured join token"
+            );
+        }
     }
     if mode == Mode::Dev && node.sm.counts()?.tenants == 0 {
         let (_, token) = create_tenant(&node.cluster, "default").await?;

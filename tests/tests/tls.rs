@@ -551,7 +551,10 @@ async fn no_token_secret_or_key_crosses_the_wire_in_plaintext() {
         .expect("cli");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("https://"), "{err}");
+    assert!(
+        err.contains("this node accepts TLS only: use an https:// endpoint"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,6 +58,20 @@ enum Cmd {
     },
     /// Print the default configuration as TOML.
     Config,
+    /// A cluster CA made ahead of time, for deployment tools that start every node at once.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Writes a new CA to DIR/ca.crt and DIR/ca.key (mode 0600); an existing one is kept.
+    /// Start the node that creates the cluster with `tls.ca_key = "DIR/ca.key"`.
+    Create { dir: PathBuf },
+    /// Prints the hash of a CA certificate (for --ca-hash).
+    Hash { cert: PathBuf },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +80,9 @@ fn main() -> anyhow::Result<()> {
     if let Cmd::Config = command {
         print!("{}", Config::default_toml());
         return Ok(());
+    }
+    if let Cmd::Ca { cmd } = &command {
+        return ca_command(cmd);
     }
     let dev_nodes = match command {
         Cmd::Dev { nodes } => nodes,
@@ -109,6 +126,40 @@ fn main() -> anyhow::Result<()> {
         dev_nodes,
         shutdown_signal(),
     ))
+}
+
+fn ca_command(cmd: &CaCmd) -> anyhow::Result<()> {
+    use strata_node::tls::pki;
+    match cmd {
+        CaCmd::Create { dir } => {
+            let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+            if key.exists() && cert.exists() {
+                let pem = std::fs::read_to_string(&cert)?;
+                println!(
+                    "{} exists; kept ({})",
+                    cert.display(),
+                    pki::ca_hash_pem(&pem)?
+                );
+                return Ok(());
+            }
+            std::fs::create_dir_all(dir)?;
+            let ca = pki::Ca::generate()?;
+            strata_node::tls::write_atomically(&key, ca.key_pem().as_bytes(), 0o600)?;
+            strata_node::tls::write_atomically(&cert, ca.cert_pem.as_bytes(), 0o644)?;
+            println!(
+                "wrote {} and {} ({})",
+                cert.display(),
+                key.display(),
+                pki::ca_hash_pem(&ca.cert_pem)?
+            );
+        }
+        CaCmd::Hash { cert } => {
+            let pem = std::fs::read_to_string(cert)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
+            println!("{}", pki::ca_hash_pem(&pem)?);
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -327,7 +327,13 @@ pub async fn renew_loop(
     names: Vec<String>,
 ) {
     loop {
-        let renew_at = tls.identity().facts.renew_at();
+        let facts = tls.identity().facts.clone();
+        let expiry = facts
+            .not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        metrics::gauge!(crate::metrics::CERT_EXPIRY).set(expiry.as_secs_f64());
+        let renew_at = facts.renew_at();
         let wait = renew_at
             .duration_since(SystemTime::now())
             .unwrap_or_default();

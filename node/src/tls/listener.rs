@@ -231,20 +231,83 @@ async fn handshake(
     ))
 }
 
-/// Answers a plaintext HTTP/2 client with SETTINGS and GOAWAY (INADEQUATE_SECURITY) carrying
-/// a message, so it sees why it was refused instead of a reset connection.
+/// Answers a plaintext HTTP/2 (gRPC) client of a TLS-only node: its first call gets a gRPC
+/// status FAILED_PRECONDITION saying why, then the connection ends with GOAWAY. The client's
+/// frames are read (at most 64 KiB, for at most 2 s) only to find that call's stream id.
 async fn refuse_plaintext(mut tcp: TcpStream) {
-    const MESSAGE: &[u8] =
-        b"this node accepts TLS only: use an https:// endpoint (and --ca-file with the cluster CA)";
-    let mut preface = [0u8; 64];
-    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut preface)).await;
-    let mut frames = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
-    let len = (8 + MESSAGE.len()) as u32;
-    frames.extend_from_slice(&len.to_be_bytes()[1..]);
-    frames.extend_from_slice(&[0x7, 0, 0, 0, 0, 0]);
-    frames.extend_from_slice(&0u32.to_be_bytes());
-    frames.extend_from_slice(&0xcu32.to_be_bytes());
-    frames.extend_from_slice(MESSAGE);
-    let _ = tcp.write_all(&frames).await;
+    const MESSAGE: &str =
+        "this node accepts TLS only: use an https:// endpoint (and --ca-file with the cluster CA)";
+    let stream = tokio::time::timeout(Duration::from_secs(2), first_request(&mut tcp))
+        .await
+        .ok()
+        .flatten();
+    let mut out = Vec::new();
+    frame(&mut out, 0x4, 0, 0, &[]); // our SETTINGS
+    frame(&mut out, 0x4, 0x1, 0, &[]); // ACK of the client's
+    if let Some(id) = stream {
+        let mut block = vec![0x88]; // ":status: 200" (static table)
+        for (name, value) in [
+            ("content-type", "application/grpc"),
+            ("grpc-status", "9"),
+            ("grpc-message", MESSAGE),
+        ] {
+            block.push(0x00); // literal, not indexed, new name
+            hpack_int(&mut block, name.len());
+            block.extend_from_slice(name.as_bytes());
+            hpack_int(&mut block, value.len());
+            block.extend_from_slice(value.as_bytes());
+        }
+        frame(&mut out, 0x1, 0x4 | 0x1, id, &block); // HEADERS, END_HEADERS | END_STREAM
+    }
+    let mut goaway = stream.unwrap_or(0).to_be_bytes().to_vec();
+    goaway.extend_from_slice(&0xcu32.to_be_bytes()); // INADEQUATE_SECURITY
+    goaway.extend_from_slice(MESSAGE.as_bytes());
+    frame(&mut out, 0x7, 0, 0, &goaway);
+    let _ = tcp.write_all(&out).await;
     let _ = tcp.shutdown().await;
+}
+
+/// Reads the client preface and frames until the first HEADERS frame; its stream id.
+async fn first_request(tcp: &mut TcpStream) -> Option<u32> {
+    let mut preface = [0u8; 24];
+    tcp.read_exact(&mut preface).await.ok()?;
+    if &preface[..3] != b"PRI" {
+        return None;
+    }
+    let mut budget = 64 * 1024usize;
+    loop {
+        let mut head = [0u8; 9];
+        tcp.read_exact(&mut head).await.ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        if head[3] == 0x1 && id != 0 {
+            return Some(id);
+        }
+        budget = budget.checked_sub(len + 9)?;
+        let mut skip = vec![0u8; len];
+        tcp.read_exact(&mut skip).await.ok()?;
+    }
+}
+
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// An HPACK integer with a 7-bit prefix (string lengths, no Huffman coding).
+fn hpack_int(out: &mut Vec<u8>, mut n: usize) {
+    if n < 127 {
+        out.push(n as u8);
+        return;
+    }
+    out.push(127);
+    n -= 127;
+    while n >= 128 {
+        out.push((n % 128) as u8 | 0x80);
+        n /= 128;
+    }
+    out.push(n as u8);
 }
