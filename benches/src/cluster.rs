@@ -212,7 +212,7 @@ pub(crate) async fn upload(
     files: &[(PathBuf, transfer::FilePlan)],
     prefix: &str,
 ) -> anyhow::Result<f64> {
-    let mut s = client::storage(client::connect(endpoint).await?, tok)?;
+    let mut s = client::storage(crate::connect(endpoint).await?, tok)?;
     let start = Instant::now();
     let mut bytes = 0;
     for (i, (path, plan)) in files.iter().enumerate() {
@@ -267,7 +267,7 @@ pub async fn replication(work: &Path, size: u64, json: bool) -> anyhow::Result<(
     let tenant = token(&first, "tenant.token")?;
     let admin_token = token(&first, "admin.token")?;
     // node-1 serves before the others have joined: wait for three voters in the layout.
-    let mut admin = client::admin(client::connect(&endpoint).await?, &admin_token)?;
+    let mut admin = client::admin(crate::connect(&endpoint).await?, &admin_token)?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let s = admin.status(pb::StatusRequest {}).await?.into_inner();

@@ -31,6 +31,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser;
 use strata_admin::client;
+
+/// The CA that verifies https:// endpoints (set once from the arguments).
+static CA_FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// A channel to a node: plaintext for http://, TLS verified with the CA file for https://.
+pub(crate) async fn connect(endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
+    let ca = CA_FILE.get().filter(|_| endpoint.starts_with("https://"));
+    client::connect_ca(endpoint, ca.map(PathBuf::as_path)).await
+}
 use strata_admin::transfer::{self, FilePlan, NoProgress};
 use strata_proto::v1 as pb;
 
@@ -46,6 +55,9 @@ struct Args {
     /// gRPC endpoint (default: from <data-dir>/node.json).
     #[arg(long)]
     endpoint: Option<String>,
+    /// CA certificate for https:// endpoints (default: <data-dir>/tls/ca.crt).
+    #[arg(long, env = "STRATA_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Tenant token (default: <data-dir>/tenant.token).
     #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -357,7 +369,7 @@ async fn failover_bench(dirs: &str, token: &str, json: bool) -> anyhow::Result<(
         "--failover needs the data dirs of at least three nodes"
     );
     let (first, _, admin_token) = &nodes[0];
-    let status = client::admin(client::connect(first).await?, admin_token)?
+    let status = client::admin(connect(first).await?, admin_token)?
         .status(pb::StatusRequest {})
         .await?
         .into_inner();
@@ -372,7 +384,7 @@ async fn failover_bench(dirs: &str, token: &str, json: bool) -> anyhow::Result<(
         .position(|n| n.0 == leader_addr)
         .context("the leader is not among --failover's nodes")?;
     let survivor = nodes[(leader + 1) % nodes.len()].0.clone();
-    let mut s = client::storage(client::connect(&survivor).await?, token)?;
+    let mut s = client::storage(connect(&survivor).await?, token)?;
     std::process::Command::new("kill")
         .args(["-9", &nodes[leader].1.to_string()])
         .status()?;
@@ -431,7 +443,7 @@ async fn metadata_bench(
 ) -> anyhow::Result<()> {
     let mut clients = Vec::new();
     for e in endpoints {
-        clients.push(client::storage(client::connect(e).await?, token)?);
+        clients.push(client::storage(connect(e).await?, token)?);
     }
     let run = format!(
         "{:x}",
@@ -584,6 +596,11 @@ async fn main() -> anyhow::Result<()> {
         };
         return cluster::replication(work.path(), size, args.json).await;
     }
+    let _ = CA_FILE.set(
+        args.ca_file
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("tls").join("ca.crt")),
+    );
     let node: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(args.data_dir.join("node.json"))
             .context("no node.json in --data-dir: is a node running there?")?,
@@ -655,7 +672,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let client_hash = mbps(size * (args.files * round_plans.len()) as u64, hash_time);
 
-    let storage = client::storage(client::connect(&endpoint).await?, &token)?;
+    let storage = client::storage(connect(&endpoint).await?, &token)?;
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
     let watcher = (pid != 0).then(|| watch_rss(pid, stop.clone(), peak.clone()));

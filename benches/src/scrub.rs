@@ -104,7 +104,7 @@ pub async fn scrub(work: &Path, size: u64, rounds: usize, json: bool) -> anyhow:
     let endpoint = node.endpoint()?;
     let tenant = token(&dir, "tenant.token")?;
     let mut admin = client::admin(
-        client::connect(&endpoint).await?,
+        crate::connect(&endpoint).await?,
         &token(&dir, "admin.token")?,
     )?;
     let default_rate: u64 = scrub_worker(&mut admin)

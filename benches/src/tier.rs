@@ -184,7 +184,7 @@ async fn run_node(
     upload(&endpoint, &tenant, small, "small").await?;
     // upload() puts everything in bucket "bench": move the small files to their own bucket
     // by uploading them again there (dedup makes it cheap) so two policies can split them.
-    let mut s = client::storage(client::connect(&endpoint).await?, &tenant)?;
+    let mut s = client::storage(crate::connect(&endpoint).await?, &tenant)?;
     for (i, (path, plan)) in small.iter().enumerate() {
         transfer::upload_planned(
             &mut s,
@@ -210,7 +210,7 @@ async fn run_node(
         .await?;
     }
     let mut admin = client::admin(
-        client::connect(&endpoint).await?,
+        crate::connect(&endpoint).await?,
         &token(&dir, "admin.token")?,
     )?;
     let big_bytes = big.iter().map(|(_, p)| p.size).sum();
