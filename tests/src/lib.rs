@@ -46,6 +46,49 @@ pub struct Node {
     child: Option<Child>,
 }
 
+/// Runs a node that tries to join through `via` and must fail; returns its stderr.
+pub fn join_fails(via: &Node, token: &str, ca_hash: &str) -> String {
+    use std::io::Read as _;
+    let root = tempfile::tempdir().expect("tmp");
+    let mut child = std::process::Command::new(bin("strata-node"))
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(root.path().join("data"))
+        .env("STRATA_JOIN", tls_url(&via.endpoint))
+        .env("STRATA_JOIN_TOKEN", token)
+        .env("STRATA_CA_HASH", ca_hash)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a join that should fail still runs after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read stderr");
+    assert!(!status.success(), "the join succeeded: {err}");
+    err
+}
+
 /// A join token and the CA hash that goes with it.
 pub struct JoinToken {
     pub token: String,
@@ -55,6 +98,15 @@ pub struct JoinToken {
 /// The https:// form of a node URL (members and joining nodes always speak TLS).
 pub fn tls_url(endpoint: &str) -> String {
     endpoint.replacen("http://", "https://", 1)
+}
+
+/// The address of a node's gRPC port (and of its QUIC endpoint, on UDP).
+pub fn node_addr(node: &Node) -> std::net::SocketAddr {
+    node.endpoint
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .parse()
+        .expect("endpoint address")
 }
 
 /// A free loopback port (bound and released; the node binds it again right after).
@@ -187,6 +239,11 @@ impl Node {
             token: v["token"].as_str().expect("token").to_owned(),
             ca_hash: v["ca_hash"].as_str().expect("ca_hash").to_owned(),
         }
+    }
+
+    /// The address of this node's gRPC port (and of its QUIC endpoint, on UDP).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        node_addr(self)
     }
 
     /// The cluster CA certificate file of this node.

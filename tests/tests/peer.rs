@@ -14,11 +14,7 @@ use strata_node::tls::Identity;
 use strata_tests::*;
 
 fn quic_addr(node: &Node) -> SocketAddr {
-    node.endpoint
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .parse()
-        .expect("endpoint address")
+    node.addr()
 }
 
 fn client(config: quinn::ClientConfig) -> PeerClient {

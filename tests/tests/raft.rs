@@ -298,25 +298,7 @@ async fn membership_errors_are_clear() {
     );
 
     // A node with an unknown join token cannot join: it exits with a clear error.
-    let root = tempfile::tempdir().expect("tmp");
-    let ca_hash = node.join_token().ca_hash;
-    let out = std::process::Command::new(bin("strata-node"))
-        .args([
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(root.path().join("data"))
-        .env("STRATA_JOIN", &node.endpoint)
-        .env("STRATA_JOIN_TOKEN", "sjt_wrong")
-        .env("STRATA_CA_HASH", &ca_hash)
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = join_fails(&node, "sjt_wrong", &node.join_token().ca_hash);
     assert!(
         err.contains("refused") && err.contains("join token not recognised"),
         "{err}"

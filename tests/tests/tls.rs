@@ -14,14 +14,6 @@ use strata_cluster::ChunkId;
 use strata_proto::v1 as pb;
 use strata_tests::*;
 
-fn quic_addr(node: &Node) -> SocketAddr {
-    node.endpoint
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .parse()
-        .expect("endpoint address")
-}
-
 fn raft_id(node: &Node) -> u64 {
     identities::of_node(&node.data_dir)
         .node()
@@ -40,7 +32,7 @@ async fn grpc_accepts(node: &Node, id: &strata_node::tls::Identity) -> bool {
 /// Whether a member's QUIC endpoint serves `id`.
 async fn quic_accepts(node: &Node, id: strata_node::tls::Identity) -> bool {
     identities::quic(id)
-        .has_chunks(quic_addr(node), vec![ChunkId::of(b"x")])
+        .has_chunks(node_addr(node), vec![ChunkId::of(b"x")])
         .await
         .is_ok()
 }
@@ -78,7 +70,7 @@ async fn strangers_expired_and_removed_nodes_are_refused_on_grpc_and_quic() {
 
     // A QUIC connection opened before the removal stops serving once it commits.
     let open = identities::quic(identities::of_node(&third.data_dir));
-    let addr = quic_addr(&first);
+    let addr = node_addr(&first);
     open.has_chunks(addr, vec![ChunkId::of(b"x")])
         .await
         .expect("served before the removal");
@@ -113,48 +105,6 @@ async fn strangers_expired_and_removed_nodes_are_refused_on_grpc_and_quic() {
     let resigned =
         identities::signed_by_node_ca(&first.data_dir, third_id, Duration::from_secs(600));
     assert!(!grpc_accepts(&second, &resigned).await);
-}
-
-/// Runs a node that tries to join through `via` and must fail; returns its stderr.
-fn join_fails(via: &Node, token: &str, ca_hash: &str) -> String {
-    let root = tempfile::tempdir().expect("tmp");
-    let mut child = std::process::Command::new(bin("strata-node"))
-        .args([
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(root.path().join("data"))
-        .env("STRATA_JOIN", tls_url(&via.endpoint))
-        .env("STRATA_JOIN_TOKEN", token)
-        .env("STRATA_CA_HASH", ca_hash)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("a join that should fail still runs after 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("read stderr");
-    assert!(!status.success(), "the join succeeded: {err}");
-    err
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,6 +335,12 @@ fn cli_via(
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// An admin command through `endpoint` with `--json`; its output parsed.
+fn cli_json(endpoint: &str, ca: &std::path::Path, admin: &str, args: &[&str]) -> serde_json::Value {
+    let args: Vec<&str> = ["--json"].iter().chain(args).copied().collect();
+    serde_json::from_str(&cli_via(endpoint, ca, admin, "", &args)).expect("json")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_secret_or_key_crosses_the_wire_in_plaintext() {
     // Two run-mode nodes, each reached by the other (and by the CLI) only through a tap.
@@ -404,14 +360,7 @@ async fn no_token_secret_or_key_crosses_the_wire_in_plaintext() {
     let ca = first.ca_file();
     let via = tap1.url("https");
     let admin = first.admin_token.clone();
-    let join: serde_json::Value = serde_json::from_str(&cli_via(
-        &via,
-        &ca,
-        &admin,
-        "",
-        &["--json", "node", "token", "create"],
-    ))
-    .expect("json");
+    let join = cli_json(&via, &ca, &admin, &["node", "token", "create"]);
     let join_token = join["token"].as_str().expect("token").to_owned();
     let second = Node::start_run(
         port2,
@@ -423,14 +372,7 @@ async fn no_token_secret_or_key_crosses_the_wire_in_plaintext() {
         ],
     );
     // Tenant, an upload and a download through the tap, over TLS.
-    let tenant: serde_json::Value = serde_json::from_str(&cli_via(
-        &via,
-        &ca,
-        &admin,
-        "",
-        &["--json", "tenant", "create", "alice"],
-    ))
-    .expect("json");
+    let tenant = cli_json(&via, &ca, &admin, &["tenant", "create", "alice"]);
     let tenant_token = tenant["token"].as_str().expect("token").to_owned();
     let dir = tempfile::tempdir().expect("tmp");
     let marker = "PLAINTEXT-MARKER-".repeat(4096);
@@ -518,7 +460,7 @@ async fn no_token_secret_or_key_crosses_the_wire_in_plaintext() {
     // file's bytes and a plaintext first byte, so the checks above would catch a leak.
     let tap3 = Tap::start();
     let dev = Node::start();
-    tap3.forward_to_port(quic_addr(&dev).port());
+    tap3.forward_to_port(node_addr(&dev).port());
     let out = std::process::Command::new(bin("strata"))
         .args(["put", file_arg, "photos/f"])
         .env("STRATA_ENDPOINT", tap3.url("http"))
@@ -630,4 +572,69 @@ async fn certificates_renew_under_traffic_without_a_failed_call() {
             "node {k} had a failed renewal"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_api_certificate_is_shown_to_clients_and_members_keep_node_certificates() {
+    // An API certificate from the operator's own CA (here made with the same tooling).
+    let dir = tempfile::tempdir().expect("tmp");
+    let own_ca = strata_node::tls::pki::Ca::generate().expect("CA");
+    let (key, csr) = strata_node::tls::pki::new_key_and_csr().expect("csr");
+    let cert = own_ca
+        .sign(&csr, 0, &["127.0.0.1".into()], Duration::from_secs(3600))
+        .expect("sign");
+    let (cert_path, key_path, ca_path) = (
+        dir.path().join("api.crt"),
+        dir.path().join("api.key"),
+        dir.path().join("own-ca.crt"),
+    );
+    std::fs::write(&cert_path, &cert).expect("cert");
+    std::fs::write(&key_path, &key).expect("key");
+    std::fs::write(&ca_path, &own_ca.cert_pem).expect("ca");
+    let cfg = dir.path().join("strata.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n",
+            cert_path.display().to_string(),
+            key_path.display().to_string()
+        ),
+    )
+    .expect("config");
+    let cfg = cfg.to_str().expect("path").to_owned();
+    let first = Node::start_with(&[("STRATA_CONFIG", &cfg)]);
+    let second = TestCluster::joiner(&first, &[("STRATA_CONFIG", &cfg)]);
+    let https = tls_url(&first.endpoint);
+    let status = |ca: &std::path::Path| {
+        std::process::Command::new(bin("strata"))
+            .args(["status"])
+            .env("STRATA_ENDPOINT", &https)
+            .env("STRATA_CA_FILE", ca)
+            .env("STRATA_ADMIN_TOKEN", &first.admin_token)
+            .output()
+            .expect("cli")
+    };
+    // Clients verify the node with the operator's CA ...
+    let out = status(&ca_path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ... not with the cluster CA, which the API certificate does not chain to.
+    let out = status(&first.ca_file());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not signed by the CA in --ca-file"), "{err}");
+    // Members still verify each other with node certificates: the second node joined, and
+    // it serves reads of metadata committed through the first.
+    let voters = first
+        .status()
+        .await
+        .nodes
+        .iter()
+        .filter(|n| n.voter)
+        .count();
+    assert_eq!(voters, 2);
+    assert!(grpc_accepts(&first, &identities::of_node(&second.data_dir)).await);
 }
