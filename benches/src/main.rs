@@ -260,6 +260,31 @@ struct Phase {
     wall: Duration,
     latencies: Vec<f64>,
     sent: u64,
+    /// CPU seconds the node process used during the phase (user + system).
+    node_cpu_s: f64,
+}
+
+/// CPU seconds (user + system) used so far by process `pid`, from /proc/<pid>/stat (0 when
+/// the pid is unknown).
+fn process_cpu_s(pid: u32) -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses: utime is the
+    // 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (n(11) + n(12)) / ticks
 }
 
 impl Phase {
@@ -267,7 +292,8 @@ impl Phase {
         let mut l = self.latencies.clone();
         l.sort_by(f64::total_cmp);
         serde_json::json!({ "phase": self.name, "bytes": self.bytes, "seconds": self.wall.as_secs_f64(), "mb_per_s": mbps(self.bytes, self.wall),
-            "p50_s": percentile(&l, 0.5), "p99_s": percentile(&l, 0.99), "sent_bytes": self.sent })
+            "p50_s": percentile(&l, 0.5), "p99_s": percentile(&l, 0.99), "sent_bytes": self.sent,
+            "node_cpu_s_per_gib": self.node_cpu_s / (self.bytes.max(1) as f64 / (1u64 << 30) as f64) })
     }
 }
 
@@ -683,6 +709,7 @@ async fn main() -> anyhow::Result<()> {
         let (raw_write, raw_read) = raw_disk(&args.data_dir, size.max(64 << 20), args.drop_caches)?;
         let mut phases = Vec::new();
         let prefix = format!("r{round}");
+        let cpu0 = process_cpu_s(pid);
         let (wall, latencies, sent) =
             upload_all(&storage, plans, &prefix, args.concurrency).await?;
         phases.push(Phase {
@@ -691,8 +718,10 @@ async fn main() -> anyhow::Result<()> {
             wall,
             latencies,
             sent,
+            node_cpu_s: process_cpu_s(pid) - cpu0,
         });
         if !args.no_dedup {
+            let cpu0 = process_cpu_s(pid);
             let (wall, latencies, sent) = upload_all(
                 &storage,
                 plans,
@@ -706,11 +735,13 @@ async fn main() -> anyhow::Result<()> {
                 wall,
                 latencies,
                 sent,
+                node_cpu_s: process_cpu_s(pid) - cpu0,
             });
         }
         if args.drop_caches {
             drop_caches()?;
         }
+        let cpu0 = process_cpu_s(pid);
         let (wall, latencies, bytes) =
             download_all(&storage, &prefix, args.files, args.concurrency).await?;
         phases.push(Phase {
@@ -719,6 +750,7 @@ async fn main() -> anyhow::Result<()> {
             wall,
             latencies,
             sent: 0,
+            node_cpu_s: process_cpu_s(pid) - cpu0,
         });
         rounds.push(Round {
             raw_write,

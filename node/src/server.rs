@@ -452,6 +452,14 @@ async fn obtain_identity(
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;
         let raft_id = crate::raft::raft_id(&dir)?;
         let saved = Identity::load(&dir)?;
+        if let Some(i) = &saved
+            && i.node() != Some(raft_id)
+        {
+            anyhow::bail!(
+                "the certificate in {} is not this node's (raft id {raft_id}): it was copied from another node or made by an older version; move that directory away and join again with a join token",
+                dir.join("tls").display()
+            );
+        }
         let fresh = |i: &Identity| i.facts.not_after > SystemTime::now() + Duration::from_secs(60);
         if let Some(i) = saved.filter(fresh) {
             return Ok((raft_id, Some(i)));
