@@ -14,6 +14,11 @@ use strata_cluster::ChunkId;
 use strata_proto::v1 as pb;
 use strata_tests::*;
 
+/// Voting members, as `node` sees them.
+async fn voters(node: &Node) -> usize {
+    node.status().await.nodes.iter().filter(|n| n.voter).count()
+}
+
 fn raft_id(node: &Node) -> u64 {
     identities::of_node(&node.data_dir)
         .node()
@@ -132,14 +137,7 @@ async fn joining_pins_the_ca_and_spends_a_token_once() {
         ("STRATA_CA_HASH", &t.ca_hash),
     ]);
     second.admin_token = first.admin_token.clone();
-    let voters = first
-        .status()
-        .await
-        .nodes
-        .iter()
-        .filter(|n| n.voter)
-        .count();
-    assert_eq!(voters, 2);
+    assert_eq!(voters(&first).await, 2);
 
     // Used once: refused.
     let err = join_fails(&first, &t.token, &t.ca_hash);
@@ -395,14 +393,7 @@ async fn no_token_secret_or_key_crosses_the_wire_in_plaintext() {
     );
     assert_eq!(std::fs::read(&back).expect("back"), marker.as_bytes());
     // Raft between the two: the second node is a voter (its traffic went through the taps).
-    let voters = first
-        .status()
-        .await
-        .nodes
-        .iter()
-        .filter(|n| n.voter)
-        .count();
-    assert_eq!(voters, 2);
+    assert_eq!(voters(&first).await, 2);
 
     // Every connection through the taps (CLI to node, node to node) was TLS from its first
     // byte. (HTTP/2 may Huffman-code header values, so looking for a token's text alone would
@@ -628,13 +619,71 @@ async fn a_configured_api_certificate_is_shown_to_clients_and_members_keep_node_
     assert!(err.contains("not signed by the CA in --ca-file"), "{err}");
     // Members still verify each other with node certificates: the second node joined, and
     // it serves reads of metadata committed through the first.
-    let voters = first
-        .status()
-        .await
-        .nodes
-        .iter()
-        .filter(|n| n.voter)
-        .count();
-    assert_eq!(voters, 2);
+    assert_eq!(voters(&first).await, 2);
     assert!(grpc_accepts(&first, &identities::of_node(&second.data_dir)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_made_ahead_and_a_configured_join_token_bring_up_a_cluster_without_a_manual_step() {
+    // What deploy/compose.yaml does: `strata-node ca create`, then every node started with the
+    // same join token; the first creates the cluster with that CA and registers the token.
+    let dir = tempfile::tempdir().expect("tmp");
+    let ca_dir = dir.path().join("ca");
+    let out = std::process::Command::new(bin("strata-node"))
+        .args(["ca", "create"])
+        .arg(&ca_dir)
+        .output()
+        .expect("ca create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(bin("strata-node"))
+        .args(["ca", "hash"])
+        .arg(ca_dir.join("ca.crt"))
+        .output()
+        .expect("ca hash");
+    let ca_hash = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(ca_hash.starts_with("sha256:"), "{ca_hash}");
+    let cfg = dir.path().join("first.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[tls]\nca_key = {:?}\n",
+            ca_dir.join("ca.key").display().to_string()
+        ),
+    )
+    .expect("config");
+    let token = "sjt_0123456789abcdef0123456789abcdef0123456789abcdef";
+    let first = Node::start_run(
+        0,
+        &[
+            ("STRATA_INIT", "true"),
+            ("STRATA_CONFIG", cfg.to_str().expect("path")),
+            ("STRATA_JOIN_TOKEN", token),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(first.ca_file()).expect("ca"),
+        std::fs::read_to_string(ca_dir.join("ca.crt")).expect("ca"),
+        "the cluster CA is the one made ahead"
+    );
+    let url = tls_url(&first.endpoint);
+    let joiners: Vec<Node> = (0..2)
+        .map(|_| {
+            Node::start_run(
+                0,
+                &[
+                    ("STRATA_JOIN", url.as_str()),
+                    ("STRATA_JOIN_TOKEN", token),
+                    ("STRATA_CA_HASH", ca_hash.as_str()),
+                ],
+            )
+        })
+        .collect();
+    assert_eq!(voters(&first).await, 3);
+    for j in &joiners {
+        assert!(j.endpoint.starts_with("https://"));
+    }
 }
