@@ -130,6 +130,24 @@ async fn joining_pins_the_ca_and_spends_a_token_once() {
         first.log()
     );
 
+    // A request that cannot be signed is refused without spending the token.
+    let ca = std::fs::read_to_string(first.ca_file()).expect("ca");
+    let mut raw = identities::internal(&first.endpoint, &identities::of_node(&first.data_dir), &ca)
+        .await
+        .expect("connect");
+    let refused = raw
+        .enroll(pb::EnrollRequest {
+            token: t.token.clone(),
+            raft_id: 77,
+            csr_pem:
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+                    .into(),
+            names: vec![],
+        })
+        .await
+        .expect_err("a bad CSR");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+
     // The same token with the right hash still works: it was never spent.
     let mut second = Node::start_with(&[
         ("STRATA_JOIN", &tls_url(&first.endpoint)),

@@ -382,10 +382,10 @@ impl Cluster {
             .collect()
     }
 
-    /// The address of the member that signs certificates (it holds the CA key).
-    pub fn sm_signer(&self) -> Option<String> {
+    /// The member that signs certificates (it holds the CA key), with its address.
+    pub fn signer(&self) -> Option<(NodeId, String)> {
         let id = self.sm.ca_signer().ok().flatten()?;
-        self.members().get(&id).cloned()
+        self.members().get(&id).map(|a| (id, a.clone()))
     }
 
     /// The voting members.

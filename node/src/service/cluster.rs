@@ -15,6 +15,7 @@ use super::layout::NodeReport;
 use crate::codec;
 use crate::raft::{Cluster, WireError};
 use crate::tls::listener::ConnInfo;
+use crate::tls::pki;
 
 pub struct ClusterService {
     cluster: Arc<Cluster>,
@@ -153,12 +154,19 @@ impl pb::cluster_server::Cluster for ClusterService {
         identity::check_request(&r.csr_pem, &r.names).map_err(Status::invalid_argument)?;
         let c = &self.cluster;
         if !self.signer.holds_key() {
-            let signer = c
-                .sm_signer()
+            let (id, addr) = c
+                .signer()
                 .ok_or_else(|| Status::unavailable("no certificate signer is known yet; retry"))?;
-            let mut client = c.peers.client(&signer)?;
+            if id == c.id {
+                return Err(Status::failed_precondition(
+                    "this node is the recorded certificate signer but does not hold the CA key: restore it with tls.ca_key",
+                ));
+            }
+            let mut client = c.peers.client(&addr)?;
             return client.enroll(r).await;
         }
+        // A request that cannot be signed must not spend the token.
+        pki::check_csr(&r.csr_pem).map_err(|e| Status::invalid_argument(e.to_string()))?;
         c.propose(strata_cluster::Command::UseJoinToken {
             token: strata_cluster::TokenHash::of(&r.token),
             node: r.raft_id,

@@ -146,6 +146,13 @@ impl Ca {
     }
 }
 
+/// Checks that `csr_pem` is a well-formed request whose signature matches its key.
+pub fn check_csr(csr_pem: &str) -> Result<(), PkiError> {
+    CertificateSigningRequestParams::from_pem(csr_pem)
+        .map(|_| ())
+        .map_err(|e| invalid(format!("bad certificate signing request: {e}")))
+}
+
 /// A new node key and a signing request for it: (key PEM, request PEM).
 pub fn new_key_and_csr() -> Result<(String, String), PkiError> {
     let key = KeyPair::generate()?;
