@@ -360,11 +360,13 @@ pub async fn run(
         }
     }
     if signer.holds_key() {
-        tokio::spawn(register_signer(
-            node.sm.clone(),
-            node.cluster.clone(),
-            tls.clone(),
-        ));
+        let register = register_signer(node.sm.clone(), node.cluster.clone(), tls.clone());
+        if creates && node.sm.cluster_ca()?.is_none() {
+            // A new cluster: record its CA before anyone can ask for a join token.
+            register.await;
+        } else {
+            tokio::spawn(register);
+        }
     }
     let transport = start_transport(&tls, &node.blocks, grpc_addr)?;
     let renewals = tokio::spawn(identity::renew_loop(
