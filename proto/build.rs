@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .bytes(".")
+        .codec_path("crate::codec::StrictCodec")
         .file_descriptor_set_path(out_dir.join("strata_descriptor.bin"))
         .compile_protos(
             &[

@@ -468,3 +468,49 @@ async fn absurd_sizes_and_offsets_are_refused() {
         Code::InvalidArgument
     );
 }
+
+/// CreateUploadRequest with `key` (a string in the protocol) as raw bytes, to send a key that
+/// is not UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawCreateUpload {
+    #[prost(string, tag = "1")]
+    bucket: String,
+    #[prost(bytes = "vec", tag = "2")]
+    key: Vec<u8>,
+    #[prost(uint64, tag = "3")]
+    size: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_does_not_decode_is_invalid_argument_and_stores_nothing() {
+    let node = Node::start();
+    let mut grpc = tonic::client::Grpc::new(node.channel().await);
+    grpc.ready().await.expect("ready");
+    let mut req = tonic::Request::new(RawCreateUpload {
+        bucket: "photos".into(),
+        key: vec![b'a', 0xff, 0xfe],
+        size: 1,
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", node.tenant_token)
+            .parse()
+            .expect("header"),
+    );
+    let r: Result<tonic::Response<pb::CreateUploadResponse>, tonic::Status> = grpc
+        .unary(
+            req,
+            http::uri::PathAndQuery::from_static("/strata.v1.Storage/CreateUpload"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    let err = r.expect_err("a key that is not UTF-8 must be refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("does not decode"), "{err:?}");
+    assert!(err.message().contains("UTF-8"), "{err:?}");
+    // Nothing was created: no bucket, no open upload.
+    let status = node.status().await;
+    assert_eq!(status.open_sessions, 0);
+    let out = node.cli(&["bucket", "list"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("photos"));
+}
