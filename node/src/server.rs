@@ -462,7 +462,7 @@ async fn obtain_identity(
                 dir.join("tls").display()
             );
         }
-        let fresh = |i: &Identity| i.facts.not_after > SystemTime::now() + Duration::from_secs(60);
+        let fresh = |i: &Identity| i.facts.not_after > SystemTime::now() + Duration::from_secs(5);
         if let Some(i) = saved.filter(fresh) {
             return Ok((raft_id, Some(i)));
         }

@@ -231,8 +231,9 @@ impl Node {
         let out = self.cli(&["--json", "node", "token", "create"]);
         assert!(
             out.status.success(),
-            "node token create: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "node token create: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("token JSON");
         JoinToken {
@@ -261,6 +262,12 @@ impl Node {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sets (or replaces) one environment variable for the node's next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// Starts the node again on the same data directory (it may get new ports).

@@ -705,3 +705,73 @@ async fn a_ca_made_ahead_and_a_configured_join_token_bring_up_a_cluster_without_
         assert!(j.endpoint.starts_with("https://"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_past_its_certificate_gets_a_new_one_with_a_join_token() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("strata.toml");
+    std::fs::write(&cfg, "[tls]\ncert_lifetime = \"10s\"\n").expect("config");
+    let cfg = cfg.to_str().expect("path").to_owned();
+    let first = Node::start_with(&[("STRATA_CONFIG", &cfg)]);
+    let mut second = TestCluster::joiner(&first, &[("STRATA_CONFIG", &cfg)]);
+    // A third voter keeps a quorum while the second is down.
+    let _third = TestCluster::joiner(&first, &[("STRATA_CONFIG", &cfg)]);
+    let before = identities::of_node(&second.data_dir).facts;
+    second.kill();
+    // Down until its certificate has expired (bounded: the lifetime is 10 s).
+    let until = before.not_after + Duration::from_secs(1);
+    while std::time::SystemTime::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Its old token is spent: a new one gets it a new certificate, and it is a member again.
+    let fresh = first.join_token();
+    second.set_env("STRATA_JOIN_TOKEN", &fresh.token);
+    second.restart();
+    let after = identities::of_node(&second.data_dir).facts;
+    assert_ne!(after.serial, before.serial);
+    assert_eq!(after.node, before.node, "the same node, not a new one");
+    assert!(after.not_after > std::time::SystemTime::now());
+    assert_eq!(voters(&first).await, 3);
+    assert!(grpc_accepts(&first, &identities::of_node(&second.data_dir)).await);
+    let mut s = second.storage().await;
+    s.list_buckets(pb::ListBucketsRequest {})
+        .await
+        .expect("the returned node serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_given_the_ca_key_backup_takes_over_signing_when_the_signer_is_lost() {
+    let mut first = Node::start();
+    let mut second = TestCluster::joiner(&first, &[]);
+    let third = TestCluster::joiner(&first, &[]);
+    // The operator's backup of the CA key, then the signer is lost for good.
+    let dir = tempfile::tempdir().expect("tmp");
+    let backup = dir.path().join("ca.key");
+    std::fs::copy(first.data_dir.join("tls").join("ca.key"), &backup).expect("backup");
+    first.kill();
+    // The second node restarts with the backup and becomes the signer.
+    let cfg = dir.path().join("takeover.toml");
+    std::fs::write(
+        &cfg,
+        format!("[tls]\nca_key = {:?}\n", backup.display().to_string()),
+    )
+    .expect("config");
+    second.set_env("STRATA_CONFIG", cfg.to_str().expect("path"));
+    second.restart();
+    assert!(second.data_dir.join("tls").join("ca.key").exists());
+    // A new node joins through the third node: its enrollment reaches the new signer.
+    let fourth = TestCluster::joiner(&third, &[]);
+    assert_eq!(
+        voters(&second).await,
+        4,
+        "three live voters and the lost one"
+    );
+    assert!(grpc_accepts(&second, &identities::of_node(&fourth.data_dir)).await);
+    assert!(
+        second
+            .log()
+            .contains("this node signs the cluster's certificates"),
+        "{}",
+        second.log()
+    );
+}
