@@ -195,7 +195,18 @@ enum BucketCmd {
 #[derive(Subcommand)]
 enum TokenCmd {
     /// A new token for an existing tenant (shown once).
-    Create { tenant: String },
+    Create {
+        tenant: String,
+        /// read (get, stat, list, versions) or read-write.
+        #[arg(long, default_value = "read-write")]
+        scope: String,
+        /// Limit the token to this bucket.
+        #[arg(long)]
+        bucket: Option<String>,
+        /// The token is refused this long after it is made (e.g. 30d); default: never.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
+    },
     /// Every token's id, tenant and creation time (never the token itself).
     List,
     /// Revoke a token by the id `strata token list` shows.
@@ -747,10 +758,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Token { cmd } => {
             let mut admin = cli.admin().await?;
             match cmd {
-                TokenCmd::Create { tenant } => {
+                TokenCmd::Create {
+                    tenant,
+                    scope,
+                    bucket,
+                    expires,
+                } => {
                     let r = admin
                         .create_token(pb::CreateTokenRequest {
                             tenant: tenant.clone(),
+                            scope: scope.clone(),
+                            bucket: bucket.clone().unwrap_or_default(),
+                            expires_seconds: expires.map_or(0, |d| d.as_secs().max(1)),
                         })
                         .await
                         .map_err(|s| status_error("token create", s))?
@@ -774,16 +793,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .map_err(|s| status_error("token list", s))?
                         .into_inner();
                     if cli.json {
-                        println!("{}", json!(r.tokens.iter().map(|t| json!({ "id": t.id, "tenant": t.tenant, "admin": t.admin, "created_at_ms": t.created_at_ms })).collect::<Vec<_>>()));
+                        println!("{}", json!(r.tokens.iter().map(|t| json!({ "id": t.id, "tenant": t.tenant, "admin": t.admin, "created_at_ms": t.created_at_ms, "scope": t.scope, "bucket": t.bucket, "expires_ms": t.expires_ms })).collect::<Vec<_>>()));
                     } else {
-                        println!("{:<18}  {:<24}  CREATED", "ID", "FOR");
+                        println!(
+                            "{:<18}  {:<24}  {:<10}  {:<20}  {:<19}  EXPIRES",
+                            "ID", "FOR", "SCOPE", "BUCKET", "CREATED"
+                        );
                         for t in &r.tokens {
                             let who = if t.admin {
                                 "(admin)".to_owned()
                             } else {
                                 t.tenant.clone()
                             };
-                            println!("{:<18}  {:<24}  {}", t.id, who, time(t.created_at_ms));
+                            let bucket = if t.bucket.is_empty() {
+                                "(all)"
+                            } else {
+                                &t.bucket
+                            };
+                            let expires = if t.expires_ms == 0 {
+                                "never".to_owned()
+                            } else {
+                                time(t.expires_ms)
+                            };
+                            println!(
+                                "{:<18}  {:<24}  {:<10}  {:<20}  {:<19}  {expires}",
+                                t.id,
+                                who,
+                                t.scope,
+                                bucket,
+                                time(t.created_at_ms)
+                            );
                         }
                     }
                 }

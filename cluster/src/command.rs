@@ -88,6 +88,9 @@ pub enum Command {
         tenant_name: String,
         token: TokenHash,
         now_ms: i64,
+        scope: crate::records::TokenScope,
+        bucket: Option<BucketName>,
+        expires_ms: Option<i64>,
     },
     RevokeToken {
         token: TokenHash,

@@ -63,7 +63,12 @@ pub struct Counts {
 
 impl StateMachine {
     pub fn principal(&self, token: &TokenHash) -> Result<Option<Principal>, StoreError> {
-        Ok(read::<TokenRecord>(&self.tree, "token", &keys::token(&token.0))?.map(|r| r.principal))
+        Ok(self.token(token)?.map(|r| r.principal))
+    }
+
+    /// A token's record: its principal, scope, bucket and expiry.
+    pub fn token(&self, token: &TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        read(&self.tree, "token", &keys::token(&token.0))
     }
 
     pub fn tenant(&self, id: TenantId) -> Result<Option<TenantRecord>, StoreError> {
@@ -366,6 +371,9 @@ pub struct TokenView {
     pub principal: Principal,
     pub tenant_name: Option<String>,
     pub created_at_ms: i64,
+    pub scope: TokenScope,
+    pub bucket: Option<BucketName>,
+    pub expires_ms: Option<i64>,
 }
 
 impl StateMachine {
@@ -387,6 +395,9 @@ impl StateMachine {
                 principal: rec.principal,
                 tenant_name,
                 created_at_ms: rec.created_at_ms,
+                scope: rec.scope,
+                bucket: rec.bucket,
+                expires_ms: rec.expires_ms,
             });
         }
         Ok(out)

@@ -56,10 +56,37 @@ pub enum Principal {
     Admin,
 }
 
+/// What a tenant token may do (the admin token may do everything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenScope {
+    /// Reads: get, stat, list, versions, upload progress.
+    Read,
+    /// Reads and writes.
+    ReadWrite,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
     pub principal: Principal,
     pub created_at_ms: i64,
+    pub scope: TokenScope,
+    /// Only this bucket (None: every bucket of the tenant).
+    pub bucket: Option<crate::names::BucketName>,
+    /// Refused from this time on (None: never expires).
+    pub expires_ms: Option<i64>,
+}
+
+impl TokenRecord {
+    /// A token that may do everything its principal may, for ever.
+    pub fn full(principal: Principal, created_at_ms: i64) -> TokenRecord {
+        TokenRecord {
+            principal,
+            created_at_ms,
+            scope: TokenScope::ReadWrite,
+            bucket: None,
+            expires_ms: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -127,6 +127,9 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                 tenant_name,
                 token,
                 now_ms,
+                scope,
+                bucket,
+                expires_ms,
             } => {
                 let name_key = keys::meta(&format!("tenant-name/{tenant_name}"));
                 let Some(id) = tx.get_raw(&name_key)?.and_then(|v| keys::be_u64(&v, 0)) else {
@@ -135,6 +138,9 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                 let rec = TokenRecord {
                     principal: Principal::Tenant(TenantId(id)),
                     created_at_ms: *now_ms,
+                    scope: *scope,
+                    bucket: bucket.clone(),
+                    expires_ms: *expires_ms,
                 };
                 tx.put(keys::token(&token.0), &rec)?;
                 Ok(Response::TokenCreated(TenantId(id)))
@@ -184,10 +190,7 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                 now_ms,
             } => create_tenant(tx, name, token, *now_ms),
             Command::CreateAdminToken { token, now_ms } => {
-                let rec = TokenRecord {
-                    principal: Principal::Admin,
-                    created_at_ms: *now_ms,
-                };
+                let rec = TokenRecord::full(Principal::Admin, *now_ms);
                 tx.put(keys::token(&token.0), &rec)?;
                 Ok(Response::Done)
             }
@@ -593,10 +596,7 @@ fn create_tenant(
     )?;
     tx.put(
         keys::token(&token.0),
-        &TokenRecord {
-            principal: Principal::Tenant(id),
-            created_at_ms: now_ms,
-        },
+        &TokenRecord::full(Principal::Tenant(id), now_ms),
     )?;
     Ok(Response::TenantCreated(id))
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use strata_cluster::records::TokenScope;
 use strata_cluster::{Command, Response as SmResponse, StateMachine, TokenHash};
 use strata_proto::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -21,6 +22,8 @@ use crate::tiering::Tiering;
 /// A join token lives one hour unless asked otherwise, at most a week.
 const DEFAULT_JOIN_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 const MAX_JOIN_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// Longest lifetime of a tenant token with an expiry (tokens without one never expire).
+const MAX_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86400);
 /// Nodes one join token may admit.
 const MAX_JOIN_TOKEN_USES: u32 = 100;
 
@@ -223,13 +226,38 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::CreateTenantResponse>, Status> {
         let caller = auth::admin(&self.sm, req.metadata());
         audited("CreateToken", caller, async {
-            let name = req.get_ref().tenant.clone();
+            let r = req.get_ref();
+            let name = r.tenant.clone();
             check_tenant_name(&name)?;
+            let scope = match r.scope.as_str() {
+                "" | "read-write" | "rw" => TokenScope::ReadWrite,
+                "read" | "ro" => TokenScope::Read,
+                other => {
+                    return Err(NodeError::InvalidArgument(format!(
+                        "scope {other:?} is not one of read, read-write"
+                    )));
+                }
+            };
+            let bucket = match r.bucket.as_str() {
+                "" => None,
+                b => Some(super::convert::bucket(b)?),
+            };
+            if r.expires_seconds > MAX_TOKEN_LIFETIME.as_secs() {
+                return Err(NodeError::InvalidArgument(format!(
+                    "a token expires at most {} days after it is made",
+                    MAX_TOKEN_LIFETIME.as_secs() / 86400
+                )));
+            }
+            let now = now_ms();
+            let expires_ms = (r.expires_seconds > 0).then(|| now + r.expires_seconds as i64 * 1000);
             let token = auth::new_token();
             let cmd = Command::CreateToken {
                 tenant_name: name.clone(),
                 token: TokenHash::of(&token),
-                now_ms: now_ms(),
+                now_ms: now,
+                scope,
+                bucket,
+                expires_ms,
             };
             match self.cluster.propose(cmd).await? {
                 SmResponse::TokenCreated(id) => Ok(pb::CreateTenantResponse {
@@ -256,11 +284,22 @@ impl pb::admin_server::Admin for AdminService {
                 .sm
                 .tokens()?
                 .into_iter()
-                .map(|t| pb::TokenInfo {
-                    id: hex::encode(&t.hash.0[..8]),
-                    tenant: t.tenant_name.unwrap_or_default(),
-                    admin: t.principal == strata_cluster::records::Principal::Admin,
-                    created_at_ms: t.created_at_ms,
+                .map(|t| {
+                    let admin = t.principal == strata_cluster::records::Principal::Admin;
+                    pb::TokenInfo {
+                        id: hex::encode(&t.hash.0[..8]),
+                        tenant: t.tenant_name.unwrap_or_default(),
+                        admin,
+                        created_at_ms: t.created_at_ms,
+                        scope: match (admin, t.scope) {
+                            (true, _) => "admin",
+                            (false, TokenScope::Read) => "read",
+                            (false, TokenScope::ReadWrite) => "read-write",
+                        }
+                        .into(),
+                        bucket: t.bucket.map(|b| b.to_string()).unwrap_or_default(),
+                        expires_ms: t.expires_ms.unwrap_or(0),
+                    }
                 })
                 .collect();
             Ok(pb::ListTokensResponse { tokens })

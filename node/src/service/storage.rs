@@ -25,7 +25,7 @@ use super::ingress::{MessagePermits, Stillness, StreamGate, StreamTicket};
 use super::observe::{observe, record};
 use crate::actors::supervisor::{SupervisorMsg, call, session_actor};
 use crate::actors::upload_session::{Ack, SessionMsg};
-use crate::auth;
+use crate::auth::{self, Access};
 use crate::budget::MemoryBudget;
 use crate::clock::now_ms;
 use crate::config::Config;
@@ -79,8 +79,14 @@ impl StorageService {
         }
     }
 
-    fn tenant<T>(&self, req: &Request<T>) -> NodeResult<TenantId> {
-        auth::tenant(&self.sm, req.metadata())
+    /// The tenant the call acts for, if its token allows `access` (to the bucket the request
+    /// names, if it names one).
+    fn tenant<T: Bucketed>(&self, req: &Request<T>, access: Access) -> NodeResult<TenantId> {
+        let bucket = req
+            .get_ref()
+            .bucket_name()
+            .and_then(|b| convert::bucket(b).ok());
+        auth::tenant(&self.sm, req.metadata(), access, bucket.as_ref())
     }
 
     /// The version a Get or Stat names: the current one of a live key, or a given one.
@@ -113,6 +119,35 @@ impl StorageService {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// Requests that name a bucket (a token limited to one bucket is checked against it). Calls
+/// on an upload session name none: the session was opened by a call that did.
+trait Bucketed {
+    fn bucket_name(&self) -> Option<&str>;
+}
+
+macro_rules! bucketed {
+    ($($named:ty),* ; $($unnamed:ty),*) => {
+        $(impl Bucketed for $named {
+            fn bucket_name(&self) -> Option<&str> {
+                Some(&self.bucket)
+            }
+        })*
+        $(impl Bucketed for $unnamed {
+            fn bucket_name(&self) -> Option<&str> {
+                None
+            }
+        })*
+    };
+}
+
+bucketed!(
+    pb::CreateUploadRequest, pb::GetRequest, pb::StatRequest, pb::RestoreRequest,
+    pb::ListRequest, pb::ListVersionsRequest, pb::DeleteRequest, pb::BucketRequest,
+    pb::UndeleteRequest;
+    pb::GetUploadRequest, pb::CompleteUploadRequest, pb::AbortUploadRequest,
+    pb::ListBucketsRequest, Streaming<pb::PutChunkRequest>
+);
+
 #[tonic::async_trait]
 impl pb::storage_server::Storage for StorageService {
     async fn create_upload(
@@ -120,7 +155,7 @@ impl pb::storage_server::Storage for StorageService {
         req: Request<pb::CreateUploadRequest>,
     ) -> Result<Response<pb::CreateUploadResponse>, Status> {
         observe("CreateUpload", async {
-            let tenant = self.tenant(&req)?;
+            let tenant = self.tenant(&req, Access::Write)?;
             let r = req.get_ref();
             let bucket = convert::bucket(&r.bucket)?;
             let key = convert::key(&r.key)?;
@@ -182,7 +217,7 @@ impl pb::storage_server::Storage for StorageService {
     ) -> Result<Response<Self::PutChunksStream>, Status> {
         let start = std::time::Instant::now();
         let opened = self
-            .tenant(&req)
+            .tenant(&req, Access::Write)
             .and_then(|tenant| Ok((tenant, self.streams.enter(tenant, "put")?)));
         let (tenant, ticket) = match opened {
             Ok(t) => t,
@@ -222,7 +257,7 @@ impl pb::storage_server::Storage for StorageService {
         req: Request<pb::GetUploadRequest>,
     ) -> Result<Response<pb::UploadProgress>, Status> {
         observe("GetUpload", async {
-            let tenant = self.tenant(&req)?;
+            let tenant = self.tenant(&req, Access::Read)?;
             self.cluster.linearize().await?;
             let id = convert::session_id(&req.get_ref().session_id)?;
             let rec = match self.sm.session(&id)? {
@@ -266,7 +301,7 @@ impl pb::storage_server::Storage for StorageService {
         req: Request<pb::CompleteUploadRequest>,
     ) -> Result<Response<pb::ObjectInfo>, Status> {
         observe("CompleteUpload", async {
-            let tenant = self.tenant(&req)?;
+            let tenant = self.tenant(&req, Access::Write)?;
             let r = req.get_ref();
             let id = convert::session_id(&r.session_id)?;
             let file_hash = convert::hash32(&r.file_hash, "file_hash")?;
@@ -287,7 +322,7 @@ impl pb::storage_server::Storage for StorageService {
         req: Request<pb::AbortUploadRequest>,
     ) -> Result<Response<pb::AbortUploadResponse>, Status> {
         observe("AbortUpload", async {
-            let tenant = self.tenant(&req)?;
+            let tenant = self.tenant(&req, Access::Write)?;
             let id = convert::session_id(&req.get_ref().session_id)?;
             let actor = session_actor(&self.sup, id).await?;
             call(&actor, |reply| SessionMsg::Abort { tenant, reply }).await??;
@@ -300,7 +335,7 @@ impl pb::storage_server::Storage for StorageService {
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<Self::GetStream>, Status> {
         observe("Get", async {
-            let tenant = self.tenant(&req)?;
+            let tenant = self.tenant(&req, Access::Read)?;
             let ticket = self.streams.enter(tenant, "get")?;
             self.cluster.linearize().await?;
             let r = req.get_ref();
@@ -357,7 +392,7 @@ impl pb::storage_server::Storage for StorageService {
         req: Request<pb::StatRequest>,
     ) -> Result<Response<pb::ObjectInfo>, Status> {
         observe("Stat", async {
-            let tenant = self.tenant(&req)?;
+            let tenant = self.tenant(&req, Access::Read)?;
             self.cluster.linearize().await?;
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
@@ -378,7 +413,7 @@ impl pb::storage_server::Storage for StorageService {
         req: Request<pb::RestoreRequest>,
     ) -> Result<Response<pb::ObjectInfo>, Status> {
         observe("Restore", async {
-            let tenant = self.tenant(&req)?;
+            let tenant = self.tenant(&req, Access::Write)?;
             self.cluster.linearize().await?;
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
@@ -435,7 +470,7 @@ impl pb::storage_server::Storage for StorageService {
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         observe("List", async {
-            let tenant = self.tenant(&req)?;
+            let tenant = self.tenant(&req, Access::Read)?;
             let r = req.get_ref();
             if !r.stale {
                 self.cluster.linearize().await?;
@@ -487,7 +522,7 @@ impl pb::storage_server::Storage for StorageService {
         req: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
         observe("ListVersions", async {
-            let tenant = self.tenant(&req)?;
+            let tenant = self.tenant(&req, Access::Read)?;
             self.cluster.linearize().await?;
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
@@ -520,7 +555,7 @@ impl pb::storage_server::Storage for StorageService {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         observe("Delete", async {
-            let tenant = self.tenant(&req)?;
+            let tenant = self.tenant(&req, Access::Write)?;
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
             let now = now_ms();
@@ -553,7 +588,7 @@ impl pb::storage_server::Storage for StorageService {
         req: Request<pb::BucketRequest>,
     ) -> Result<Response<pb::BucketInfo>, Status> {
         observe("CreateBucket", async {
-            let tenant = self.tenant(&req)?;
+            let tenant = self.tenant(&req, Access::Write)?;
             let bucket = convert::bucket(&req.get_ref().bucket)?;
             let now = now_ms();
             self.cluster
@@ -576,12 +611,14 @@ impl pb::storage_server::Storage for StorageService {
         req: Request<pb::ListBucketsRequest>,
     ) -> Result<Response<pb::ListBucketsResponse>, Status> {
         observe("ListBuckets", async {
-            let tenant = self.tenant(&req)?;
+            let tenant = self.tenant(&req, Access::Read)?;
+            let only = auth::only_bucket(&self.sm, req.metadata())?;
             self.cluster.linearize().await?;
             let buckets = self.sm.buckets(tenant)?;
             Ok(pb::ListBucketsResponse {
                 buckets: buckets
                     .into_iter()
+                    .filter(|(b, _)| only.as_ref().is_none_or(|o| o == b))
                     .map(|(b, t)| pb::BucketInfo {
                         bucket: b.to_string(),
                         created_at_ms: t,
@@ -597,7 +634,7 @@ impl pb::storage_server::Storage for StorageService {
         req: Request<pb::BucketRequest>,
     ) -> Result<Response<pb::DeleteBucketResponse>, Status> {
         observe("DeleteBucket", async {
-            let tenant = self.tenant(&req)?;
+            let tenant = self.tenant(&req, Access::Write)?;
             let bucket = convert::bucket(&req.get_ref().bucket)?;
             match self
                 .cluster
@@ -623,7 +660,7 @@ impl pb::storage_server::Storage for StorageService {
         req: Request<pb::UndeleteRequest>,
     ) -> Result<Response<pb::ObjectInfo>, Status> {
         observe("Undelete", async {
-            let tenant = self.tenant(&req)?;
+            let tenant = self.tenant(&req, Access::Write)?;
             let r = req.get_ref();
             let (bucket, key) = (convert::bucket(&r.bucket)?, convert::key(&r.key)?);
             let cmd = Command::UntrashObject {
