@@ -31,6 +31,8 @@ pub enum Command {
         manifest: Option<Vec<ManifestEntry>>,
         content_type: String,
         now_ms: i64,
+        /// A new session is refused while the tenant has this many open (resuming one is not).
+        max_open: u32,
     },
     /// Records a chunk that is durable on disk as part of a session.
     AddChunk {

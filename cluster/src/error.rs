@@ -73,6 +73,10 @@ pub enum Rejection {
     AlreadyCold,
     #[error("chunk {0} has no cold copy recorded: the transition raced with another change")]
     ColdCopyMissing(ChunkId),
+    #[error(
+        "the tenant has {limit} upload sessions open, its limit (max_open_uploads): complete or abort some first"
+    )]
+    TooManyOpenUploads { limit: u32 },
     #[error("join token not recognised by this cluster")]
     JoinTokenUnknown,
     #[error("join token expired")]

@@ -38,6 +38,11 @@ pub fn tenant(t: TenantId) -> Vec<u8> {
     [&[TENANT][..], &t.0.to_be_bytes()].concat()
 }
 
+/// How many upload sessions a tenant has open.
+pub fn open_sessions(t: TenantId) -> Vec<u8> {
+    meta(&format!("open-sessions/{}", t.0))
+}
+
 pub fn join_token(hash: &[u8; 32]) -> Vec<u8> {
     [&[JOIN_TOKEN][..], hash].concat()
 }

@@ -203,6 +203,7 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                 manifest,
                 content_type,
                 now_ms,
+                max_open,
             } => open_session(
                 tx,
                 session,
@@ -213,6 +214,7 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                 manifest.as_deref(),
                 content_type,
                 *now_ms,
+                *max_open,
             ),
             Command::AddChunk {
                 session,
@@ -616,6 +618,7 @@ fn open_session(
     manifest: Option<&[ManifestEntry]>,
     content_type: &str,
     now_ms: i64,
+    max_open: u32,
 ) -> Result<Response, ApplyError> {
     if let Some(m) = manifest {
         let covered = m.iter().map(|e| e.len as u64).sum::<u64>();
@@ -655,6 +658,11 @@ fn open_session(
         }
     }
 
+    let open = tx.get_u64(&keys::open_sessions(tenant))?;
+    if open >= max_open as u64 {
+        return Err(Rejection::TooManyOpenUploads { limit: max_open }.into());
+    }
+    tx.put_u64(keys::open_sessions(tenant), open + 1);
     let mut rec = SessionRecord {
         id: *session,
         tenant,
@@ -924,7 +932,9 @@ pub fn gaps(chunks: &[(u64, SessionChunk)], size: u64) -> Vec<Gap> {
     out
 }
 
-fn forget_session(tx: &mut Txn, rec: &SessionRecord) {
+fn forget_session(tx: &mut Txn, rec: &SessionRecord) -> Result<(), StoreError> {
+    let open = tx.get_u64(&keys::open_sessions(rec.tenant))?;
+    tx.put_u64(keys::open_sessions(rec.tenant), open.saturating_sub(1));
     tx.del(keys::session(&rec.id));
     tx.del(keys::session_manifest(&rec.id));
     tx.del(keys::session_by_key(
@@ -933,6 +943,7 @@ fn forget_session(tx: &mut Txn, rec: &SessionRecord) {
         &rec.key,
         &rec.id,
     ));
+    Ok(())
 }
 
 fn complete_session(
@@ -969,7 +980,7 @@ fn complete_session(
     for (offset, _) in &chunks {
         tx.del(keys::session_chunk(session, *offset));
     }
-    forget_session(tx, &rec);
+    forget_session(tx, &rec)?;
     tx.put(
         keys::version(tenant, &rec.bucket, &rec.key, version),
         &VersionRecord {
@@ -1020,7 +1031,7 @@ fn abort_session(
         tx.del(keys::session_chunk(session, offset));
         drop_ref(tx, &c.id, rec.tenant)?;
     }
-    forget_session(tx, &rec);
+    forget_session(tx, &rec)?;
     Ok(Response::Done)
 }
 

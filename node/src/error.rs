@@ -165,6 +165,7 @@ impl NodeError {
             | Rejection::JoinTokenExpired
             | Rejection::JoinTokenUsed => Code::Unauthenticated,
             Rejection::NodeRevoked(_) => Code::PermissionDenied,
+            Rejection::TooManyOpenUploads { .. } => Code::ResourceExhausted,
             Rejection::NothingStaged | Rejection::LayoutVersion { .. } => Code::FailedPrecondition,
         }
     }

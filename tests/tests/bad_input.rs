@@ -514,3 +514,84 @@ async fn a_request_that_does_not_decode_is_invalid_argument_and_stores_nothing()
     let out = node.cli(&["bucket", "list"]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("photos"));
 }
+
+/// Opens an upload session for `key` (1 byte, no manifest) as the given client.
+async fn open_upload(
+    s: &mut strata_admin::client::Storage,
+    key: &str,
+) -> Result<String, tonic::Status> {
+    s.create_upload(pb::CreateUploadRequest {
+        bucket: "sessions".into(),
+        key: key.into(),
+        size: 1,
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().session_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_upload_sessions_per_tenant_are_bounded_exactly_under_concurrency() {
+    // 2,000 sessions asked for by one tenant, 16 at a time, never completed: exactly the
+    // default limit (1,000) open, the rest RESOURCE_EXHAUSTED naming it.
+    let node = Node::start();
+    let s = node.storage().await;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (mut s, next) = (s.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut refused) = (0, 0);
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= 2_000 {
+                    return (ok, refused);
+                }
+                match open_upload(&mut s, &format!("k{i}")).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => {
+                        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                        assert!(e.message().contains("max_open_uploads"), "{e:?}");
+                        refused += 1;
+                    }
+                }
+            }
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        let (o, r) = t.await.expect("task");
+        ok += o;
+        refused += r;
+    }
+    assert_eq!((ok, refused), (1_000, 1_000));
+    assert_eq!(node.status().await.open_sessions, 1_000);
+
+    // At the limit: resuming an open session still works, a new one does not.
+    let mut s = node.storage().await;
+    let (mut resumable, mut tried) = (None, 0);
+    while resumable.is_none() && tried < 2_000 {
+        if let Ok(id) = open_upload(&mut s, &format!("k{tried}")).await {
+            resumable = Some(id);
+        }
+        tried += 1;
+    }
+    let id = resumable.expect("an open session resumes at the limit");
+
+    // Another tenant is unaffected.
+    let other = node.new_tenant("other").await;
+    let mut o = node.storage_as(&other).await;
+    open_upload(&mut o, "mine")
+        .await
+        .expect("another tenant opens a session");
+
+    // Aborting one makes room for exactly one more.
+    s.abort_upload(pb::AbortUploadRequest { session_id: id })
+        .await
+        .expect("abort");
+    open_upload(&mut s, "fresh-1").await.expect("room for one");
+    let e = open_upload(&mut s, "fresh-2")
+        .await
+        .expect_err("full again");
+    assert_eq!(e.code(), Code::ResourceExhausted);
+}

@@ -49,6 +49,7 @@ fn open(s: SessionId, tenant: u64, k: u8, chunks: &[u8]) -> Command {
         manifest: Some(manifest),
         content_type: String::new(),
         now_ms: 1,
+        max_open: 1000,
     }
 }
 
@@ -333,6 +334,7 @@ fn overlapping_chunks_without_manifest_are_refused() {
         manifest: None,
         content_type: String::new(),
         now_ms: 1,
+        max_open: 1000,
     })
     .expect("open");
     let add = |offset, len| Command::AddChunk {
