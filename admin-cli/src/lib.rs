@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod ops;
+pub mod plans;
 pub mod tier;
 pub mod transfer;
 pub mod workers;

@@ -173,10 +173,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LayoutCmd,
     },
-    /// Tenants (admin).
+    /// Tenants (admin): create, put on a plan, show usage.
     Tenant {
         #[command(subcommand)]
         cmd: TenantCmd,
+    },
+    /// Tenant plans (admin): quotas and rates tenants are held to.
+    Plan {
+        #[command(subcommand)]
+        cmd: PlanCmd,
     },
     /// Print shell completions (bash, zsh, fish, ...).
     Completions { shell: clap_complete::Shell },
@@ -368,6 +373,41 @@ enum RepairCmd {
 enum TenantCmd {
     /// Create a tenant and print its token (shown once).
     Create { name: String },
+    /// Put a tenant on a plan (the plan must exist; "default" always does).
+    SetPlan { tenant: String, plan: String },
+    /// A tenant's plan and its usage against each limit.
+    Show { tenant: String },
+}
+
+#[derive(Subcommand)]
+enum PlanCmd {
+    /// Create or replace a plan. A limit left out is unlimited, except --max-open-uploads
+    /// (default 1000): replacing a plan sets every limit anew.
+    Set {
+        name: String,
+        /// Largest object, e.g. 100MB.
+        #[arg(long, value_parser = ops::parse_size)]
+        max_object_size: Option<u64>,
+        /// Bytes of every version kept (live or trashed) plus open uploads, e.g. 10GB.
+        #[arg(long, value_parser = ops::parse_size_or_zero)]
+        max_bytes: Option<u64>,
+        /// Keys, live or trashed, e.g. 100k.
+        #[arg(long, value_parser = strata_admin::plans::parse_count)]
+        max_objects: Option<u64>,
+        /// Upload sessions open at once.
+        #[arg(long)]
+        max_open_uploads: Option<u32>,
+        /// Requests per second, per node, e.g. 50/s.
+        #[arg(long, value_parser = strata_admin::plans::parse_requests)]
+        requests: Option<u32>,
+        /// Chunk bytes per second up and down, per node, e.g. 20MB/s.
+        #[arg(long, value_parser = strata_admin::workers::parse_rate)]
+        bandwidth: Option<u64>,
+    },
+    /// Every plan, its limits and how many tenants are on it.
+    List,
+    /// Delete a plan no tenant is on ("default" goes back to the built-in default).
+    Delete { name: String },
 }
 
 fn main() {
@@ -989,6 +1029,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Tenant {
+            cmd: TenantCmd::SetPlan { tenant, plan },
+        } => {
+            let t = cli
+                .admin()
+                .await?
+                .set_tenant_plan(pb::SetTenantPlanRequest {
+                    tenant: tenant.clone(),
+                    plan: plan.clone(),
+                })
+                .await
+                .map_err(|s| status_error("tenant set-plan", s))?
+                .into_inner();
+            if cli.json {
+                println!("{}", strata_admin::plans::tenant_json(&t));
+            } else {
+                strata_admin::plans::print_tenant(&t);
+            }
+        }
+        Cmd::Tenant {
+            cmd: TenantCmd::Show { tenant },
+        } => {
+            let t = cli
+                .admin()
+                .await?
+                .get_tenant(pb::GetTenantRequest {
+                    tenant: tenant.clone(),
+                })
+                .await
+                .map_err(|s| status_error("tenant show", s))?
+                .into_inner();
+            if cli.json {
+                println!("{}", strata_admin::plans::tenant_json(&t));
+            } else {
+                strata_admin::plans::print_tenant(&t);
+            }
+        }
+        Cmd::Plan { cmd } => plan_cmd(&cli, cmd).await?,
+        Cmd::Tenant {
             cmd: TenantCmd::Create { name },
         } => {
             let r = cli
@@ -1389,6 +1467,69 @@ async fn scrub_cmd(cli: &Cli, cmd: &ScrubCmd) -> anyhow::Result<()> {
         ..Default::default()
     };
     control_workers(cli, node, req).await
+}
+
+async fn plan_cmd(cli: &Cli, cmd: &PlanCmd) -> anyhow::Result<()> {
+    use strata_admin::plans as p;
+    let mut admin = cli.admin().await?;
+    match cmd {
+        PlanCmd::Set {
+            name,
+            max_object_size,
+            max_bytes,
+            max_objects,
+            max_open_uploads,
+            requests,
+            bandwidth,
+        } => {
+            let plan = admin
+                .set_plan(pb::Plan {
+                    name: name.clone(),
+                    max_object_bytes: *max_object_size,
+                    max_bytes: *max_bytes,
+                    max_objects: *max_objects,
+                    max_open_uploads: *max_open_uploads,
+                    requests_per_sec: *requests,
+                    bandwidth_bytes_per_sec: *bandwidth,
+                    tenants: 0,
+                })
+                .await
+                .map_err(|s| status_error("plan set", s))?
+                .into_inner();
+            if cli.json {
+                println!("{}", p::plan_json(&plan));
+            } else {
+                println!("{}", p::plan_line(&plan));
+            }
+        }
+        PlanCmd::List => {
+            let r = admin
+                .list_plans(pb::ListPlansRequest {})
+                .await
+                .map_err(|s| status_error("plan list", s))?
+                .into_inner();
+            if cli.json {
+                let all: Vec<_> = r.plans.iter().map(p::plan_json).collect();
+                println!("{}", json!(all));
+            } else {
+                for plan in &r.plans {
+                    println!("{}", p::plan_line(plan));
+                }
+            }
+        }
+        PlanCmd::Delete { name } => {
+            admin
+                .delete_plan(pb::PlanName { name: name.clone() })
+                .await
+                .map_err(|s| status_error("plan delete", s))?;
+            if cli.json {
+                println!("{}", json!({ "deleted": name }));
+            } else {
+                println!("deleted plan {name}");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn tier_cmd(cli: &Cli, cmd: &TierCmd) -> anyhow::Result<()> {

@@ -31,8 +31,6 @@ pub enum Command {
         manifest: Option<Vec<ManifestEntry>>,
         content_type: String,
         now_ms: i64,
-        /// A new session is refused while the tenant has this many open (resuming one is not).
-        max_open: u32,
     },
     /// Records a chunk that is durable on disk as part of a session.
     AddChunk {
@@ -151,6 +149,17 @@ pub enum Command {
     RevokeNode {
         node: u64,
         now_ms: i64,
+    },
+    /// Creates or replaces the plan of that name.
+    SetPlan(crate::plans::Plan),
+    /// Deletes a plan no tenant is on (deleting `default` brings back the built-in one).
+    DeletePlan {
+        name: String,
+    },
+    /// Puts a tenant on a plan (`default` included).
+    SetTenantPlan {
+        tenant_name: String,
+        plan: String,
     },
     /// Creates or replaces the tiering policy of that name.
     SetTierPolicy(TierPolicy),

@@ -74,9 +74,32 @@ pub enum Rejection {
     #[error("chunk {0} has no cold copy recorded: the transition raced with another change")]
     ColdCopyMissing(ChunkId),
     #[error(
-        "the tenant has {limit} upload sessions open, its limit (max_open_uploads): complete or abort some first"
+        "the tenant has {limit} upload sessions open, the limit of its plan {plan:?} (max_open_uploads): complete or abort some first"
     )]
-    TooManyOpenUploads { limit: u32 },
+    TooManyOpenUploads { limit: u32, plan: String },
+    #[error(
+        "object size {size} bytes is over the limit of the tenant's plan {plan:?} (max_object_size {limit} bytes)"
+    )]
+    ObjectTooLarge { size: u64, limit: u64, plan: String },
+    #[error(
+        "the tenant stores {used} bytes (open uploads included) and this upload declares {size}: over the limit of its plan {plan:?} (max_bytes {limit})"
+    )]
+    BytesQuota {
+        used: u64,
+        size: u64,
+        limit: u64,
+        plan: String,
+    },
+    #[error(
+        "the tenant has {used} objects, the limit of its plan {plan:?} (max_objects {limit}): delete some first"
+    )]
+    ObjectsQuota { used: u64, limit: u64, plan: String },
+    #[error("plan {0:?} not found")]
+    PlanNotFound(String),
+    #[error("plan {name:?} is in use by {tenants} tenant(s): move them to another plan first")]
+    PlanInUse { name: String, tenants: u64 },
+    #[error("a batch may not contain another batch")]
+    NestedBatch,
     #[error("join token not recognised by this cluster")]
     JoinTokenUnknown,
     #[error("join token expired")]

@@ -29,6 +29,7 @@ pub const RESTORE: u8 = b'R';
 pub const ACCESS: u8 = b'a';
 pub const JOIN_TOKEN: u8 = b'j';
 pub const REVOKED_NODE: u8 = b'r';
+pub const PLAN: u8 = b'l';
 
 pub fn meta(name: &str) -> Vec<u8> {
     [&[META], name.as_bytes()].concat()
@@ -41,6 +42,25 @@ pub fn tenant(t: TenantId) -> Vec<u8> {
 /// How many upload sessions a tenant has open.
 pub fn open_sessions(t: TenantId) -> Vec<u8> {
     meta(&format!("open-sessions/{}", t.0))
+}
+
+/// A tenant's usage counters (`plans::Usage`).
+pub fn usage(t: TenantId) -> Vec<u8> {
+    meta(&format!("usage/{}", t.0))
+}
+
+/// Prefix of the tenant-to-plan assignments.
+pub fn tenant_plan_prefix() -> Vec<u8> {
+    meta("tenant-plan/")
+}
+
+/// The plan a tenant is on (absent: the default plan).
+pub fn tenant_plan(t: TenantId) -> Vec<u8> {
+    [tenant_plan_prefix(), t.0.to_be_bytes().to_vec()].concat()
+}
+
+pub fn plan(name: &str) -> Vec<u8> {
+    [&[PLAN][..], name.as_bytes()].concat()
 }
 
 pub fn join_token(hash: &[u8; 32]) -> Vec<u8> {

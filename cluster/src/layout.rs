@@ -214,7 +214,7 @@ impl LayoutState {
         let Some(mut next) = self.staged.clone() else {
             return Err(Rejection::NothingStaged);
         };
-        let expected = self.current.version + 1;
+        let expected = self.next_version()?;
         if version != expected {
             return Err(Rejection::LayoutVersion {
                 expected,
@@ -276,9 +276,17 @@ impl LayoutState {
         {
             role.state = to;
         }
-        next.version = self.current.version + 1;
+        next.version = self.next_version()?;
         self.previous = Some(std::mem::replace(&mut self.current, next));
         Ok(())
+    }
+
+    /// The version the next current layout gets (refused, not wrapped, at the end of u64).
+    fn next_version(&self) -> Result<u64, Rejection> {
+        self.current
+            .version
+            .checked_add(1)
+            .ok_or_else(|| Rejection::InvalidLayout("the layout version is at its maximum".into()))
     }
 
     pub fn revert(&mut self) -> Result<(), Rejection> {

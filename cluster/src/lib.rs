@@ -13,6 +13,7 @@ mod keys;
 pub mod layout;
 pub mod names;
 pub mod placement;
+pub mod plans;
 pub mod query;
 pub mod raft;
 pub mod records;

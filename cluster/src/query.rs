@@ -724,3 +724,86 @@ impl StateMachine {
             .map(TenantId))
     }
 }
+
+/// A tenant's plan and usage, as `strata tenant show` prints them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantUsage {
+    pub plan: crate::plans::Plan,
+    pub usage: crate::plans::Usage,
+    pub open_uploads: u64,
+}
+
+impl StateMachine {
+    /// The name of the plan the tenant is on.
+    pub fn tenant_plan_name(&self, tenant: TenantId) -> Result<String, StoreError> {
+        Ok(
+            read::<String>(&self.tree, "tenant plan", &keys::tenant_plan(tenant))?
+                .unwrap_or_else(|| crate::plans::DEFAULT_PLAN.to_owned()),
+        )
+    }
+
+    /// A plan by name (`default` always exists: stored, or built in).
+    pub fn plan(&self, name: &str) -> Result<Option<crate::plans::Plan>, StoreError> {
+        let stored = read(&self.tree, "plan", &keys::plan(name))?;
+        Ok(stored.or_else(|| {
+            (name == crate::plans::DEFAULT_PLAN).then(crate::plans::Plan::builtin_default)
+        }))
+    }
+
+    /// The plan the tenant is on.
+    pub fn plan_of(&self, tenant: TenantId) -> Result<crate::plans::Plan, StoreError> {
+        let name = self.tenant_plan_name(tenant)?;
+        match self.plan(&name)? {
+            Some(p) => Ok(p),
+            None => Ok(self
+                .plan(crate::plans::DEFAULT_PLAN)?
+                .unwrap_or_else(crate::plans::Plan::builtin_default)),
+        }
+    }
+
+    /// Every plan by name, `default` included, with how many tenants are on each.
+    pub fn plans(&self) -> Result<Vec<(crate::plans::Plan, u64)>, StoreError> {
+        let mut on: std::collections::BTreeMap<String, u64> = Default::default();
+        for kv in self.tree.scan_prefix(keys::tenant_plan_prefix()) {
+            let name: String = decode("tenant plan", &kv?.1)?;
+            *on.entry(name).or_default() += 1;
+        }
+        let assigned: u64 = on.values().sum();
+        let tenants = self.tree.scan_prefix([keys::TENANT]).count() as u64;
+        let mut out = Vec::new();
+        let mut saw_default = false;
+        for kv in self.tree.scan_prefix([keys::PLAN]) {
+            let p: crate::plans::Plan = decode("plan", &kv?.1)?;
+            saw_default |= p.name == crate::plans::DEFAULT_PLAN;
+            out.push(p);
+        }
+        if !saw_default {
+            out.push(crate::plans::Plan::builtin_default());
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out
+            .into_iter()
+            .map(|p| {
+                let n = if p.name == crate::plans::DEFAULT_PLAN {
+                    tenants.saturating_sub(assigned)
+                } else {
+                    on.get(&p.name).copied().unwrap_or(0)
+                };
+                (p, n)
+            })
+            .collect())
+    }
+
+    /// The tenant's plan, usage and open uploads.
+    pub fn tenant_usage(&self, tenant: TenantId) -> Result<TenantUsage, StoreError> {
+        Ok(TenantUsage {
+            plan: self.plan_of(tenant)?,
+            usage: read(&self.tree, "usage", &keys::usage(tenant))?.unwrap_or_default(),
+            open_uploads: self
+                .tree
+                .get(keys::open_sessions(tenant))?
+                .and_then(|v| keys::be_u64(&v, 0))
+                .unwrap_or(0),
+        })
+    }
+}

@@ -21,10 +21,34 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     Ok(out)
 }
 
+/// The most bytes a record's strings and byte arrays may declare: a length past it (corrupt or
+/// hostile input) is refused before anything is allocated for it. No record comes near it: the
+/// largest, a manifest, is 65,536 entries of 36 bytes.
+pub const RECORD_LIMIT: usize = 256 << 20;
+
+/// The same for a Raft snapshot, which holds the whole state machine in one value.
+pub const SNAPSHOT_LIMIT: usize = 4 << 30;
+
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    decode_limited::<T, RECORD_LIMIT>(what, bytes)
+}
+
+/// `decode` for a Raft snapshot.
+pub fn decode_snapshot<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    decode_limited::<T, SNAPSHOT_LIMIT>(what, bytes)
+}
+
+fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     match bytes.split_first() {
         Some((&FORMAT_V1, rest)) => {
-            bincode::serde::decode_from_slice(rest, bincode::config::standard())
+            let config = bincode::config::standard().with_limit::<LIMIT>();
+            bincode::serde::decode_from_slice(rest, config)
                 .map(|(v, _)| v)
                 .map_err(|e| StoreError::Corrupt {
                     what,

@@ -17,6 +17,7 @@ use crate::names::{BucketName, ObjectKey};
 use crate::records::*;
 use crate::tier::{ArchiveRecord, ColdChunk};
 
+mod plans;
 mod tier;
 
 pub struct StateMachine {
@@ -111,6 +112,12 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
             Command::Batch(cmds) => {
                 let mut results = Vec::with_capacity(cmds.len());
                 for c in cmds {
+                    if matches!(c, Command::Batch(_)) {
+                        // Proposers never nest batches; refusing them keeps apply's depth
+                        // bounded whatever a log entry holds.
+                        results.push(Err(Rejection::NestedBatch));
+                        continue;
+                    }
                     let savepoint = tx.pending.clone();
                     match apply_one(tx, c) {
                         Ok(r) => results.push(Ok(r)),
@@ -203,7 +210,6 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                 manifest,
                 content_type,
                 now_ms,
-                max_open,
             } => open_session(
                 tx,
                 session,
@@ -214,7 +220,6 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                 manifest.as_deref(),
                 content_type,
                 *now_ms,
-                *max_open,
             ),
             Command::AddChunk {
                 session,
@@ -262,6 +267,11 @@ fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
                     tx.del(keys::gc(id));
                 }
                 Ok(Response::Done)
+            }
+            Command::SetPlan(p) => plans::set_plan(tx, p),
+            Command::DeletePlan { name } => plans::delete_plan(tx, name),
+            Command::SetTenantPlan { tenant_name, plan } => {
+                plans::set_tenant_plan(tx, tenant_name, plan)
             }
             Command::SetTierPolicy(policy) => {
                 tx.put(keys::policy(&policy.name), policy)?;
@@ -618,7 +628,6 @@ fn open_session(
     manifest: Option<&[ManifestEntry]>,
     content_type: &str,
     now_ms: i64,
-    max_open: u32,
 ) -> Result<Response, ApplyError> {
     if let Some(m) = manifest {
         let covered = m.iter().map(|e| e.len as u64).sum::<u64>();
@@ -658,11 +667,8 @@ fn open_session(
         }
     }
 
-    let open = tx.get_u64(&keys::open_sessions(tenant))?;
-    if open >= max_open as u64 {
-        return Err(Rejection::TooManyOpenUploads { limit: max_open }.into());
-    }
-    tx.put_u64(keys::open_sessions(tenant), open + 1);
+    let new_key = tx.get_raw(&keys::object(tenant, bucket, key))?.is_none();
+    plans::admit_session(tx, tenant, size, new_key)?;
     let mut rec = SessionRecord {
         id: *session,
         tenant,
@@ -933,8 +939,7 @@ pub fn gaps(chunks: &[(u64, SessionChunk)], size: u64) -> Vec<Gap> {
 }
 
 fn forget_session(tx: &mut Txn, rec: &SessionRecord) -> Result<(), StoreError> {
-    let open = tx.get_u64(&keys::open_sessions(rec.tenant))?;
-    tx.put_u64(keys::open_sessions(rec.tenant), open.saturating_sub(1));
+    plans::release_session(tx, rec.tenant, rec.size)?;
     tx.del(keys::session(&rec.id));
     tx.del(keys::session_manifest(&rec.id));
     tx.del(keys::session_by_key(
@@ -999,6 +1004,7 @@ fn complete_session(
     }
     let head_key = keys::object(tenant, &rec.bucket, &rec.key);
     let old = tx.get::<ObjectHead>("object", &head_key)?;
+    plans::commit_version(tx, tenant, rec.size, old.is_none())?;
     if let Some(TrashState { purge_at_ms, .. }) = old.as_ref().and_then(|h| h.trash) {
         tx.del(keys::trash(purge_at_ms, tenant, &rec.bucket, &rec.key));
     }
@@ -1101,6 +1107,7 @@ fn purge_object(
         None => return Err(Rejection::NotInTrash.into()),
     };
     let mut versions = 0;
+    let mut bytes = 0u64;
     for vkey in tx.scan_keys(&keys::version_prefix(tenant, bucket, key))? {
         if let Some(v) = tx.get::<VersionRecord>("version", &vkey)? {
             // Cold references go first, so no chunk is released on the way out.
@@ -1109,9 +1116,11 @@ fn purge_object(
                 drop_ref(tx, &c.id, tenant)?;
             }
             versions += 1;
+            bytes = bytes.saturating_add(v.info.size);
         }
         tx.del(vkey);
     }
+    plans::forget_object(tx, tenant, bytes)?;
     tx.del(keys::access(tenant, bucket, key));
     tx.del(keys::trash(state.purge_at_ms, tenant, bucket, key));
     tx.del(head_key);

@@ -39,7 +39,6 @@ pub const KEYS: &[&str] = &[
     "stream_idle_timeout",
     "max_streams",
     "max_streams_per_tenant",
-    "max_open_uploads",
     "min_free_bytes",
 ];
 
@@ -112,9 +111,6 @@ pub struct Config {
     /// Upload and download streams open at once on this node, and per tenant.
     pub max_streams: usize,
     pub max_streams_per_tenant: usize,
-    /// Upload sessions one tenant may have open at once (started, neither completed, aborted
-    /// nor expired); more are refused with RESOURCE_EXHAUSTED naming this limit.
-    pub max_open_uploads: u32,
     /// Free bytes kept on the data directory's filesystem: chunk writes stop above it, metadata
     /// writes (except deletes) at a quarter of it, so the metadata store never meets a full
     /// disk (0: 2% of the filesystem, at least 8 MiB and at most 2 GiB).
@@ -274,7 +270,6 @@ impl Default for Config {
             stream_idle_timeout: Duration::from_secs(60),
             max_streams: 256,
             max_streams_per_tenant: 64,
-            max_open_uploads: 1000,
             min_free_bytes: 0,
             tier: TierConfig::default(),
             verify: VerifyConfig::default(),
@@ -363,9 +358,6 @@ impl Config {
                 self.max_inflight_bytes,
                 2 * largest
             );
-        }
-        if self.max_open_uploads == 0 {
-            anyhow::bail!("max_open_uploads must be greater than zero");
         }
         if self.max_streams == 0 || self.max_streams_per_tenant == 0 {
             anyhow::bail!("max_streams and max_streams_per_tenant must be greater than zero");

@@ -165,7 +165,13 @@ impl NodeError {
             | Rejection::JoinTokenExpired
             | Rejection::JoinTokenUsed => Code::Unauthenticated,
             Rejection::NodeRevoked(_) => Code::PermissionDenied,
-            Rejection::TooManyOpenUploads { .. } => Code::ResourceExhausted,
+            Rejection::TooManyOpenUploads { .. }
+            | Rejection::ObjectTooLarge { .. }
+            | Rejection::BytesQuota { .. }
+            | Rejection::ObjectsQuota { .. } => Code::ResourceExhausted,
+            Rejection::PlanNotFound(_) => Code::NotFound,
+            Rejection::PlanInUse { .. } => Code::FailedPrecondition,
+            Rejection::NestedBatch => Code::InvalidArgument,
             Rejection::NothingStaged | Rejection::LayoutVersion { .. } => Code::FailedPrecondition,
         }
     }

@@ -46,7 +46,6 @@ async fn killed_session_actor_is_restarted_with_its_state() {
             manifest: Some(manifest),
             content_type: String::new(),
             now_ms: strata_node::clock::now_ms(),
-            max_open: 1000,
         })
         .await
         .expect("open");

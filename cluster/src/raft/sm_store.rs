@@ -227,8 +227,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         let data = snapshot.into_inner();
         let (sm, m, bytes) = (self.sm.clone(), meta.clone(), data.clone());
         blocking(move || {
-            let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode("raft snapshot", &bytes)
-                .map_err(|e| io(sub.clone(), ErrorVerb::Read, &e))?;
+            let pairs: Vec<(Vec<u8>, Vec<u8>)> =
+                crate::records::decode_snapshot("raft snapshot", &bytes)
+                    .map_err(|e| io(sub.clone(), ErrorVerb::Read, &e))?;
             let enc = |r: Result<Vec<u8>, crate::error::StoreError>| {
                 r.map_err(|e| io(sub.clone(), ErrorVerb::Write, &e))
             };
@@ -265,8 +266,8 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             .map_err(|e| io(sub.clone(), ErrorVerb::Read, &e))?
         {
             Some(v) => {
-                let s: StoredSnapshot =
-                    decode("raft snapshot", &v).map_err(|e| io(sub, ErrorVerb::Read, &e))?;
+                let s: StoredSnapshot = crate::records::decode_snapshot("raft snapshot", &v)
+                    .map_err(|e| io(sub, ErrorVerb::Read, &e))?;
                 Ok(Some(Snapshot {
                     meta: s.meta,
                     snapshot: Box::new(Cursor::new(s.data)),

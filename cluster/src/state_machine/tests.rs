@@ -49,7 +49,6 @@ fn open(s: SessionId, tenant: u64, k: u8, chunks: &[u8]) -> Command {
         manifest: Some(manifest),
         content_type: String::new(),
         now_ms: 1,
-        max_open: 1000,
     }
 }
 
@@ -334,7 +333,6 @@ fn overlapping_chunks_without_manifest_are_refused() {
         manifest: None,
         content_type: String::new(),
         now_ms: 1,
-        max_open: 1000,
     })
     .expect("open");
     let add = |offset, len| Command::AddChunk {
@@ -361,6 +359,147 @@ fn overlapping_chunks_without_manifest_are_refused() {
     ));
     sm.apply(&add(200, 100)).expect("adjacent");
     sm.apply(&add(0, 100)).expect("before");
+}
+
+#[test]
+fn plan_limits_refuse_at_their_boundary_and_change_nothing() {
+    let (_d, sm) = sm();
+    let token = TokenHash([1; 32]);
+    let created = sm.apply(&Command::CreateTenant {
+        name: "alice".into(),
+        token,
+        now_ms: 0,
+    });
+    assert_eq!(
+        created.expect("tenant"),
+        Response::TenantCreated(TenantId(1))
+    );
+    let basic = crate::plans::Plan {
+        name: "basic".into(),
+        max_object_bytes: Some(1000),
+        max_bytes: Some(1500),
+        max_objects: Some(2),
+        max_open_uploads: 2,
+        requests_per_sec: None,
+        bandwidth_bytes_per_sec: None,
+    };
+    let set = |plan: &str| Command::SetTenantPlan {
+        tenant_name: "alice".into(),
+        plan: plan.into(),
+    };
+    assert!(matches!(
+        sm.apply(&set("basic")),
+        Err(ApplyError::Rejected(Rejection::PlanNotFound(_)))
+    ));
+    sm.apply(&Command::SetPlan(basic.clone())).expect("plan");
+    sm.apply(&set("basic")).expect("set plan");
+    let open_sized = |s: u8, k: u8, size: u64| Command::OpenSession {
+        session: sid(s),
+        tenant: TenantId(1),
+        bucket: bucket(),
+        key: key(k),
+        size,
+        manifest: None,
+        content_type: String::new(),
+        now_ms: 1,
+    };
+    let refused = |cmd: &Command| {
+        let before = data(&sm);
+        let r = sm.apply(cmd);
+        assert_eq!(data(&sm), before, "a refused command changed the state");
+        match r {
+            Err(ApplyError::Rejected(x)) => x,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    };
+    // Object size: limit passes, limit + 1 refuses.
+    assert!(matches!(
+        refused(&open_sized(1, 1, 1001)),
+        Rejection::ObjectTooLarge {
+            size: 1001,
+            limit: 1000,
+            ..
+        }
+    ));
+    sm.apply(&open_sized(1, 1, 1000))
+        .expect("at the object limit");
+    // Bytes: 1000 reserved; 500 more fits exactly, 501 does not.
+    assert!(matches!(
+        refused(&open_sized(2, 2, 501)),
+        Rejection::BytesQuota {
+            used: 1000,
+            size: 501,
+            limit: 1500,
+            ..
+        }
+    ));
+    sm.apply(&open_sized(2, 2, 500))
+        .expect("at the bytes limit");
+    // Open uploads: two open, the third refused.
+    assert!(matches!(
+        refused(&open_sized(3, 3, 0)),
+        Rejection::TooManyOpenUploads { limit: 2, .. }
+    ));
+    // Aborting one gives its bytes and its slot back.
+    sm.apply(&Command::AbortSession {
+        session: sid(2),
+        tenant: None,
+        idle_before_ms: None,
+    })
+    .expect("abort");
+    let u = sm.tenant_usage(TenantId(1)).expect("usage");
+    assert_eq!((u.usage.reserved_bytes, u.open_uploads), (1000, 1));
+    // Objects: two keys committed, a third new key refused; a new version of a key is not.
+    for (s, k) in [(4u8, 4u8), (5, 5)] {
+        sm.apply(&open_sized(s, k, 0)).expect("open empty");
+        sm.apply(&Command::CompleteSession {
+            session: sid(s),
+            tenant: TenantId(1),
+            file_hash: [0; 32],
+            now_ms: 2,
+        })
+        .expect("complete empty");
+    }
+    assert!(matches!(
+        refused(&open_sized(6, 6, 0)),
+        Rejection::ObjectsQuota {
+            used: 2,
+            limit: 2,
+            ..
+        }
+    ));
+    sm.apply(&open_sized(7, 4, 0))
+        .expect("a new version of an existing key");
+    assert_eq!(sm.tenant_usage(TenantId(1)).unwrap().usage.objects, 2);
+    // A plan in use cannot be deleted; the default one can (it falls back to the built-in).
+    assert!(matches!(
+        refused(&Command::DeletePlan {
+            name: "basic".into()
+        }),
+        Rejection::PlanInUse { tenants: 1, .. }
+    ));
+    sm.apply(&set("default")).expect("back to default");
+    sm.apply(&Command::DeletePlan {
+        name: "basic".into(),
+    })
+    .expect("unused plan");
+    assert_eq!(
+        sm.plan_of(TenantId(1)).unwrap(),
+        crate::plans::Plan::builtin_default()
+    );
+    // Nested batches are refused, not recursed into.
+    let nested = Command::Batch(vec![Command::Batch(vec![])]);
+    assert_eq!(
+        sm.apply(&nested).expect("batch"),
+        Response::Batch(vec![Err(Rejection::NestedBatch)])
+    );
+}
+
+/// The state without the `applied` counter (which counts refused commands too).
+fn data(sm: &StateMachine) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut d = dump(sm);
+    d.remove(&keys::meta("applied"));
+    d
 }
 
 /// Operations of the model test, over small spaces so they collide often.
@@ -399,6 +538,12 @@ enum Op {
         tenant: u64,
         key: u8,
     },
+    /// Set the default plan's quotas (small, so refusals happen).
+    Limits {
+        max_bytes: Option<u64>,
+        max_objects: Option<u64>,
+        max_open_uploads: u32,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -411,6 +556,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1u64..3, 0u8..3).prop_map(|(tenant, key)| Op::Purge { tenant, key }),
         2 => (1u64..3, 0u8..3).prop_map(|(tenant, key)| Op::Cold { tenant, key }),
         1 => (1u64..3, 0u8..3).prop_map(|(tenant, key)| Op::Restore { tenant, key }),
+        1 => (proptest::option::of(0u64..2000), proptest::option::of(0u64..3), 0u32..4)
+            .prop_map(|(max_bytes, max_objects, max_open_uploads)| Op::Limits { max_bytes, max_objects, max_open_uploads }),
     ]
 }
 
@@ -566,6 +713,16 @@ fn steps(ops: &[Op]) -> Vec<Step> {
             })),
             Op::Cold { tenant, key: k } => out.push(Step::Cold(*tenant, *k)),
             Op::Restore { tenant, key: k } => out.push(Step::Restore(*tenant, *k)),
+            Op::Limits {
+                max_bytes,
+                max_objects,
+                max_open_uploads,
+            } => out.push(Step::Cmd(Command::SetPlan(crate::plans::Plan {
+                max_bytes: *max_bytes,
+                max_objects: *max_objects,
+                max_open_uploads: *max_open_uploads,
+                ..crate::plans::Plan::builtin_default()
+            }))),
         }
     }
     out
@@ -694,6 +851,39 @@ fn check_tier(sm: &StateMachine) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Checks that each tenant's usage counters match its records (see state_machine/plans.rs).
+fn check_usage(sm: &StateMachine) -> Result<(), TestCaseError> {
+    let mut want: HashMap<u64, (crate::plans::Usage, u64)> = HashMap::new();
+    for kv in sm.tree.iter() {
+        let (k, v) = kv.expect("kv");
+        match k[0] {
+            keys::VERSION => {
+                let rec: VersionRecord = decode("version", &v).expect("decode");
+                let t = keys::be_u64(&k, 1).expect("tenant");
+                want.entry(t).or_default().0.stored_bytes += rec.info.size;
+            }
+            keys::OBJECT => {
+                let t = keys::be_u64(&k, 1).expect("tenant");
+                want.entry(t).or_default().0.objects += 1;
+            }
+            keys::SESSION => {
+                let rec: SessionRecord = decode("session", &v).expect("decode");
+                let w = want.entry(rec.tenant.0).or_default();
+                w.0.reserved_bytes += rec.size;
+                w.1 += 1;
+            }
+            _ => {}
+        }
+    }
+    for t in 1..3 {
+        let got = sm.tenant_usage(TenantId(t)).expect("usage");
+        let (usage, open) = want.get(&t).copied().unwrap_or_default();
+        prop_assert_eq!(got.usage, usage, "usage of tenant {}", t);
+        prop_assert_eq!(got.open_uploads, open, "open uploads of tenant {}", t);
+    }
+    Ok(())
+}
+
 fn dump(sm: &StateMachine) -> BTreeMap<Vec<u8>, Vec<u8>> {
     sm.tree
         .iter()
@@ -715,6 +905,7 @@ proptest! {
                 prop_assert_eq!(ra, rb);
                 check_refs(&a)?;
                 check_tier(&a)?;
+                check_usage(&a)?;
             }
         }
         prop_assert_eq!(dump(&a), dump(&b));
@@ -990,4 +1181,23 @@ mod tiering {
             Err(ApplyError::Rejected(Rejection::PolicyNotFound(_)))
         ));
     }
+}
+
+/// A record declaring a huge string or byte array (corrupt or hostile input) is refused before
+/// anything is allocated for it (found by fuzzing the record decoder: it used to abort).
+#[test]
+fn a_huge_declared_length_is_refused_not_allocated() {
+    for declared in [
+        u64::MAX / 2,
+        (RECORD_LIMIT as u64) + 1,
+        SNAPSHOT_LIMIT as u64 + 1,
+    ] {
+        let mut b = vec![FORMAT_V1, 0xfd];
+        b.extend(declared.to_le_bytes());
+        assert!(decode::<String>("test", &b).is_err(), "{declared}");
+        assert!(decode::<Vec<u8>>("test", &b).is_err(), "{declared}");
+        assert!(decode_snapshot::<Vec<(Vec<u8>, Vec<u8>)>>("test", &b).is_err());
+    }
+    let ok = encode(&"fits".to_owned()).expect("encode");
+    assert_eq!(decode::<String>("test", &ok).expect("decode"), "fits");
 }

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::layout::{self, NodeReport};
 use super::observe::audited;
+use super::plans;
 use super::tier;
 use super::workers;
 use crate::actors::supervisor::SupervisorMsg;
@@ -160,7 +161,7 @@ impl AdminService {
 }
 
 /// Tenant names: 1 to 64 characters of lowercase letters, digits, '-' and '_'.
-fn check_tenant_name(name: &str) -> NodeResult<()> {
+pub(super) fn check_tenant_name(name: &str) -> NodeResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -496,6 +497,61 @@ impl pb::admin_server::Admin for AdminService {
         audited("RevertLayout", caller, async {
             layout::revert(&self.cluster).await?;
             layout::layout_response(&self.sm, &self.cluster, &self.report).await
+        })
+        .await
+    }
+
+    async fn set_plan(&self, req: Request<pb::Plan>) -> Result<Response<pb::Plan>, Status> {
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("SetPlan", caller, async {
+            plans::set_plan(&self.sm, &self.cluster, req.get_ref()).await
+        })
+        .await
+    }
+
+    async fn list_plans(
+        &self,
+        req: Request<pb::ListPlansRequest>,
+    ) -> Result<Response<pb::ListPlansResponse>, Status> {
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("ListPlans", caller, async {
+            self.cluster.linearize().await?;
+            plans::list_plans(&self.sm)
+        })
+        .await
+    }
+
+    async fn delete_plan(
+        &self,
+        req: Request<pb::PlanName>,
+    ) -> Result<Response<pb::DeletePlanResponse>, Status> {
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("DeletePlan", caller, async {
+            plans::delete_plan(&self.cluster, &req.get_ref().name).await?;
+            Ok(pb::DeletePlanResponse {})
+        })
+        .await
+    }
+
+    async fn set_tenant_plan(
+        &self,
+        req: Request<pb::SetTenantPlanRequest>,
+    ) -> Result<Response<pb::TenantInfo>, Status> {
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("SetTenantPlan", caller, async {
+            plans::set_tenant_plan(&self.sm, &self.cluster, req.get_ref()).await
+        })
+        .await
+    }
+
+    async fn get_tenant(
+        &self,
+        req: Request<pb::GetTenantRequest>,
+    ) -> Result<Response<pb::TenantInfo>, Status> {
+        let caller = auth::admin(&self.sm, req.metadata());
+        audited("GetTenant", caller, async {
+            self.cluster.linearize().await?;
+            plans::tenant_info(&self.sm, &req.get_ref().tenant)
         })
         .await
     }

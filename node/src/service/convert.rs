@@ -8,6 +8,21 @@ use strata_proto::v1 as pb;
 use crate::config::MAX_UPLOAD_CHUNKS;
 use crate::error::{NodeError, NodeResult};
 
+/// An operator-chosen name (policy, plan): 1-64 letters, digits, '-' or '_'.
+pub fn simple_name(what: &str, name: &str) -> NodeResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+    if !ok {
+        return Err(NodeError::InvalidArgument(format!(
+            "{what} name {name:?} must be 1-64 letters, digits, '-' or '_'"
+        )));
+    }
+    Ok(())
+}
+
 pub fn bucket(s: &str) -> NodeResult<BucketName> {
     Ok(BucketName::new(s)?)
 }

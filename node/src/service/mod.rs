@@ -8,6 +8,7 @@ pub mod identity;
 pub mod ingress;
 pub mod layout;
 mod observe;
+pub mod plans;
 pub mod storage;
 pub mod tier;
 pub mod workers;

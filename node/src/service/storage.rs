@@ -182,7 +182,6 @@ impl pb::storage_server::Storage for StorageService {
                 manifest: manifest.clone(),
                 content_type: r.content_type.clone(),
                 now_ms: now_ms(),
-                max_open: self.config.max_open_uploads,
             };
             match self.cluster.propose(cmd).await? {
                 SmResponse::SessionOpened {

@@ -88,17 +88,7 @@ fn policy_to_pb(sm: &StateMachine, p: &TierPolicy) -> NodeResult<pb::TierPolicy>
 }
 
 fn check_policy_name(name: &str) -> NodeResult<()> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-    {
-        return Err(NodeError::InvalidArgument(format!(
-            "policy name {name:?} must be 1-64 letters, digits, '-' or '_'"
-        )));
-    }
-    Ok(())
+    super::convert::simple_name("policy", name)
 }
 
 pub async fn set_policy(
