@@ -94,7 +94,8 @@ pub fn tenant_json(t: &pb::TenantInfo) -> Value {
     json!({ "name": t.name, "tenant_id": t.tenant_id,
         "plan": t.plan.as_ref().map(plan_json),
         "stored_bytes": t.stored_bytes, "reserved_bytes": t.reserved_bytes,
-        "objects": t.objects, "open_uploads": t.open_uploads })
+        "objects": t.objects, "reserved_objects": t.reserved_objects,
+        "open_uploads": t.open_uploads })
 }
 
 fn percent(used: u64, limit: Option<u64>) -> String {
@@ -118,11 +119,13 @@ pub fn print_tenant(t: &pb::TenantInfo) {
         or_unlimited(p.max_bytes.map(human)),
         percent(bytes, p.max_bytes)
     );
+    let objects = t.objects.saturating_add(t.reserved_objects);
     println!(
-        "  objects          {} of {}{}",
+        "  objects          {} + {} being uploaded of {}{}",
         t.objects,
+        t.reserved_objects,
         or_unlimited(p.max_objects.map(|n| n.to_string())),
-        percent(t.objects, p.max_objects)
+        percent(objects, p.max_objects)
     );
     println!(
         "  open uploads     {} of {}{}",

@@ -44,6 +44,17 @@ pub fn open_sessions(t: TenantId) -> Vec<u8> {
     meta(&format!("open-sessions/{}", t.0))
 }
 
+/// Marks a session opened for a key without a head: it holds one of its tenant's object slots
+/// (`plans::Usage::reserved_objects`) until it ends.
+pub fn session_new_key(s: &SessionId) -> Vec<u8> {
+    [&[META][..], b"new-key/", s.as_bytes()].concat()
+}
+
+/// Prefix of the session markers above.
+pub fn session_new_key_prefix() -> Vec<u8> {
+    meta("new-key/")
+}
+
 /// A tenant's usage counters (`plans::Usage`).
 pub fn usage(t: TenantId) -> Vec<u8> {
     meta(&format!("usage/{}", t.0))

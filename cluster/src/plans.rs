@@ -61,6 +61,10 @@ pub struct Usage {
     pub reserved_bytes: u64,
     /// Keys with at least one version (live or in the trash).
     pub objects: u64,
+    /// Open sessions for keys without a version: each holds an object slot, so that
+    /// `objects + reserved_objects` never passes `max_objects` and a refusal comes at
+    /// CreateUpload, before any byte is sent.
+    pub reserved_objects: u64,
 }
 
 /// Which limit a refusal names, as metrics label it.

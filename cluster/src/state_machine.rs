@@ -668,7 +668,7 @@ fn open_session(
     }
 
     let new_key = tx.get_raw(&keys::object(tenant, bucket, key))?.is_none();
-    plans::admit_session(tx, tenant, size, new_key)?;
+    plans::admit_session(tx, tenant, session, size, new_key)?;
     let mut rec = SessionRecord {
         id: *session,
         tenant,
@@ -938,8 +938,10 @@ pub fn gaps(chunks: &[(u64, SessionChunk)], size: u64) -> Vec<Gap> {
     out
 }
 
-fn forget_session(tx: &mut Txn, rec: &SessionRecord) -> Result<(), StoreError> {
-    plans::release_session(tx, rec.tenant, rec.size)?;
+/// Removes a session's records and gives back what it reserved; returns whether it held an
+/// object slot (see `plans::release_session`).
+fn forget_session(tx: &mut Txn, rec: &SessionRecord) -> Result<bool, StoreError> {
+    let held_slot = plans::release_session(tx, rec.tenant, &rec.id, rec.size)?;
     tx.del(keys::session(&rec.id));
     tx.del(keys::session_manifest(&rec.id));
     tx.del(keys::session_by_key(
@@ -948,7 +950,7 @@ fn forget_session(tx: &mut Txn, rec: &SessionRecord) -> Result<(), StoreError> {
         &rec.key,
         &rec.id,
     ));
-    Ok(())
+    Ok(held_slot)
 }
 
 fn complete_session(
@@ -985,7 +987,7 @@ fn complete_session(
     for (offset, _) in &chunks {
         tx.del(keys::session_chunk(session, *offset));
     }
-    forget_session(tx, &rec)?;
+    let held_slot = forget_session(tx, &rec)?;
     tx.put(
         keys::version(tenant, &rec.bucket, &rec.key, version),
         &VersionRecord {
@@ -1004,7 +1006,7 @@ fn complete_session(
     }
     let head_key = keys::object(tenant, &rec.bucket, &rec.key);
     let old = tx.get::<ObjectHead>("object", &head_key)?;
-    plans::commit_version(tx, tenant, rec.size, old.is_none())?;
+    plans::commit_version(tx, tenant, rec.size, old.is_none(), held_slot)?;
     if let Some(TrashState { purge_at_ms, .. }) = old.as_ref().and_then(|h| h.trash) {
         tx.del(keys::trash(purge_at_ms, tenant, &rec.bucket, &rec.key));
     }

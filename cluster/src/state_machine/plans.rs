@@ -2,14 +2,17 @@
 //! - `usage.reserved_bytes` is the sum of the declared sizes of the tenant's open sessions;
 //! - `usage.stored_bytes` is the sum of the sizes of the tenant's versions (live or trashed);
 //! - `usage.objects` is the number of the tenant's object heads;
+//! - `usage.reserved_objects` is the number of the tenant's open sessions marked with
+//!   `keys::session_new_key` (opened for a key without a head);
 //! - `open_sessions` is the number of the tenant's open sessions.
 //!
-//! A quota check happens where usage would grow (OpenSession, and CompleteSession for a new
-//! key), inside the command's transaction: concurrent uploads cannot overshoot.
+//! A quota check happens where usage would grow (OpenSession, and CompleteSession for a key
+//! whose head went away while its session was open), inside the command's transaction:
+//! concurrent uploads cannot overshoot.
 
 use super::{ApplyError, Response, Txn};
 use crate::error::{Rejection, StoreError};
-use crate::ids::TenantId;
+use crate::ids::{SessionId, TenantId};
 use crate::keys;
 use crate::plans::{DEFAULT_PLAN, Plan, Usage};
 
@@ -50,10 +53,12 @@ pub(super) fn update_usage(
 }
 
 /// Admits a new upload session of `size` bytes (for a key without a head if `new_key`), or
-/// names the limit it would break. Reserves its bytes and counts it as open.
+/// names the limit it would break. Reserves its bytes (and, for a new key, an object slot)
+/// and counts it as open.
 pub(super) fn admit_session(
     tx: &mut Txn,
     tenant: TenantId,
+    session: &SessionId,
     size: u64,
     new_key: bool,
 ) -> Result<(), ApplyError> {
@@ -93,17 +98,23 @@ pub(super) fn admit_session(
         check_objects(&plan, &used)?;
     }
     tx.put_u64(keys::open_sessions(tenant), open + 1);
+    if new_key {
+        tx.put_raw(keys::session_new_key(session), Vec::new());
+    }
     update_usage(tx, tenant, |u| {
-        u.reserved_bytes = u.reserved_bytes.saturating_add(size)
+        u.reserved_bytes = u.reserved_bytes.saturating_add(size);
+        u.reserved_objects += u64::from(new_key);
     })?;
     Ok(())
 }
 
-/// Refuses one more object past the plan's `max_objects`.
+/// Refuses one more object past the plan's `max_objects` (object slots held by open
+/// sessions count).
 pub(super) fn check_objects(plan: &Plan, used: &Usage) -> Result<(), ApplyError> {
+    let held = used.objects.saturating_add(used.reserved_objects);
     match plan.max_objects {
-        Some(limit) if used.objects >= limit => Err(Rejection::ObjectsQuota {
-            used: used.objects,
+        Some(limit) if held >= limit => Err(Rejection::ObjectsQuota {
+            used: held,
             limit,
             plan: plan.name.clone(),
         }
@@ -112,24 +123,39 @@ pub(super) fn check_objects(plan: &Plan, used: &Usage) -> Result<(), ApplyError>
     }
 }
 
-/// A session of `size` bytes ends (completed, aborted or expired).
-pub(super) fn release_session(tx: &mut Txn, tenant: TenantId, size: u64) -> Result<(), StoreError> {
+/// A session of `size` bytes ends (completed, aborted or expired): its bytes and object slot
+/// are given back. Returns whether it held an object slot.
+pub(super) fn release_session(
+    tx: &mut Txn,
+    tenant: TenantId,
+    session: &SessionId,
+    size: u64,
+) -> Result<bool, StoreError> {
     let open = tx.get_u64(&keys::open_sessions(tenant))?;
     tx.put_u64(keys::open_sessions(tenant), open.saturating_sub(1));
+    let marker = keys::session_new_key(session);
+    let held_slot = tx.get_raw(&marker)?.is_some();
+    tx.del(marker);
     update_usage(tx, tenant, |u| {
-        u.reserved_bytes = u.reserved_bytes.saturating_sub(size)
-    })
+        u.reserved_bytes = u.reserved_bytes.saturating_sub(size);
+        u.reserved_objects = u.reserved_objects.saturating_sub(u64::from(held_slot));
+    })?;
+    Ok(held_slot)
 }
 
 /// A completed session of `size` bytes becomes a version: its bytes are stored, and a key
-/// without a head becomes an object (refused past `max_objects`).
+/// without a head becomes an object. The object slot the session held (`held_slot`, already
+/// given back by `release_session` in the same transaction) is what it takes; a session
+/// without one (its key had a head that was purged meanwhile) is checked against
+/// `max_objects` now.
 pub(super) fn commit_version(
     tx: &mut Txn,
     tenant: TenantId,
     size: u64,
     new_key: bool,
+    held_slot: bool,
 ) -> Result<(), ApplyError> {
-    if new_key {
+    if new_key && !held_slot {
         check_objects(&plan_of(tx, tenant)?, &usage(tx, tenant)?)?;
     }
     update_usage(tx, tenant, |u| {

@@ -449,6 +449,18 @@ fn plan_limits_refuse_at_their_boundary_and_change_nothing() {
     .expect("abort");
     let u = sm.tenant_usage(TenantId(1)).expect("usage");
     assert_eq!((u.usage.reserved_bytes, u.open_uploads), (1000, 1));
+    // An open session for a new key holds an object slot until it ends.
+    assert_eq!(u.usage.reserved_objects, 1);
+    sm.apply(&Command::AbortSession {
+        session: sid(1),
+        tenant: None,
+        idle_before_ms: None,
+    })
+    .expect("abort");
+    assert_eq!(
+        sm.tenant_usage(TenantId(1)).unwrap().usage,
+        crate::plans::Usage::default()
+    );
     // Objects: two keys committed, a third new key refused; a new version of a key is not.
     for (s, k) in [(4u8, 4u8), (5, 5)] {
         sm.apply(&open_sized(s, k, 0)).expect("open empty");
@@ -871,6 +883,19 @@ fn check_usage(sm: &StateMachine) -> Result<(), TestCaseError> {
                 let w = want.entry(rec.tenant.0).or_default();
                 w.0.reserved_bytes += rec.size;
                 w.1 += 1;
+                let marked = sm
+                    .tree
+                    .contains_key(keys::session_new_key(&rec.id))
+                    .expect("read");
+                w.0.reserved_objects += u64::from(marked);
+            }
+            _ if k.starts_with(&keys::session_new_key_prefix()) => {
+                let id = &k[keys::session_new_key_prefix().len()..];
+                let session = [&[keys::SESSION][..], id].concat();
+                prop_assert!(
+                    sm.tree.contains_key(session).expect("read"),
+                    "an object slot marker outlived its session"
+                );
             }
             _ => {}
         }

@@ -116,5 +116,6 @@ pub fn tenant_info(sm: &StateMachine, name: &str) -> NodeResult<pb::TenantInfo> 
         reserved_bytes: u.usage.reserved_bytes,
         objects: u.usage.objects,
         open_uploads: u.open_uploads,
+        reserved_objects: u.usage.reserved_objects,
     })
 }
