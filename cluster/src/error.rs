@@ -98,8 +98,8 @@ pub enum Rejection {
     PlanNotFound(String),
     #[error("plan {name:?} is in use by {tenants} tenant(s): move them to another plan first")]
     PlanInUse { name: String, tenants: u64 },
-    #[error("a batch may not contain another batch")]
-    NestedBatch,
+    #[error("batches nest at most {limit} deep")]
+    BatchTooDeep { limit: usize },
     #[error("join token not recognised by this cluster")]
     JoinTokenUnknown,
     #[error("join token expired")]

@@ -47,7 +47,7 @@ pub fn open_sessions(t: TenantId) -> Vec<u8> {
 /// Marks a session opened for a key without a head: it holds one of its tenant's object slots
 /// (`plans::Usage::reserved_objects`) until it ends.
 pub fn session_new_key(s: &SessionId) -> Vec<u8> {
-    [&[META][..], b"new-key/", s.as_bytes()].concat()
+    [&session_new_key_prefix()[..], s.as_bytes()].concat()
 }
 
 /// Prefix of the session markers above.

@@ -107,19 +107,28 @@ impl StateMachine {
 /// ones before it; a refused command in a batch is rolled back alone and its refusal becomes
 /// its result, so the batch as a whole commits atomically.
 fn apply_one(tx: &mut Txn, cmd: &Command) -> Result<Response, ApplyError> {
+    apply_nested(tx, cmd, 0)
+}
+
+/// How deep batches may nest: a caller's batch inside the batch the proposer groups concurrent
+/// proposals into. Deeper nesting is refused, which keeps apply's recursion bounded whatever a
+/// log entry holds.
+const MAX_BATCH_DEPTH: usize = 2;
+
+fn apply_nested(tx: &mut Txn, cmd: &Command, depth: usize) -> Result<Response, ApplyError> {
     {
         match cmd {
             Command::Batch(cmds) => {
+                if depth >= MAX_BATCH_DEPTH {
+                    return Err(Rejection::BatchTooDeep {
+                        limit: MAX_BATCH_DEPTH,
+                    }
+                    .into());
+                }
                 let mut results = Vec::with_capacity(cmds.len());
                 for c in cmds {
-                    if matches!(c, Command::Batch(_)) {
-                        // Proposers never nest batches; refusing them keeps apply's depth
-                        // bounded whatever a log entry holds.
-                        results.push(Err(Rejection::NestedBatch));
-                        continue;
-                    }
                     let savepoint = tx.pending.clone();
-                    match apply_one(tx, c) {
+                    match apply_nested(tx, c, depth + 1) {
                         Ok(r) => results.push(Ok(r)),
                         Err(ApplyError::Rejected(r)) => {
                             tx.pending = savepoint;

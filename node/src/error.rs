@@ -171,7 +171,7 @@ impl NodeError {
             | Rejection::ObjectsQuota { .. } => Code::ResourceExhausted,
             Rejection::PlanNotFound(_) => Code::NotFound,
             Rejection::PlanInUse { .. } => Code::FailedPrecondition,
-            Rejection::NestedBatch => Code::InvalidArgument,
+            Rejection::BatchTooDeep { .. } => Code::InvalidArgument,
             Rejection::NothingStaged | Rejection::LayoutVersion { .. } => Code::FailedPrecondition,
         }
     }

@@ -499,11 +499,19 @@ fn plan_limits_refuse_at_their_boundary_and_change_nothing() {
         sm.plan_of(TenantId(1)).unwrap(),
         crate::plans::Plan::builtin_default()
     );
-    // Nested batches are refused, not recursed into.
-    let nested = Command::Batch(vec![Command::Batch(vec![])]);
+    // A caller's batch inside the proposer's batch applies; one level deeper is refused, not
+    // recursed into.
+    let two = Command::Batch(vec![Command::Batch(vec![])]);
     assert_eq!(
-        sm.apply(&nested).expect("batch"),
-        Response::Batch(vec![Err(Rejection::NestedBatch)])
+        sm.apply(&two).expect("batch"),
+        Response::Batch(vec![Ok(Response::Batch(vec![]))])
+    );
+    let three = Command::Batch(vec![Command::Batch(vec![Command::Batch(vec![])])]);
+    assert_eq!(
+        sm.apply(&three).expect("batch"),
+        Response::Batch(vec![Ok(Response::Batch(vec![Err(
+            Rejection::BatchTooDeep { limit: 2 }
+        )]))])
     );
 }
 
