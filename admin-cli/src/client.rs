@@ -118,8 +118,82 @@ pub fn admin(channel: Channel, token: &str) -> anyhow::Result<Admin> {
     Ok(AdminClient::with_interceptor(channel, auth(token)?))
 }
 
-/// A gRPC status as a one-line error: the node's message and the code's name.
+/// A call refused for a rate limit, with the delay the node's `google.rpc.RetryInfo` asked
+/// for: `with_retry` waits that long and tries again.
+#[derive(Debug)]
+pub struct RetryAfter {
+    pub delay: Duration,
+    pub message: String,
+}
+
+impl std::fmt::Display for RetryAfter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RetryAfter {}
+
+/// The delay a RESOURCE_EXHAUSTED status asks for (rate limits attach one; quotas do not, as
+/// retrying them cannot pass).
+pub fn retry_delay(s: &Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    if s.code() != tonic::Code::ResourceExhausted {
+        return None;
+    }
+    s.get_details_retry_info()?.retry_delay
+}
+
+/// Retries of one call refused for a rate limit, at most.
+pub const MAX_RETRIES: u32 = 1000;
+/// Longest wait `with_retry` accepts from a node (a longer one fails the call at once).
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+/// How long `with_retry` keeps retrying one call.
+pub const RETRY_FOR: Duration = Duration::from_secs(600);
+
+/// Runs `op` until it succeeds, fails for another reason than a rate limit, or has been
+/// retried `MAX_RETRIES` times or for `RETRY_FOR`. After a refusal it waits the delay the node
+/// asked for plus up to a quarter more (so many clients refused at once do not come back at
+/// once). `op` must be safe to repeat: a refused call did nothing.
+pub async fn with_retry<T, F, Fut>(mut op: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let started = std::time::Instant::now();
+    let mut retries = 0u32;
+    loop {
+        let err = match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let Some(delay) = err.downcast_ref::<RetryAfter>().map(|r| r.delay) else {
+            return Err(err);
+        };
+        if retries >= MAX_RETRIES
+            || delay > MAX_RETRY_DELAY
+            || started.elapsed() + delay > RETRY_FOR
+        {
+            return Err(err.context(format!(
+                "still refused for a rate limit after {retries} retries in {:.1?}",
+                started.elapsed()
+            )));
+        }
+        retries += 1;
+        let jitter = delay.mul_f64(rand::random::<f64>() / 4.0);
+        tokio::time::sleep(delay + jitter).await;
+    }
+}
+
+/// A gRPC status as a one-line error: the node's message and the code's name. A rate-limit
+/// refusal becomes a `RetryAfter` (same text), which `with_retry` honours.
 pub fn status_error(what: &str, s: Status) -> anyhow::Error {
+    if let Some(delay) = retry_delay(&s) {
+        return anyhow::Error::new(RetryAfter {
+            delay,
+            message: format!("{what}: {} ({:?})", s.message(), s.code()),
+        });
+    }
     let why = format!("{} {:?}", s.message(), std::error::Error::source(&s));
     // A TLS-only node answers a plaintext client's first call with FAILED_PRECONDITION and a
     // message saying so; a call already in flight may see its GOAWAY instead.
@@ -129,4 +203,23 @@ pub fn status_error(what: &str, s: Status) -> anyhow::Error {
         ""
     };
     anyhow::anyhow!("{what}: {} ({:?}){hint}", s.message(), s.code())
+}
+
+/// `client.method(request)` for a unary call, its response's message, retried while refused
+/// for a rate limit (`with_retry`); errors are `status_error(what, ..)`.
+#[macro_export]
+macro_rules! unary {
+    ($client:expr, $method:ident, $request:expr, $what:expr) => {{
+        let (client, request) = (&$client, $request);
+        $crate::client::with_retry(|| {
+            let (mut c, request) = (client.clone(), request.clone());
+            async move {
+                Ok(c.$method(request)
+                    .await
+                    .map_err(|s| $crate::client::status_error($what, s))?
+                    .into_inner())
+            }
+        })
+        .await
+    }};
 }

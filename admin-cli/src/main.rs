@@ -590,12 +590,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some((b, p)) => (b.to_owned(), p.to_owned()),
                 None => (path.clone(), String::new()),
             };
-            let mut storage = cli.storage().await?;
+            let storage = cli.storage().await?;
             let mut token = String::new();
             let (mut objects, mut folders) = (Vec::new(), Vec::new());
             loop {
-                let page = storage
-                    .list(pb::ListRequest {
+                let page = strata_admin::unary!(
+                    storage,
+                    list,
+                    pb::ListRequest {
                         bucket: bucket.clone(),
                         prefix: prefix.clone(),
                         delimiter: if *recursive {
@@ -607,10 +609,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         page_token: token.clone(),
                         trash: *trash,
                         stale: *stale,
-                    })
-                    .await
-                    .map_err(|s| status_error("list", s))?
-                    .into_inner();
+                    },
+                    "list"
+                )?;
                 objects.extend(page.objects);
                 folders.extend(page.folders);
                 if page.next_page_token.is_empty() {
@@ -639,17 +640,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Stat { path, version } => {
             let (bucket, key) = split_path(path)?;
-            let info = cli
-                .storage()
-                .await?
-                .stat(pb::StatRequest {
-                    bucket,
-                    key,
-                    version: version.unwrap_or(0),
-                })
-                .await
-                .map_err(|s| status_error("stat", s))?
-                .into_inner();
+            let info = {
+                let storage = cli.storage().await?;
+                strata_admin::unary!(
+                    storage,
+                    stat,
+                    pb::StatRequest {
+                        bucket,
+                        key,
+                        version: version.unwrap_or(0),
+                    },
+                    "stat"
+                )?
+            };
             if cli.json {
                 println!("{}", info_json(&info));
             } else {
@@ -671,13 +674,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Rm { path } => {
             let (bucket, key) = split_path(path)?;
-            let r = cli
-                .storage()
-                .await?
-                .delete(pb::DeleteRequest { bucket, key })
-                .await
-                .map_err(|s| status_error("rm", s))?
-                .into_inner();
+            let r = {
+                let storage = cli.storage().await?;
+                strata_admin::unary!(storage, delete, pb::DeleteRequest { bucket, key }, "rm")?
+            };
             if cli.json {
                 println!(
                     "{}",
@@ -692,13 +692,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Undelete { path } => {
             let (bucket, key) = split_path(path)?;
-            let info = cli
-                .storage()
-                .await?
-                .undelete(pb::UndeleteRequest { bucket, key })
-                .await
-                .map_err(|s| status_error("undelete", s))?
-                .into_inner();
+            let info = {
+                let storage = cli.storage().await?;
+                strata_admin::unary!(
+                    storage,
+                    undelete,
+                    pb::UndeleteRequest { bucket, key },
+                    "undelete"
+                )?
+            };
             if cli.json {
                 println!("{}", info_json(&info));
             } else {
@@ -707,13 +709,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Versions { path } => {
             let (bucket, key) = split_path(path)?;
-            let r = cli
-                .storage()
-                .await?
-                .list_versions(pb::ListVersionsRequest { bucket, key })
-                .await
-                .map_err(|s| status_error("versions", s))?
-                .into_inner();
+            let r = {
+                let storage = cli.storage().await?;
+                strata_admin::unary!(
+                    storage,
+                    list_versions,
+                    pb::ListVersionsRequest { bucket, key },
+                    "versions"
+                )?
+            };
             if cli.json {
                 println!(
                     "{}",

@@ -17,7 +17,7 @@ use strata_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::client::{Storage, status_error};
+use crate::client::{Storage, status_error, with_retry};
 
 /// Default chunk size: 4 MiB (a power of two, so the node checks the whole-file hash without
 /// re-reading the data).
@@ -158,17 +158,23 @@ pub async fn upload_planned(
             len: *len,
         })
         .collect();
-    let created = client
-        .create_upload(pb::CreateUploadRequest {
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-            size: plan.size,
-            manifest,
-            content_type: content_type.to_owned(),
-        })
-        .await
-        .map_err(|s| status_error("create upload", s))?
-        .into_inner();
+    let create = pb::CreateUploadRequest {
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        size: plan.size,
+        manifest,
+        content_type: content_type.to_owned(),
+    };
+    let created = with_retry(|| {
+        let (mut c, req) = (client.clone(), create.clone());
+        async move {
+            Ok(c.create_upload(req)
+                .await
+                .map_err(|s| status_error("create upload", s))?
+                .into_inner())
+        }
+    })
+    .await?;
     let have: std::collections::HashSet<u32> = created.existing.iter().copied().collect();
     let mut todo = Vec::new();
     let mut offset = 0u64;
@@ -185,24 +191,29 @@ pub async fn upload_planned(
 
     let sent: u64 = todo.iter().map(|t| t.2 as u64).sum();
     if !todo.is_empty() {
-        send_chunks(
-            client,
-            path,
-            &created.session_id,
-            todo,
-            skipped,
-            progress.as_ref(),
-        )
+        // A stream refused for a rate limit sent nothing; sending again is safe anyway (a
+        // chunk the session holds is acknowledged again).
+        with_retry(|| {
+            let mut c = client.clone();
+            let (todo, session, progress) = (todo.clone(), &created.session_id, progress.as_ref());
+            async move { send_chunks(&mut c, path, session, todo, skipped, progress).await }
+        })
         .await?;
     }
-    let info = client
-        .complete_upload(pb::CompleteUploadRequest {
-            session_id: created.session_id.clone(),
-            file_hash: Bytes::copy_from_slice(&plan.file_hash),
-        })
-        .await
-        .map_err(|s| status_error("complete upload", s))?
-        .into_inner();
+    let complete = pb::CompleteUploadRequest {
+        session_id: created.session_id.clone(),
+        file_hash: Bytes::copy_from_slice(&plan.file_hash),
+    };
+    let info = with_retry(|| {
+        let (mut c, req) = (client.clone(), complete.clone());
+        async move {
+            Ok(c.complete_upload(req)
+                .await
+                .map_err(|s| status_error("complete upload", s))?
+                .into_inner())
+        }
+    })
+    .await?;
     progress.advance(plan.size);
     Ok(UploadReport {
         info,
@@ -296,11 +307,16 @@ pub async fn download(
     progress: &dyn Progress,
 ) -> anyhow::Result<DownloadReport> {
     let whole = req.offset == 0 && req.length == 0;
-    let mut stream = client
-        .get(req)
-        .await
-        .map_err(|s| status_error("get", s))?
-        .into_inner();
+    let mut stream = with_retry(|| {
+        let (mut c, req) = (client.clone(), req.clone());
+        async move {
+            Ok(c.get(req)
+                .await
+                .map_err(|s| status_error("get", s))?
+                .into_inner())
+        }
+    })
+    .await?;
     let mut info = None;
     let mut hasher = blake3::Hasher::new();
     let mut bytes = 0u64;

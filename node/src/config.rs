@@ -40,7 +40,11 @@ pub const KEYS: &[&str] = &[
     "max_streams",
     "max_streams_per_tenant",
     "min_free_bytes",
+    "metrics_tenants",
 ];
+
+/// Most tenants `metrics_tenants` may name (each adds a few series to every scrape).
+pub const MAX_METRICS_TENANTS: usize = 100;
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -115,6 +119,9 @@ pub struct Config {
     /// writes (except deletes) at a quarter of it, so the metadata store never meets a full
     /// disk (0: 2% of the filesystem, at least 8 MiB and at most 2 GiB).
     pub min_free_bytes: u64,
+    /// Tenants whose usage and plan refusals get their own metric series (by name); the rest
+    /// are counted together as `other`, so the series stay bounded.
+    pub metrics_tenants: Vec<String>,
     /// Cold tiering: how the leader moves data and which backends exist.
     pub tier: TierConfig,
     /// Scrub and anti-entropy check of this node's chunks.
@@ -271,6 +278,7 @@ impl Default for Config {
             max_streams: 256,
             max_streams_per_tenant: 64,
             min_free_bytes: 0,
+            metrics_tenants: Vec::new(),
             tier: TierConfig::default(),
             verify: VerifyConfig::default(),
             tls: TlsConfig::default(),
@@ -391,6 +399,12 @@ impl Config {
         }
         if self.janitor_interval.is_zero() {
             anyhow::bail!("janitor_interval must be greater than zero");
+        }
+        if self.metrics_tenants.len() > MAX_METRICS_TENANTS {
+            anyhow::bail!(
+                "metrics_tenants names {} tenants; at most {MAX_METRICS_TENANTS} (the others are counted as \"other\")",
+                self.metrics_tenants.len()
+            );
         }
         self.check_tier()
     }

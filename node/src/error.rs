@@ -30,6 +30,12 @@ pub enum NodeError {
     Unavailable(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Over a rate limit: RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` of `retry_after`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("{0}")]
     DataLoss(String),
     #[error("{0}")]
@@ -185,7 +191,9 @@ impl NodeError {
             NodeError::Unauthenticated(_) => Code::Unauthenticated,
             NodeError::PermissionDenied(_) => Code::PermissionDenied,
             NodeError::Unavailable(_) => Code::Unavailable,
-            NodeError::ResourceExhausted(_) => Code::ResourceExhausted,
+            NodeError::ResourceExhausted(_) | NodeError::RateLimited { .. } => {
+                Code::ResourceExhausted
+            }
             NodeError::DataLoss(_) => Code::DataLoss,
             NodeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             NodeError::AlreadyExists(_) => Code::AlreadyExists,
@@ -249,6 +257,17 @@ impl From<NodeError> for Status {
                     shown.join(", "),
                     if gaps.len() > 8 { ", ..." } else { "" }
                 )
+            }
+            NodeError::RateLimited {
+                message,
+                retry_after,
+            } => {
+                let details = tonic_types::ErrorDetails::with_retry_info(Some(*retry_after));
+                return <Status as tonic_types::StatusExt>::with_error_details(
+                    e.code(),
+                    message,
+                    details,
+                );
             }
             other => other.to_string(),
         };

@@ -57,6 +57,11 @@ pub const TIER_COLD_READ_BYTES: &str = "strata_tier_cold_read_bytes_total";
 pub const TIER_BACKEND_REQUESTS: &str = strata_cold::metrics::BACKEND_REQUESTS;
 pub const TIER_BACKEND_ERRORS: &str = strata_cold::metrics::BACKEND_ERRORS;
 pub const INGRESS_REFUSED: &str = "strata_ingress_refused_total";
+pub const PLAN_REFUSALS: &str = "strata_plan_refusals_total";
+pub const PLAN_PACED_BYTES: &str = "strata_plan_paced_bytes_total";
+pub const TENANT_STORED_BYTES: &str = "strata_tenant_stored_bytes";
+pub const TENANT_OBJECTS: &str = "strata_tenant_objects";
+pub const TENANT_OPEN_UPLOADS: &str = "strata_tenant_open_uploads";
 pub const STREAMS_OPEN: &str = "strata_streams_open";
 pub const MEMORY_IN_USE: &str = "strata_chunk_memory_bytes";
 pub const SCRUB_BYTES: &str = "strata_scrub_bytes_total";
@@ -319,6 +324,28 @@ fn describe() {
     describe_counter!(
         INGRESS_REFUSED,
         "requests refused at the door, by the limit that refused them (message_size, max_streams, max_streams_per_tenant)"
+    );
+    describe_counter!(
+        PLAN_REFUSALS,
+        "calls refused by a tenant's plan, by tenant (named if in metrics_tenants, else other) and limit (requests, max_object_size, max_bytes, max_objects, max_open_uploads)"
+    );
+    describe_counter!(
+        PLAN_PACED_BYTES,
+        Unit::Bytes,
+        "chunk bytes that waited for their tenant's plan bandwidth, by tenant (named if in metrics_tenants, else other)"
+    );
+    describe_gauge!(
+        TENANT_STORED_BYTES,
+        Unit::Bytes,
+        "bytes a tenant stores (every version kept), for the tenants in metrics_tenants"
+    );
+    describe_gauge!(
+        TENANT_OBJECTS,
+        "keys a tenant stores (live or in the trash), for the tenants in metrics_tenants"
+    );
+    describe_gauge!(
+        TENANT_OPEN_UPLOADS,
+        "upload sessions a tenant has open, for the tenants in metrics_tenants"
     );
     describe_gauge!(
         STREAMS_OPEN,

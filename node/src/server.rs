@@ -33,6 +33,7 @@ use crate::service::cluster::ClusterService;
 use crate::service::identity::{self, Signer};
 use crate::service::ingress::{IngressLayer, StreamGate};
 use crate::service::layout::NodeReport;
+use crate::service::limits::TenantLimits;
 use crate::service::storage::{StorageDeps, StorageService};
 use crate::tiering::Tiering;
 use crate::tls::listener::incoming;
@@ -273,6 +274,10 @@ pub async fn run(
         config: node.config.clone(),
         budget: node.budget.clone(),
         streams,
+        limits: Arc::new(TenantLimits::new(
+            node.sm.clone(),
+            &node.config.metrics_tenants,
+        )),
     }))
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
@@ -343,6 +348,11 @@ pub async fn run(
         },
     ));
     tokio::spawn(metrics::follow_raft(node.cluster.raft.clone()));
+    tokio::spawn(crate::service::limits::publish_usage(
+        node.sm.clone(),
+        node.config.metrics_tenants.clone(),
+        Duration::from_secs(10),
+    ));
 
     bootstrap(&node, mode, init, &join).await?;
     let mut first = FirstRun {

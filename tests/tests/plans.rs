@@ -304,3 +304,162 @@ async fn operators_set_list_show_and_delete_plans() {
     let list = cli_ok(&node, &["plan", "list"]);
     assert!(!list.contains("basic"), "{list}");
 }
+
+/// Every RESOURCE_EXHAUSTED of a burst must carry a RetryInfo of at most one second (the
+/// bucket refills one request per 1/rate) and name the limit; the rest pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_rate_refusals_carry_retry_info_and_a_client_honouring_it_finishes() {
+    let node = Node::start_with(&[("STRATA_METRICS_TENANTS", "[\"rated\"]")]);
+    let s = tenant_on_plan(&node, "rated", &["--requests", "10/s"]).await;
+
+    // A burst of 40 calls at once: at most the bucket (10) plus what refills meanwhile pass.
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let mut s = s.clone();
+        calls.push(tokio::spawn(async move {
+            s.stat(pb::StatRequest {
+                bucket: "rated".into(),
+                key: format!("absent-{i}"),
+                version: 0,
+            })
+            .await
+        }));
+    }
+    let (mut passed, mut refused) = (0, 0);
+    for c in calls {
+        match c.await.expect("join") {
+            Err(e) if e.code() == Code::NotFound => passed += 1,
+            Err(e) => {
+                assert_refused(&e, "requests 10/s");
+                let delay = strata_admin::client::retry_delay(&e)
+                    .unwrap_or_else(|| panic!("no RetryInfo on {e:?}"));
+                assert!(
+                    delay > std::time::Duration::ZERO && delay <= std::time::Duration::from_secs(1),
+                    "retry delay {delay:?}"
+                );
+                refused += 1;
+            }
+            Ok(r) => panic!("stat of an absent key answered {r:?}"),
+        }
+    }
+    assert!(refused >= 10, "{passed} passed, {refused} refused");
+    assert!(passed >= 1, "{passed} passed, {refused} refused");
+
+    // 12 uploads and 12 downloads through the library, which honours RetryInfo: about 48
+    // requests at 10/s, all of it done, every byte back.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| (format!("f{i}"), data(5000 + i * 100, i as u64)))
+        .collect();
+    let mut tasks = Vec::new();
+    for (key, bytes) in files.clone() {
+        let path = write_file(dir.path(), &key, &bytes);
+        let mut s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            strata_admin::transfer::upload(
+                &mut s,
+                &path,
+                "rated",
+                &key,
+                "",
+                4096,
+                Arc::new(strata_admin::transfer::NoProgress),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{key}: {e:#}"))
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("upload under the rate limit");
+    }
+    for (key, bytes) in &files {
+        let mut out = Vec::new();
+        let mut s = s.clone();
+        strata_admin::transfer::download(
+            &mut s,
+            pb::GetRequest {
+                bucket: "rated".into(),
+                key: key.clone(),
+                ..Default::default()
+            },
+            &mut out,
+            &strata_admin::transfer::NoProgress,
+        )
+        .await
+        .expect("download under the rate limit");
+        assert_eq!(&out, bytes, "{key}");
+    }
+    let (_, text) = http_get(&node.metrics).await;
+    let named = text
+        .lines()
+        .find(|l| {
+            l.starts_with("strata_plan_refusals_total{")
+                && l.contains("tenant=\"rated\"")
+                && l.contains("limit=\"requests\"")
+        })
+        .unwrap_or_else(|| panic!("no refusal series for tenant rated:\n{text}"));
+    let count: f64 = named
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        count >= refused as f64,
+        "{named} (refused {refused} in the burst)"
+    );
+}
+
+/// Chunk bytes up and down are paced to the plan's bandwidth (a bucket of one second): 3 MiB
+/// at 1 MB/s cannot move in much under 2 s each way; every byte still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_is_paced_to_the_plan_both_ways() {
+    let node = Node::start();
+    let mut s = tenant_on_plan(&node, "paced", &["--bandwidth", "1MB/s"]).await;
+    let bytes = data(3 << 20, 7);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_file(dir.path(), "big", &bytes);
+
+    let t = std::time::Instant::now();
+    strata_admin::transfer::upload(
+        &mut s,
+        &path,
+        "rated",
+        "big",
+        "",
+        256 * 1024,
+        Arc::new(strata_admin::transfer::NoProgress),
+    )
+    .await
+    .expect("upload");
+    let up = t.elapsed();
+    let t = std::time::Instant::now();
+    let mut out = Vec::new();
+    strata_admin::transfer::download(
+        &mut s,
+        pb::GetRequest {
+            bucket: "rated".into(),
+            key: "big".into(),
+            ..Default::default()
+        },
+        &mut out,
+        &strata_admin::transfer::NoProgress,
+    )
+    .await
+    .expect("download");
+    let down = t.elapsed();
+    assert!(out == bytes, "downloaded bytes differ");
+    // 3,145,728 bytes at 1,000,000 B/s with 1,000,000 in the bucket: >= 2.1 s ideal. A lower
+    // bound only (a slow machine is slower, never faster).
+    let least = std::time::Duration::from_millis(1800);
+    assert!(up >= least, "upload of 3 MiB at 1 MB/s took only {up:?}");
+    assert!(
+        down >= least,
+        "download of 3 MiB at 1 MB/s took only {down:?}"
+    );
+    let (_, text) = http_get(&node.metrics).await;
+    assert!(
+        metric(&text, "strata_plan_paced_bytes_total") >= (3 << 20) as f64,
+        "paced bytes not counted"
+    );
+}

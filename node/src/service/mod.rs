@@ -7,6 +7,7 @@ pub mod convert;
 pub mod identity;
 pub mod ingress;
 pub mod layout;
+pub mod limits;
 mod observe;
 pub mod plans;
 pub mod storage;

@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use super::ingress::{MessagePermits, Stillness, StreamGate, StreamTicket};
+use super::limits::TenantLimits;
 use super::observe::{observe, record};
 use crate::actors::supervisor::{SupervisorMsg, call, session_actor};
 use crate::actors::upload_session::{Ack, SessionMsg};
@@ -51,6 +52,7 @@ pub struct StorageService {
     config: Arc<Config>,
     budget: Arc<MemoryBudget>,
     streams: Arc<StreamGate>,
+    limits: Arc<TenantLimits>,
 }
 
 /// What the Storage service works with (built by the server).
@@ -63,6 +65,7 @@ pub struct StorageDeps {
     pub config: Arc<Config>,
     pub budget: Arc<MemoryBudget>,
     pub streams: Arc<StreamGate>,
+    pub limits: Arc<TenantLimits>,
 }
 
 impl StorageService {
@@ -76,17 +79,20 @@ impl StorageService {
             config: d.config,
             budget: d.budget,
             streams: d.streams,
+            limits: d.limits,
         }
     }
 
     /// The tenant the call acts for, if its token allows `access` (to the bucket the request
-    /// names, if it names one).
+    /// names, if it names one) and its plan's request rate allows one more call.
     fn tenant<T: Bucketed>(&self, req: &Request<T>, access: Access) -> NodeResult<TenantId> {
         let bucket = req
             .get_ref()
             .bucket_name()
             .and_then(|b| convert::bucket(b).ok());
-        auth::tenant(&self.sm, req.metadata(), access, bucket.as_ref())
+        let tenant = auth::tenant(&self.sm, req.metadata(), access, bucket.as_ref())?;
+        self.limits.admit(tenant)?;
+        Ok(tenant)
     }
 
     /// The version a Get or Stat names: the current one of a live key, or a given one.
@@ -183,7 +189,13 @@ impl pb::storage_server::Storage for StorageService {
                 content_type: r.content_type.clone(),
                 now_ms: now_ms(),
             };
-            match self.cluster.propose(cmd).await? {
+            let opened = self.cluster.propose(cmd).await.map_err(NodeError::from);
+            if let Err(NodeError::Rejected(r)) = &opened {
+                if let Some(limit) = strata_cluster::plans::limit_label(r) {
+                    self.limits.refused(tenant, limit);
+                }
+            }
+            match opened? {
                 SmResponse::SessionOpened {
                     session,
                     resumed,
@@ -235,6 +247,7 @@ impl pb::storage_server::Storage for StorageService {
         let pump = Pump {
             sup: self.sup.clone(),
             budget: self.budget.clone(),
+            limits: self.limits.clone(),
             permits,
             tenant,
             max_chunk: self.config.max_chunk_bytes as usize,
@@ -378,6 +391,8 @@ impl pb::storage_server::Storage for StorageService {
             let download = Download {
                 reads: self.reads.clone(),
                 budget: self.budget.clone(),
+                limits: self.limits.clone(),
+                tenant,
                 idle: self.config.stream_idle_timeout,
                 _ticket: ticket,
             };
@@ -694,6 +709,7 @@ impl pb::storage_server::Storage for StorageService {
 struct Pump {
     sup: ActorRef<SupervisorMsg>,
     budget: Arc<MemoryBudget>,
+    limits: Arc<TenantLimits>,
     permits: Arc<MessagePermits>,
     tenant: TenantId,
     max_chunk: usize,
@@ -773,7 +789,11 @@ impl Pump {
                     }
                     let id = convert::chunk_id(&msg.id, "chunk id")?;
                     let (offset, data) = (msg.offset, msg.data);
+                    let limits = self.limits.clone();
                     pending.push_back(async move {
+                        // The tenant's bandwidth: the chunk waits (with the others in the
+                        // window, so the client is slowed by flow control), then is written.
+                        limits.pace(tenant, data.len() as u64).await?;
                         call(&actor, |reply| SessionMsg::Put { tenant, offset, id, data, permit: Some(permit), reply }).await?
                     });
                 }
@@ -825,6 +845,8 @@ const GET_READ_AHEAD: usize = 3;
 struct Download {
     reads: Arc<Reads>,
     budget: Arc<MemoryBudget>,
+    limits: Arc<TenantLimits>,
+    tenant: TenantId,
     idle: Duration,
     _ticket: StreamTicket,
 }
@@ -917,6 +939,14 @@ impl Download {
             while !piece.is_empty() {
                 let part = piece.split_to(piece.len().min(GET_PIECE));
                 let n = part.len() as u64;
+                let paced = tokio::select! {
+                    r = self.limits.pace(self.tenant, n) => r,
+                    _ = tx.closed() => return,
+                };
+                if let Err(e) = paced {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
                 let msg = pb::GetResponse {
                     info: None,
                     data: part,
