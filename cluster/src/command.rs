@@ -231,6 +231,9 @@ pub enum Response {
     ChunkAdded {
         bytes_present: u64,
         added: bool,
+        /// The tenant held no reference to this chunk before (what `PutChunkAck.written`
+        /// tells a client: never whether another tenant stores the same bytes).
+        new_to_tenant: bool,
     },
     Committed(ObjectView),
     Trashed(TrashState),

@@ -763,13 +763,14 @@ fn add_ref(
     tenant: TenantId,
     len: u32,
     cv_at: Option<(u64, [u8; 32])>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let key = keys::chunk_tenant(id, tenant);
     let mut meta = tx.get::<ChunkMeta>("chunk", &key)?.unwrap_or(ChunkMeta {
         refs: 0,
         len,
         cvs: Vec::new(),
     });
+    let new_to_tenant = meta.refs == 0;
     meta.refs += 1;
     if let Some((offset, cv)) = cv_at
         && !meta.cvs.iter().any(|(o, _)| *o == offset)
@@ -787,7 +788,7 @@ fn add_ref(
     // Only AddChunk reaches here for a released chunk (dedup skips them): its bytes were
     // just written to its homes, so it is hot again.
     tier::unrelease(tx, id)?;
-    Ok(())
+    Ok(new_to_tenant)
 }
 
 fn drop_ref(tx: &mut Txn, id: &ChunkId, tenant: TenantId) -> Result<(), StoreError> {
@@ -895,6 +896,7 @@ fn add_chunk(
             return Ok(Response::ChunkAdded {
                 bytes_present,
                 added: false,
+                new_to_tenant: false,
             });
         }
         return Err(Rejection::ChunkOverlap { offset }.into());
@@ -914,7 +916,7 @@ fn add_chunk(
         return Err(Rejection::ChunkOverlap { offset }.into());
     }
     tx.put(key, &SessionChunk { id: *id, len, cv })?;
-    add_ref(tx, id, tenant, len, cv.map(|c| (offset, c)))?;
+    let new_to_tenant = add_ref(tx, id, tenant, len, cv.map(|c| (offset, c)))?;
     rec.bytes_present += len as u64;
     rec.last_activity_ms = now_ms;
     let bytes_present = rec.bytes_present;
@@ -922,6 +924,7 @@ fn add_chunk(
     Ok(Response::ChunkAdded {
         bytes_present,
         added: true,
+        new_to_tenant,
     })
 }
 

@@ -464,8 +464,10 @@ impl WriteJob {
         }
         metrics::counter!(m::UPLOAD_BYTES).increment(len as u64);
         let id = self.id;
-        // W durable copies before the chunk is recorded and acknowledged.
-        let written = self.blocks.store_new(id, self.data, self.permit).await?;
+        // W durable copies before the chunk is recorded and acknowledged. Every home writes
+        // and syncs the bytes even if it holds them already (see `ChunkStore::put`), so the ack
+        // comes no sooner for bytes another tenant stores.
+        self.blocks.store_new(id, self.data, self.permit).await?;
         let cmd = Command::AddChunk {
             session: self.session,
             tenant: self.tenant,
@@ -476,13 +478,17 @@ impl WriteJob {
             now_ms: now_ms(),
         };
         match self.cluster.propose(cmd).await? {
-            Response::ChunkAdded { bytes_present, .. } => Ok((
+            Response::ChunkAdded {
+                bytes_present,
+                new_to_tenant,
+                ..
+            } => Ok((
                 SessionChunk {
                     id,
                     len: len as u32,
                     cv,
                 },
-                written,
+                new_to_tenant,
                 bytes_present,
             )),
             other => Err(NodeError::Internal(format!(

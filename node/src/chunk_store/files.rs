@@ -35,7 +35,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use strata_cluster::ChunkId;
@@ -230,22 +230,14 @@ impl Files {
 
     /// Stores `data` under `id` durably (the caller verified that `id` is its BLAKE3). The
     /// bytes go to a temporary file without any lock; the guard then renames it into place,
-    /// or, when the chunk is already there, drops it and re-stamps the existing file (so the
-    /// collector's grace period counts from now). Returns whether a new file was written.
+    /// over the chunk's file if there is one. Returns whether the chunk was not here before.
     ///
-    /// An existing file is compared with `data` before "already there" is answered: a copy
-    /// that rotted on disk is quarantined and replaced, never counted as a good one.
+    /// The work is the same whether or not the chunk is already here (write, fsync, rename,
+    /// directory fsync): another tenant's upload of the same bytes must not finish sooner, or
+    /// fail differently on a full disk, than an upload of new bytes (the dedup side channel).
+    /// Dedup saves space, not this write. Replacing an existing file also replaces a copy
+    /// that rotted on disk with the verified bytes.
     pub fn put(&self, id: &ChunkId, data: &[u8]) -> Result<bool, ChunkStoreError> {
-        if self.lock(id).touch()? {
-            match self.same_content(id, data) {
-                Ok(None) => {}
-                Ok(Some(true)) => return Ok(false),
-                Ok(Some(false)) => {
-                    // Quarantined (by `same_content`); write the good bytes below.
-                }
-                Err(e) => return Err(e),
-            }
-        }
         self.check_space(data.len() as u64)?;
         let tmp = self
             .tmp
@@ -258,14 +250,12 @@ impl Files {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        let installed = self.lock(id).install(&tmp, data.len() as u64)?;
-        if installed {
-            let dir = self.dir_of(id);
-            sync_dir(&dir).map_err(|e| io_err("fsync", &dir, e))?;
-            metrics::counter!(m::CHUNK_STORE_OPS, "op" => "put").increment(1);
-            metrics::counter!(m::CHUNK_STORE_WRITTEN_BYTES).increment(data.len() as u64);
-        }
-        Ok(installed)
+        let new = self.lock(id).install(&tmp, data.len() as u64)?;
+        let dir = self.dir_of(id);
+        sync_dir(&dir).map_err(|e| io_err("fsync", &dir, e))?;
+        metrics::counter!(m::CHUNK_STORE_OPS, "op" => "put").increment(1);
+        metrics::counter!(m::CHUNK_STORE_WRITTEN_BYTES).increment(data.len() as u64);
+        Ok(new)
     }
 
     /// Refuses a write that would leave less than the reserve free.
@@ -337,35 +327,6 @@ impl Files {
             return Err(ChunkStoreError::Corrupt(*id));
         }
         Ok(Bytes::from(data))
-    }
-
-    /// Whether the file of `id` holds exactly `data` (None: there is no file). A file that
-    /// differs is corrupt (`data` is verified): it is counted and quarantined.
-    fn same_content(&self, id: &ChunkId, data: &[u8]) -> Result<Option<bool>, ChunkStoreError> {
-        let path = self.path_of(id);
-        let f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("read", &path, e)),
-        };
-        let md = f.metadata().map_err(|e| io_err("stat", &path, e))?;
-        let mut same = md.len() == data.len() as u64;
-        let mut buf = vec![0u8; VERIFY_BUF.min(data.len().max(1))];
-        let mut at = 0;
-        while same && at < data.len() {
-            let n = buf.len().min(data.len() - at);
-            f.read_exact_at(&mut buf[..n], at as u64)
-                .map_err(|e| io_err("read", &path, e))?;
-            same = buf[..n] == data[at..at + n];
-            at += n;
-        }
-        metrics::counter!(m::CHUNK_STORE_OPS, "op" => "compare").increment(1);
-        if !same {
-            metrics::counter!(m::CHUNK_CORRUPT).increment(1);
-            tracing::error!(chunk = %id, path = %path.display(), "stored copy differs from the chunk's verified bytes; quarantining and rewriting it");
-            self.lock(id).quarantine(md.ino());
-        }
-        Ok(Some(same))
     }
 
     /// Re-hashes a chunk's file without keeping it in memory (reads of `VERIFY_BUF`). A
@@ -443,34 +404,34 @@ impl ChunkGuard<'_> {
         }
     }
 
-    /// Re-stamps an existing file's mtime (a new reference is on its way: the collector must
-    /// not take it for garbage). Returns false when there is no file.
-    fn touch(&self) -> Result<bool, ChunkStoreError> {
-        match OpenOptions::new().write(true).open(&self.path) {
-            Ok(f) => {
-                f.set_modified(SystemTime::now())
-                    .map_err(|e| io_err("touch", &self.path, e))?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_err("touch", &self.path, e)),
-        }
-    }
-
-    /// Renames a fully written and synced temporary file into place, unless the chunk is
-    /// already there (then the temporary file goes and the existing one is re-stamped).
+    /// Renames a fully written and synced temporary file into place, over the existing file
+    /// if there is one (same id, so the same bytes unless the old copy rotted). Returns whether
+    /// there was none.
     fn install(&self, tmp: &Path, len: u64) -> Result<bool, ChunkStoreError> {
-        if self.touch()? {
-            let _ = fs::remove_file(tmp);
-            return Ok(false);
-        }
+        let before = match fs::metadata(&self.path) {
+            Ok(md) => Some(md.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                let _ = fs::remove_file(tmp);
+                return Err(io_err("stat", &self.path, e));
+            }
+        };
         if let Err(e) = fs::rename(tmp, &self.path) {
             let _ = fs::remove_file(tmp);
             return Err(io_err("rename", &self.path, e));
         }
-        self.files.count.fetch_add(1, Ordering::Relaxed);
-        self.files.bytes.fetch_add(len, Ordering::Relaxed);
-        Ok(true)
+        match before {
+            None => {
+                self.files.count.fetch_add(1, Ordering::Relaxed);
+                self.files.bytes.fetch_add(len, Ordering::Relaxed);
+            }
+            Some(old) if old != len => {
+                self.files.bytes.fetch_add(len, Ordering::Relaxed);
+                self.files.bytes.fetch_sub(old, Ordering::Relaxed);
+            }
+            Some(_) => {}
+        }
+        Ok(before.is_none())
     }
 
     /// Deletes the file. Returns whether there was one.

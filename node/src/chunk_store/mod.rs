@@ -192,7 +192,7 @@ mod tests {
         assert!(store.put(id, data.clone()).await.expect("put"));
         assert!(
             !store.put(id, data.clone()).await.expect("second put"),
-            "second put writes nothing"
+            "a second put reports the chunk as already here"
         );
         assert_eq!(store.get(id).await.expect("get"), data);
         assert_eq!(store.usage(), (1, data.len() as u64));
@@ -255,9 +255,10 @@ mod tests {
             bytes[at] ^= 0x40;
             std::fs::write(&path, &bytes).expect("corrupt");
         };
-        // A rotten copy is not "already there": the put replaces it.
+        // A put always writes the verified bytes, over whatever is there: a rotten copy is
+        // replaced (and the chunk was here, so the put reports it as not new).
         flip(2_500_000);
-        assert!(store.put(id, data.clone()).await.expect("put over rot"));
+        assert!(!store.put(id, data.clone()).await.expect("put over rot"));
         assert_eq!(std::fs::read(&path).expect("read"), data.to_vec());
         // The scrub's verify finds rot, quarantines the file, and then finds nothing.
         flip(10);
