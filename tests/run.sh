@@ -46,5 +46,7 @@ cargo nextest run --workspace --no-fail-fast --locked "$@" || status=$?
 # guard cannot be held across an .await.
 if [ $# -eq 0 ]; then
   cargo test --doc --workspace --locked || status=$?
+  # Every fuzz target for 30 s from the committed seeds (fuzz/README.md).
+  bash fuzz/run.sh 30 || status=$?
 fi
 exit $status

@@ -5,6 +5,7 @@
 //! layer can replicate the same commands. Boundary: knows nothing of gRPC, disks or chunks'
 //! bytes.
 
+pub mod codec;
 pub mod command;
 pub mod error;
 pub mod file_hash;

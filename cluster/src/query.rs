@@ -41,6 +41,30 @@ pub enum ListCursor {
     AfterFolder(String),
 }
 
+impl ListCursor {
+    /// The opaque `page_token` a client gets for this position.
+    pub fn to_token(&self) -> String {
+        match self {
+            ListCursor::AfterKey(k) => format!("k{}", hex::encode(k)),
+            ListCursor::AfterFolder(f) => format!("f{}", hex::encode(f)),
+        }
+    }
+
+    /// Reads a `page_token` back (empty: from the start). `None` when the token is not one
+    /// `to_token` made.
+    pub fn from_token(t: &str) -> Option<Option<ListCursor>> {
+        let Some(kind) = t.bytes().next() else {
+            return Some(None);
+        };
+        let name = String::from_utf8(hex::decode(t.get(1..)?).ok()?).ok()?;
+        match kind {
+            b'k' => Some(Some(ListCursor::AfterKey(name))),
+            b'f' => Some(Some(ListCursor::AfterFolder(name))),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ListQuery<'a> {
     pub tenant: TenantId,

@@ -526,7 +526,7 @@ impl pb::storage_server::Storage for StorageService {
             Ok(pb::ListResponse {
                 objects: page.objects.iter().map(convert::object_info).collect(),
                 folders: page.folders,
-                next_page_token: page.next.map(|c| encode_token(&c)).unwrap_or_default(),
+                next_page_token: page.next.map(|c| c.to_token()).unwrap_or_default(),
             })
         })
         .await
@@ -980,25 +980,7 @@ impl Download {
     }
 }
 
-fn encode_token(c: &ListCursor) -> String {
-    match c {
-        ListCursor::AfterKey(k) => format!("k{}", hex::encode(k)),
-        ListCursor::AfterFolder(f) => format!("f{}", hex::encode(f)),
-    }
-}
-
 fn decode_token(t: &str) -> NodeResult<Option<ListCursor>> {
-    if t.is_empty() {
-        return Ok(None);
-    }
-    let bad = || NodeError::InvalidArgument("page_token is not one this node issued".into());
-    let name = hex::decode(t.get(1..).ok_or_else(bad)?)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(bad)?;
-    match t.as_bytes()[0] {
-        b'k' => Ok(Some(ListCursor::AfterKey(name))),
-        b'f' => Ok(Some(ListCursor::AfterFolder(name))),
-        _ => Err(bad()),
-    }
+    ListCursor::from_token(t)
+        .ok_or_else(|| NodeError::InvalidArgument("page_token is not one this node issued".into()))
 }
