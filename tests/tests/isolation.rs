@@ -8,7 +8,7 @@ use strata_admin::client::Storage;
 use strata_tests::*;
 
 const CHUNK: usize = 4 << 20;
-const ROUNDS: usize = 16;
+const ROUNDS: usize = 40;
 
 /// Uploads one chunk as its own object and returns how long its PutChunks took (the ack of a
 /// durable chunk) and the ack's `written`.
@@ -46,23 +46,32 @@ async fn ack_timing_and_written_do_not_reveal_another_tenants_chunks() {
 
     // Alice stores ROUNDS chunks; Bob then sends the same bytes and fresh bytes, alternating
     // (so drift in the machine's speed lands on both sides alike).
+    // Both sides' bytes are made up front, so neither is fresher in the client's caches.
     let held: Vec<Vec<u8>> = (0..ROUNDS).map(|i| data(CHUNK, 1000 + i as u64)).collect();
+    let fresh_bytes: Vec<Vec<u8>> = (0..ROUNDS).map(|i| data(CHUNK, 5000 + i as u64)).collect();
     let dir = tempfile::tempdir().expect("tempdir");
     for (i, bytes) in held.iter().enumerate() {
         put(&mut alice, dir.path(), "shared", &format!("a{i}"), bytes).await;
     }
     let (mut theirs, mut fresh) = (Vec::new(), Vec::new());
-    for (i, bytes) in held.iter().enumerate() {
-        let (t, written) = timed_put(&mut bob, &format!("theirs{i}"), bytes).await;
-        assert!(
-            written,
-            "round {i}: alice's bytes acked as not written to bob"
-        );
-        theirs.push(t);
-        let new = data(CHUNK, 5000 + i as u64);
-        let (t, written) = timed_put(&mut bob, &format!("fresh{i}"), &new).await;
-        assert!(written, "round {i}: fresh bytes acked as not written");
-        fresh.push(t);
+    for (i, (bytes, new)) in held.iter().zip(&fresh_bytes).enumerate() {
+        // Which goes first alternates, and each put starts on a settled node (as a prober's
+        // would): what one leaves behind (a journal commit) lands on neither side.
+        for theirs_now in [i % 2 == 0, i % 2 != 0] {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            if theirs_now {
+                let (t, written) = timed_put(&mut bob, &format!("theirs{i}"), bytes).await;
+                assert!(
+                    written,
+                    "round {i}: alice's bytes acked as not written to bob"
+                );
+                theirs.push(t);
+            } else {
+                let (t, written) = timed_put(&mut bob, &format!("fresh{i}"), new).await;
+                assert!(written, "round {i}: fresh bytes acked as not written");
+                fresh.push(t);
+            }
+        }
     }
     let (m_theirs, m_fresh) = (median(theirs.clone()), median(fresh.clone()));
     let ratio = m_theirs.as_secs_f64() / m_fresh.as_secs_f64();

@@ -237,7 +237,11 @@ impl Files {
     /// fail differently on a full disk, than an upload of new bytes (the dedup side channel).
     /// Dedup saves space, not this write. Replacing an existing file also replaces a copy
     /// that rotted on disk with the verified bytes.
-    pub fn put(&self, id: &ChunkId, data: &[u8]) -> Result<bool, ChunkStoreError> {
+    pub fn put(
+        &self,
+        id: &ChunkId,
+        data: &[u8],
+    ) -> Result<(bool, Option<Replaced>), ChunkStoreError> {
         self.check_space(data.len() as u64)?;
         let tmp = self
             .tmp
@@ -250,12 +254,15 @@ impl Files {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        let new = self.lock(id).install(&tmp, data.len() as u64)?;
+        let replaced = self.lock(id).install(&tmp, data.len() as u64)?;
         let dir = self.dir_of(id);
         sync_dir(&dir).map_err(|e| io_err("fsync", &dir, e))?;
         metrics::counter!(m::CHUNK_STORE_OPS, "op" => "put").increment(1);
         metrics::counter!(m::CHUNK_STORE_WRITTEN_BYTES).increment(data.len() as u64);
-        Ok(new)
+        Ok(match replaced {
+            Installed::New => (true, None),
+            Installed::Replaced(old) => (false, old),
+        })
     }
 
     /// Refuses a write that would leave less than the reserve free.
@@ -383,6 +390,25 @@ impl Files {
     }
 }
 
+/// What `install` did.
+enum Installed {
+    New,
+    Replaced(Option<Replaced>),
+}
+
+/// The file a put replaced, now under a temporary name. `remove` deletes it (freeing its
+/// blocks); a caller that must not wait for that (an upload's ack) runs it elsewhere. Left
+/// behind by a crash, the next open clears it with the other temporary files.
+pub struct Replaced(PathBuf);
+
+impl Replaced {
+    pub fn remove(self) {
+        if let Err(e) = fs::remove_file(&self.0) {
+            tracing::warn!(path = %self.0.display(), error = %e, "cannot delete a replaced chunk file");
+        }
+    }
+}
+
 impl ChunkGuard<'_> {
     pub fn id(&self) -> &ChunkId {
         &self.id
@@ -404,11 +430,14 @@ impl ChunkGuard<'_> {
         }
     }
 
-    /// Renames a fully written and synced temporary file into place, over the existing file
-    /// if there is one (same id, so the same bytes unless the old copy rotted). Returns whether
-    /// there was none.
-    fn install(&self, tmp: &Path, len: u64) -> Result<bool, ChunkStoreError> {
-        let before = match fs::metadata(&self.path) {
+    /// Renames a fully written and synced temporary file into place. When the chunk is
+    /// already here (same id, so the same bytes unless the old copy rotted) the two files are
+    /// swapped atomically (`RENAME_EXCHANGE`): readers see the old or the new file, never
+    /// none, and the old one ends under the temporary name, for the caller to delete later.
+    /// Creating an entry and swapping two cost the filesystem the same; freeing the old
+    /// file's blocks would not, so it is left out of this path.
+    fn install(&self, tmp: &Path, len: u64) -> Result<Installed, ChunkStoreError> {
+        let old_len = match fs::metadata(&self.path) {
             Ok(md) => Some(md.len()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
@@ -416,22 +445,43 @@ impl ChunkGuard<'_> {
                 return Err(io_err("stat", &self.path, e));
             }
         };
-        if let Err(e) = fs::rename(tmp, &self.path) {
-            let _ = fs::remove_file(tmp);
-            return Err(io_err("rename", &self.path, e));
-        }
-        match before {
-            None => {
-                self.files.count.fetch_add(1, Ordering::Relaxed);
-                self.files.bytes.fetch_add(len, Ordering::Relaxed);
+        let Some(old_len) = old_len else {
+            if let Err(e) = fs::rename(tmp, &self.path) {
+                let _ = fs::remove_file(tmp);
+                return Err(io_err("rename", &self.path, e));
             }
-            Some(old) if old != len => {
-                self.files.bytes.fetch_add(len, Ordering::Relaxed);
-                self.files.bytes.fetch_sub(old, Ordering::Relaxed);
+            self.files.count.fetch_add(1, Ordering::Relaxed);
+            self.files.bytes.fetch_add(len, Ordering::Relaxed);
+            return Ok(Installed::New);
+        };
+        let swapped = rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            tmp,
+            rustix::fs::CWD,
+            &self.path,
+            rustix::fs::RenameFlags::EXCHANGE,
+        );
+        let replaced = match swapped {
+            Ok(()) => Some(Replaced(tmp.to_owned())),
+            // A filesystem without RENAME_EXCHANGE: replace in one rename (the old file's
+            // blocks are then freed here).
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOTSUP) => {
+                if let Err(e) = fs::rename(tmp, &self.path) {
+                    let _ = fs::remove_file(tmp);
+                    return Err(io_err("rename", &self.path, e));
+                }
+                None
             }
-            Some(_) => {}
+            Err(e) => {
+                let _ = fs::remove_file(tmp);
+                return Err(io_err("rename", &self.path, e.into()));
+            }
+        };
+        if old_len != len {
+            self.files.bytes.fetch_add(len, Ordering::Relaxed);
+            self.files.bytes.fetch_sub(old_len, Ordering::Relaxed);
         }
-        Ok(before.is_none())
+        Ok(Installed::Replaced(replaced))
     }
 
     /// Deletes the file. Returns whether there was one.

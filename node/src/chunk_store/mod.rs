@@ -58,6 +58,9 @@ pub enum Removal {
     Absent,
 }
 
+/// How long a chunk file replaced by a put waits before it is deleted.
+const REPLACED_DELETE_DELAY: Duration = Duration::from_secs(2);
+
 /// The chunk store: cheap to clone.
 #[derive(Clone)]
 pub struct ChunkStore {
@@ -99,9 +102,20 @@ impl ChunkStore {
     }
 
     /// Stores verified bytes durably; false when the chunk was already there (its file is
-    /// re-stamped so the collector's grace period starts again).
+    /// replaced by the new one, so the collector's grace period starts again). The same work
+    /// either way (`Files::put`); the replaced file is deleted `REPLACED_DELETE_DELAY` later,
+    /// off the caller's path, since a fresh chunk has nothing to delete.
     pub async fn put(&self, id: ChunkId, data: Bytes) -> Result<bool, ChunkStoreError> {
-        self.blocking(move |f| f.put(&id, &data)).await
+        let (new, replaced) = self.blocking(move |f| f.put(&id, &data)).await?;
+        if let Some(old) = replaced {
+            // Later, not now: freeing its blocks goes into the filesystem journal's next
+            // commit, which the caller's own next fsync (its Raft log entry) would wait for.
+            tokio::spawn(async move {
+                tokio::time::sleep(REPLACED_DELETE_DELAY).await;
+                let _ = tokio::task::spawn_blocking(move || old.remove()).await;
+            });
+        }
+        Ok(new)
     }
 
     /// The whole chunk, verified (a mismatch quarantines the file and is `Corrupt`).
