@@ -13,6 +13,7 @@ pub mod ids;
 mod keys;
 pub mod layout;
 pub mod names;
+pub mod peer_frame;
 pub mod placement;
 pub mod plans;
 pub mod query;

@@ -264,3 +264,118 @@ mod tests {
         assert_eq!(RestoreTier::parse("Bulk"), Some(RestoreTier::Bulk));
     }
 }
+
+/// Where a restore of an archived object stands (what a backend reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreStatus {
+    /// The object's class is online: it is readable without a restore.
+    NotNeeded,
+    NotRequested,
+    InProgress,
+    /// A restored copy is readable.
+    Ready,
+}
+
+/// Reads S3's x-amz-restore header: `ongoing-request="true"` while it runs, `"false"` (with an
+/// expiry date) once the restored copy is readable. Anything else counts as still running.
+pub fn parse_restore_header(class: StorageClass, header: Option<&str>) -> RestoreStatus {
+    if !class.needs_restore() {
+        return RestoreStatus::NotNeeded;
+    }
+    match header {
+        None => RestoreStatus::NotRequested,
+        Some(h) if h.contains("ongoing-request=\"true\"") => RestoreStatus::InProgress,
+        Some(h) if h.contains("ongoing-request=\"false\"") => RestoreStatus::Ready,
+        Some(_) => RestoreStatus::InProgress,
+    }
+}
+
+/// The cold archive format: chunk bytes back to back, then the index (a record: id, offset
+/// and length of every chunk), the index's length (u32, little-endian) and `MAGIC`. Read back
+/// by the archive check from ranges of a backend object, so every field is distrusted.
+pub mod archive {
+    use crate::error::StoreError;
+    use crate::records;
+
+    pub const MAGIC: &[u8; 8] = b"STRATAPK";
+    /// The index length and the magic.
+    pub const FOOTER_LEN: u64 = 4 + MAGIC.len() as u64;
+
+    /// (chunk id, offset, length) of every chunk of an archive.
+    pub type Index = Vec<([u8; 32], u64, u32)>;
+
+    /// What follows the chunk bytes: the index and the footer.
+    pub fn tail(index: &Index) -> Result<Vec<u8>, StoreError> {
+        let mut out = records::encode(index)?;
+        let len = u32::try_from(out.len()).map_err(|_| StoreError::Corrupt {
+            what: "archive index",
+            why: format!("{} bytes do not fit a u32 length", out.len()),
+        })?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(MAGIC);
+        Ok(out)
+    }
+
+    /// Where the index of an archive of `total` bytes lies, given its last `FOOTER_LEN` bytes:
+    /// (offset, length).
+    pub fn index_range(total: u64, footer: &[u8]) -> Result<(u64, u64), String> {
+        if total < FOOTER_LEN || footer.len() as u64 != FOOTER_LEN {
+            return Err("too short for an archive footer".into());
+        }
+        if &footer[4..] != MAGIC {
+            return Err("the archive footer is damaged".into());
+        }
+        let len = u64::from(u32::from_le_bytes([
+            footer[0], footer[1], footer[2], footer[3],
+        ]));
+        let at = (total - FOOTER_LEN)
+            .checked_sub(len)
+            .ok_or("the archive index length is past the start")?;
+        Ok((at, len))
+    }
+
+    /// The index read from its bytes; not empty, and every chunk within the chunk bytes that
+    /// end at `index_at`.
+    pub fn read_index(bytes: &[u8], index_at: u64) -> Result<Index, String> {
+        let index: Index = records::decode("archive index", bytes)
+            .map_err(|e| format!("the archive index: {e}"))?;
+        if index.is_empty() {
+            return Err("the archive index is empty".into());
+        }
+        for (id, offset, len) in &index {
+            if offset.saturating_add(u64::from(*len)) > index_at {
+                return Err(format!(
+                    "chunk {} is indexed past the chunk bytes",
+                    crate::ChunkId::from_bytes(*id)
+                ));
+            }
+        }
+        Ok(index)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn an_archive_tail_reads_back_and_damage_is_named() {
+            let index: Index = vec![([1; 32], 0, 10), ([2; 32], 10, 5)];
+            let mut archive = vec![0u8; 15];
+            archive.extend(tail(&index).expect("tail"));
+            let total = archive.len() as u64;
+            let footer = &archive[archive.len() - FOOTER_LEN as usize..];
+            let (at, len) = index_range(total, footer).expect("range");
+            assert_eq!(at, 15);
+            let bytes = &archive[at as usize..(at + len) as usize];
+            assert_eq!(read_index(bytes, at).expect("index"), index);
+            assert!(
+                read_index(bytes, 14).is_err(),
+                "a chunk past the chunk bytes"
+            );
+            let mut bad = footer.to_vec();
+            bad[11] ^= 1;
+            assert!(index_range(total, &bad).is_err());
+            assert!(index_range(3, footer).is_err());
+        }
+    }
+}

@@ -142,16 +142,7 @@ impl BackendConfig {
     }
 }
 
-/// Where a restore of an object stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestoreStatus {
-    /// The object's class is online: it is readable without a restore.
-    NotNeeded,
-    NotRequested,
-    InProgress,
-    /// A restored copy is readable.
-    Ready,
-}
+pub use strata_cluster::tier::RestoreStatus;
 
 /// What a backend reports about an object.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,8 +20,7 @@ use bytes::Bytes;
 use strata_cluster::tier::{RestoreTier, StorageClass};
 
 use super::{
-    BackendConfig, BackendKind, ColdError, ColdObject, ColdStore, PutReceipt, RestoreStatus,
-    configured_class,
+    BackendConfig, BackendKind, ColdError, ColdObject, ColdStore, PutReceipt, configured_class,
 };
 
 pub struct S3Store {
@@ -96,19 +95,9 @@ impl S3Store {
     }
 }
 
-/// Reads S3's x-amz-restore header: `ongoing-request="true"` while it runs, `"false"` (with an
-/// expiry date) once the restored copy is readable.
-pub fn parse_restore_header(class: StorageClass, header: Option<&str>) -> RestoreStatus {
-    if !class.needs_restore() {
-        return RestoreStatus::NotNeeded;
-    }
-    match header {
-        None => RestoreStatus::NotRequested,
-        Some(h) if h.contains("ongoing-request=\"true\"") => RestoreStatus::InProgress,
-        Some(h) if h.contains("ongoing-request=\"false\"") => RestoreStatus::Ready,
-        Some(_) => RestoreStatus::InProgress,
-    }
-}
+/// Reads S3's x-amz-restore header (in `strata_cluster::tier`, where the fuzz targets reach
+/// it).
+pub use strata_cluster::tier::parse_restore_header;
 
 #[async_trait::async_trait]
 impl ColdStore for S3Store {
@@ -315,6 +304,7 @@ pub fn etag_md5(etag: &str) -> Option<[u8; 16]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::RestoreStatus;
 
     #[test]
     fn etags() {

@@ -1,7 +1,7 @@
 //! The peer transport: chunks travel between nodes over QUIC (quinn) with mutual TLS.
 //!
 //! One bidirectional stream per request. Each side first sends a frame: a 4-byte big-endian
-//! length and a bincode [`Request`] or [`Reply`]; chunk bytes, when there are any, follow raw on
+//! length and a bincode [`Request`] or [`Reply`] (`strata_cluster::peer_frame`); chunk bytes, when there are any, follow raw on
 //! the same stream (PutChunk's after the request, GetChunk's after the reply). The receiver of
 //! chunk bytes verifies their BLAKE3 before storing or using them; a node serves only bytes
 //! its store verified on read. Every request has a deadline; flow control is QUIC's.
@@ -17,10 +17,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use strata_cluster::ChunkId;
+use strata_cluster::peer_frame;
 
-use crate::codec::{decode, encode};
 use crate::metrics as m;
 
 pub use client::PeerClient;
@@ -28,9 +28,7 @@ pub use client::PeerClient;
 /// Largest chunk the protocol carries (the configuration's ceiling for max_chunk_bytes).
 pub use crate::config::MAX_CHUNK_LIMIT;
 
-/// Largest request or reply frame (a HasChunks of MAX_HAS_CHUNKS ids fits easily).
-const MAX_FRAME: usize = 1 << 20;
-/// Ids per HasChunks request.
+/// Ids per HasChunks request (its frame fits `peer_frame::MAX_FRAME` easily).
 pub const MAX_HAS_CHUNKS: usize = 4096;
 /// Connecting (handshake included) to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -42,61 +40,7 @@ const SMALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// once instead of each waiting for a handshake that will not come.
 const DOWN_BACKOFF: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Request {
-    /// The chunk's bytes `[offset, offset + len)`, or the whole chunk when `len` is None.
-    GetChunk {
-        id: ChunkId,
-        offset: u64,
-        len: Option<u64>,
-    },
-    /// `len` bytes follow; the receiver stores them if they hash to `id`.
-    PutChunk {
-        id: ChunkId,
-        len: u32,
-    },
-    HasChunks {
-        ids: Vec<ChunkId>,
-    },
-    /// Deletes the receiver's copy if its metadata says nothing references the chunk.
-    DropChunk {
-        id: ChunkId,
-    },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Reply {
-    /// `len` bytes of chunk data follow.
-    Chunk {
-        len: u64,
-    },
-    Stored {
-        new: bool,
-    },
-    Has(Vec<bool>),
-    Dropped {
-        existed: bool,
-    },
-    Error {
-        code: ErrorCode,
-        message: String,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ErrorCode {
-    NotFound,
-    /// The peer's copy failed verification (it quarantined it) or sent bytes did not hash to
-    /// the id.
-    Corrupt,
-    InvalidArgument,
-    /// Disk full, read-only or failing, or the node is busy or stopping.
-    Unavailable,
-    /// The chunk is still referenced (DropChunk).
-    Refused,
-    /// The chunk's file is younger than gc_grace: asked again later (DropChunk).
-    Young,
-}
+pub use strata_cluster::peer_frame::{ErrorCode, Reply, Request};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -161,15 +105,12 @@ impl PeerError {
     }
 }
 
-/// Writes one frame.
+/// Writes one frame (`strata_cluster::peer_frame`).
 pub(crate) async fn write_frame<T: Serialize>(
     send: &mut quinn::SendStream,
     msg: &T,
 ) -> Result<(), String> {
-    let body = encode("peer frame", msg).map_err(|e| e.to_string())?;
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&body);
+    let buf = peer_frame::encode(msg)?;
     send.write_all(&buf).await.map_err(|e| e.to_string())?;
     metrics::counter!(m::QUIC_SENT_BYTES).increment(buf.len() as u64);
     Ok(())
@@ -179,20 +120,17 @@ pub(crate) async fn write_frame<T: Serialize>(
 pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
     recv: &mut quinn::RecvStream,
 ) -> Result<T, String> {
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len).await.map_err(|e| e.to_string())?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(format!(
-            "frame of {len} bytes is over the {MAX_FRAME} limit"
-        ));
-    }
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header)
+        .await
+        .map_err(|e| e.to_string())?;
+    let len = peer_frame::body_len(header)?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body)
         .await
         .map_err(|e| e.to_string())?;
     metrics::counter!(m::QUIC_RECEIVED_BYTES).increment(4 + len as u64);
-    decode("peer frame", &body).map_err(|e| e.to_string())
+    peer_frame::decode_body(&body)
 }
 
 /// Reads exactly `len` raw bytes.

@@ -33,8 +33,6 @@ use crate::raft::{Cluster, ClusterError};
 const ACCESS_GRANULARITY_MS: i64 = 3600 * 1000;
 /// Keys whose reads wait to be recorded (more are dropped until the next flush).
 const MAX_NOTED_READS: usize = 100_000;
-/// Archive trailer: index, its length (u32 LE), then this magic.
-pub const ARCHIVE_MAGIC: &[u8; 8] = b"STRATAPK";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TierError {

@@ -11,7 +11,7 @@ use strata_cluster::{ChunkId, Command, Rejection, StoreError};
 use strata_cold::{ColdError, ColdStore};
 use tokio::task::JoinSet;
 
-use super::{ARCHIVE_MAGIC, PassReport, TierResult, Tiering};
+use super::{PassReport, TierResult, Tiering};
 use crate::clock::now_ms;
 use crate::metrics as m;
 use crate::raft::{Cluster, ClusterError};
@@ -85,14 +85,11 @@ impl Packer {
         else {
             return Ok(None);
         };
-        let entries: Vec<([u8; 32], u64, u32)> = index
+        let entries: strata_cluster::tier::archive::Index = index
             .iter()
             .map(|(id, o, l)| (*id.as_bytes(), *o, *l))
             .collect();
-        let encoded = strata_cluster::records::encode(&entries)?;
-        buf.extend_from_slice(&encoded);
-        buf.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
-        buf.extend_from_slice(ARCHIVE_MAGIC);
+        buf.extend_from_slice(&strata_cluster::tier::archive::tail(&entries)?);
         Ok(Some(Sealed {
             object,
             body: buf.freeze(),

@@ -17,7 +17,7 @@ use strata_cluster::ChunkId;
 use strata_cluster::tier::ArchiveRecord;
 use strata_cold::ColdError;
 
-use super::{ARCHIVE_MAGIC, PassReport, TierResult, Tiering};
+use super::{PassReport, TierResult, Tiering};
 use crate::clock::now_ms;
 use crate::metrics as m;
 
@@ -269,40 +269,28 @@ impl Tiering {
         let get = |offset: u64, len: u64| async move {
             strata_cold::observe(store, "get", store.get_range(&a.object, offset, len)).await
         };
-        let footer_len = 4 + ARCHIVE_MAGIC.len() as u64;
-        if a.bytes < footer_len {
+        use strata_cluster::tier::archive;
+        if a.bytes < archive::FOOTER_LEN {
             return Outcome::Corrupt("too short for an archive footer".into());
         }
-        let footer = match get(a.bytes - footer_len, footer_len).await {
+        let footer = match get(a.bytes - archive::FOOTER_LEN, archive::FOOTER_LEN).await {
             Ok(f) => f,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
-        if &footer[4..] != ARCHIVE_MAGIC {
-            return Outcome::Corrupt("the archive footer is damaged".into());
-        }
-        let index_len = u64::from(u32::from_le_bytes([
-            footer[0], footer[1], footer[2], footer[3],
-        ]));
-        let Some(index_at) = (a.bytes - footer_len).checked_sub(index_len) else {
-            return Outcome::Corrupt("the archive index length is past the start".into());
+        let (index_at, index_len) = match archive::index_range(a.bytes, &footer) {
+            Ok(r) => r,
+            Err(why) => return Outcome::Corrupt(why),
         };
         let index = match get(index_at, index_len).await {
             Ok(i) => i,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
-        let entries: Vec<([u8; 32], u64, u32)> =
-            match strata_cluster::records::decode("archive index", &index) {
-                Ok(e) => e,
-                Err(e) => return Outcome::Corrupt(format!("the archive index: {e}")),
-            };
-        if entries.is_empty() {
-            return Outcome::Corrupt("the archive index is empty".into());
-        }
+        let entries = match archive::read_index(&index, index_at) {
+            Ok(e) => e,
+            Err(why) => return Outcome::Corrupt(why),
+        };
         let (id, offset, len) = entries[rand::random::<u64>() as usize % entries.len()];
         let id = ChunkId::from_bytes(id);
-        if offset.saturating_add(u64::from(len)) > index_at {
-            return Outcome::Corrupt(format!("chunk {id} is indexed past the chunk bytes"));
-        }
         let data = match get(offset, u64::from(len)).await {
             Ok(d) => d,
             Err(e) => return Outcome::Failed(e.to_string()),
