@@ -536,6 +536,8 @@ async fn open_upload_sessions_per_tenant_are_bounded_exactly_under_concurrency()
     // default limit (1,000) open, the rest RESOURCE_EXHAUSTED naming it.
     let node = Node::start();
     let s = node.storage().await;
+    let rss = || proc_status_kib(node.pid(), "VmRSS").expect("the node's VmRSS");
+    let rss_before = rss();
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..16 {
@@ -566,6 +568,14 @@ async fn open_upload_sessions_per_tenant_are_bounded_exactly_under_concurrency()
     }
     assert_eq!((ok, refused), (1_000, 1_000));
     assert_eq!(node.status().await.open_sessions, 1_000);
+    // Open sessions live in the metadata, not in memory: 2,000 opens grow the node by far less
+    // than the 64 MiB allowed here (each open session is a few hundred bytes of records).
+    let grown_kib = rss().saturating_sub(rss_before);
+    println!("node RSS grew {grown_kib} KiB for 2,000 session opens");
+    assert!(
+        grown_kib < 64 * 1024,
+        "the node grew by {grown_kib} KiB for 2,000 session opens"
+    );
 
     // At the limit: resuming an open session still works, a new one does not.
     let mut s = node.storage().await;
