@@ -661,6 +661,29 @@ async fn main() -> anyhow::Result<()> {
                 .collect(),
             None => vec![endpoint.clone()],
         };
+        // N sessions are open at once while preparing: past the default plan's 1,000 open
+        // uploads, raise the `default` plan of this (scratch) cluster with its admin token.
+        if n >= strata_cluster::plans::DEFAULT_MAX_OPEN_UPLOADS as usize {
+            let admin_token = std::fs::read_to_string(args.data_dir.join("admin.token"))
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "--metadata {n} needs the default plan raised past 1,000 open uploads, with {}: {e}",
+                        args.data_dir.join("admin.token").display()
+                    )
+                })?;
+            let max = u32::try_from(n + 1000).unwrap_or(u32::MAX);
+            client::admin(connect(&endpoints[0]).await?, &admin_token)?
+                .set_plan(pb::Plan {
+                    name: "default".into(),
+                    max_open_uploads: Some(max),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| client::status_error("raise the default plan", s))?;
+            if !args.json {
+                println!("default plan: max_open_uploads raised to {max} for this run");
+            }
+        }
         return metadata_bench(&endpoints, &token, n, args.concurrency.max(1), args.json).await;
     }
 
