@@ -165,16 +165,7 @@ pub async fn upload_planned(
         manifest,
         content_type: content_type.to_owned(),
     };
-    let created = with_retry(|| {
-        let (mut c, req) = (client.clone(), create.clone());
-        async move {
-            Ok(c.create_upload(req)
-                .await
-                .map_err(|s| status_error("create upload", s))?
-                .into_inner())
-        }
-    })
-    .await?;
+    let created = crate::unary!(*client, create_upload, create, "create upload")?;
     let have: std::collections::HashSet<u32> = created.existing.iter().copied().collect();
     let mut todo = Vec::new();
     let mut offset = 0u64;
@@ -204,16 +195,7 @@ pub async fn upload_planned(
         session_id: created.session_id.clone(),
         file_hash: Bytes::copy_from_slice(&plan.file_hash),
     };
-    let info = with_retry(|| {
-        let (mut c, req) = (client.clone(), complete.clone());
-        async move {
-            Ok(c.complete_upload(req)
-                .await
-                .map_err(|s| status_error("complete upload", s))?
-                .into_inner())
-        }
-    })
-    .await?;
+    let info = crate::unary!(*client, complete_upload, complete, "complete upload")?;
     progress.advance(plan.size);
     Ok(UploadReport {
         info,
