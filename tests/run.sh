@@ -19,6 +19,13 @@ fi
 missing=()
 need mount || missing+=(mount)
 need prometheus && need promtool || missing+=(prometheus)
+# The container tests (deploy/compose.yaml, tests/faults): Docker with Compose, debootstrap for
+# the local base image, iptables and nsenter for the nemesis.
+need docker || missing+=(docker.io)
+docker compose version >/dev/null 2>&1 || need docker-compose || missing+=(docker-compose)
+need debootstrap || missing+=(debootstrap)
+need iptables || missing+=(iptables)
+need nsenter || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}" >&2
   apt-get update -qq
@@ -48,5 +55,8 @@ if [ $# -eq 0 ]; then
   cargo test --doc --workspace --locked || status=$?
   # Every fuzz target for 30 s from the committed seeds (fuzz/README.md).
   bash fuzz/run.sh 30 || status=$?
+  # The short fault campaign: 5 nodes in containers, every fault once (tests/faults/README.md).
+  { bash deploy/images/build.sh --binaries target/debug \
+      && target/debug/strata-faults --seconds 12; } || status=$?
 fi
 exit $status
