@@ -79,6 +79,8 @@ impl Cluster {
                 .with_context(|| format!("{tool} is needed on the host"))?;
         }
         std::fs::create_dir_all(dir)?;
+        // Docker takes only absolute paths as bind mounts.
+        let dir = &std::fs::canonicalize(dir)?;
         // A /24 that no other network uses: try a few.
         let mut subnet = None;
         for attempt in 0..20u8 {

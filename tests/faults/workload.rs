@@ -255,8 +255,13 @@ fn started(
     }
 }
 
-/// A refusal that means the call changed nothing.
-fn definite(code: Code) -> bool {
+/// A refusal that means the call changed nothing: a refusal by the node, or a connection that
+/// was never made (the request never left).
+fn definite(s: &tonic::Status) -> bool {
+    let code = s.code();
+    if code == Code::Unavailable && s.message().contains("tcp connect error") {
+        return true;
+    }
     matches!(
         code,
         Code::InvalidArgument
@@ -350,7 +355,7 @@ pub async fn put(
             })
             .await
             .map_err(|e| {
-                if definite(e.code()) {
+                if definite(&e) {
                     Outcome::Fail(format!("complete: {}", describe(&e)))
                 } else {
                     Outcome::Unknown(format!("complete: {}", describe(&e)))
@@ -462,7 +467,7 @@ pub async fn delete(
         {
             Ok(_) => Ok(Res::Trashed),
             Err(e) if e.code() == Code::NotFound => Ok(Res::Absent),
-            Err(e) if definite(e.code()) => Err(Outcome::Fail(describe(&e))),
+            Err(e) if definite(&e) => Err(Outcome::Fail(describe(&e))),
             Err(e) => Err(Outcome::Unknown(describe(&e))),
         }
     };
