@@ -30,6 +30,8 @@ pub const ACCESS: u8 = b'a';
 pub const JOIN_TOKEN: u8 = b'j';
 pub const REVOKED_NODE: u8 = b'r';
 pub const PLAN: u8 = b'l';
+pub const COMPLETED: u8 = b'q';
+pub const COMPLETED_AT: u8 = b'Q';
 
 pub fn meta(name: &str) -> Vec<u8> {
     [&[META], name.as_bytes()].concat()
@@ -156,6 +158,33 @@ pub fn session_by_key_prefix(t: TenantId, b: &BucketName, k: &ObjectKey) -> Vec<
 
 pub fn session_by_key(t: TenantId, b: &BucketName, k: &ObjectKey, s: &SessionId) -> Vec<u8> {
     [session_by_key_prefix(t, b, k).as_slice(), s.as_bytes()].concat()
+}
+
+/// A completed upload session's outcome, kept for an hour so a retried CompleteUpload gets
+/// the version it committed.
+pub fn completed(s: &SessionId) -> Vec<u8> {
+    [&[COMPLETED][..], s.as_bytes()].concat()
+}
+
+/// Expiry index of `completed`: `Q completed_at session`.
+pub fn completed_at(at_ms: i64, s: &SessionId) -> Vec<u8> {
+    [
+        &[COMPLETED_AT][..],
+        &(at_ms.max(0) as u64).to_be_bytes(),
+        s.as_bytes(),
+    ]
+    .concat()
+}
+
+/// Every `completed_at` key of a completion before `at_ms` sorts below this.
+pub fn completed_before(at_ms: i64) -> Vec<u8> {
+    [&[COMPLETED_AT][..], &(at_ms.max(0) as u64).to_be_bytes()].concat()
+}
+
+/// The `completed` key an expiry index key points at.
+pub fn completed_of_index(index: &[u8]) -> Option<Vec<u8>> {
+    let session = index.get(9..).filter(|s| s.len() == 16)?;
+    Some([&[COMPLETED][..], session].concat())
 }
 
 pub fn session_chunk_prefix(s: &SessionId) -> Vec<u8> {

@@ -188,6 +188,19 @@ pub struct ManifestEntry {
     pub len: u32,
 }
 
+/// What a completed upload session committed, kept for `COMPLETED_RETENTION_MS` so that
+/// CompleteUpload is idempotent: a retry (by the client, or by the node forwarding to a new
+/// leader after the old one committed the first attempt) gets the same version, not "session
+/// not found".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletedSession {
+    pub tenant: TenantId,
+    pub bucket: BucketName,
+    pub key: ObjectKey,
+    pub version: u64,
+    pub file_hash: [u8; 32],
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
     pub id: SessionId,

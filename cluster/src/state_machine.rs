@@ -520,6 +520,26 @@ impl<'a> Txn<'a> {
             .collect())
     }
 
+    /// Up to `limit` live keys under `prefix` that sort below `upper`, in order.
+    fn keys_below(
+        &self,
+        prefix: &[u8],
+        upper: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.range(prefix.to_vec()..upper.to_vec()) {
+            let (k, _) = kv?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            if !matches!(self.pending.get(k.as_ref()), Some(None)) {
+                out.push(k.to_vec());
+            }
+        }
+        Ok(out)
+    }
+
     /// The last live key under `prefix` strictly before `key`, with its value.
     fn prev_before(&self, prefix: &[u8], key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
         let mut from_tree = None;
@@ -972,7 +992,15 @@ fn complete_session(
     file_hash: &[u8; 32],
     now_ms: i64,
 ) -> Result<Response, ApplyError> {
-    let rec = load_session(tx, session, Some(tenant))?;
+    let rec = match load_session(tx, session, Some(tenant)) {
+        Ok(rec) => rec,
+        Err(e) => {
+            return match completed_before(tx, session, tenant, file_hash)? {
+                Some(view) => Ok(Response::Committed(view)),
+                None => Err(e),
+            };
+        }
+    };
     let chunks = session_chunks(tx, session)?;
     let missing = gaps(&chunks, rec.size);
     if !missing.is_empty() {
@@ -1028,12 +1056,79 @@ fn complete_session(
         trash: None,
     };
     tx.put(head_key, &head)?;
+    remember_completion(tx, session, &rec, version, file_hash, now_ms)?;
     Ok(Response::Committed(ObjectView {
         bucket: rec.bucket,
         key: rec.key,
         info: head.current,
         version_count: head.version_count,
         trash: None,
+    }))
+}
+
+/// How long a completed session's outcome is kept for retried CompleteUploads.
+pub const COMPLETED_RETENTION_MS: i64 = 3600 * 1000;
+
+/// Completion records expired per completion: more than the one each adds, so they never pile
+/// up, few enough to keep a completion cheap.
+const COMPLETED_EXPIRY_BATCH: usize = 8;
+
+/// Records what `session` committed, and forgets a few records older than the retention.
+fn remember_completion(
+    tx: &mut Txn,
+    session: &SessionId,
+    rec: &SessionRecord,
+    version: u64,
+    file_hash: &[u8; 32],
+    now_ms: i64,
+) -> Result<(), ApplyError> {
+    tx.put(
+        keys::completed(session),
+        &CompletedSession {
+            tenant: rec.tenant,
+            bucket: rec.bucket.clone(),
+            key: rec.key.clone(),
+            version,
+            file_hash: *file_hash,
+        },
+    )?;
+    tx.put_raw(keys::completed_at(now_ms, session), Vec::new());
+    let upper = keys::completed_before(now_ms.saturating_sub(COMPLETED_RETENTION_MS));
+    for index in tx.keys_below(&[keys::COMPLETED_AT], &upper, COMPLETED_EXPIRY_BATCH)? {
+        if let Some(record) = keys::completed_of_index(&index) {
+            tx.del(record);
+        }
+        tx.del(index);
+    }
+    Ok(())
+}
+
+/// The version `session` committed, when it was completed (within the retention) by the same
+/// tenant with the same file hash and that version still exists.
+fn completed_before(
+    tx: &Txn,
+    session: &SessionId,
+    tenant: TenantId,
+    file_hash: &[u8; 32],
+) -> Result<Option<ObjectView>, ApplyError> {
+    let Some(done) = tx.get::<CompletedSession>("completed session", &keys::completed(session))?
+    else {
+        return Ok(None);
+    };
+    if done.tenant != tenant || done.file_hash != *file_hash {
+        return Ok(None);
+    }
+    let vkey = keys::version(tenant, &done.bucket, &done.key, done.version);
+    let Some(v) = tx.get::<VersionRecord>("version", &vkey)? else {
+        return Ok(None);
+    };
+    let head = tx.get::<ObjectHead>("object", &keys::object(tenant, &done.bucket, &done.key))?;
+    Ok(Some(ObjectView {
+        bucket: done.bucket,
+        key: done.key,
+        info: v.info,
+        version_count: head.as_ref().map_or(1, |h| h.version_count),
+        trash: head.and_then(|h| h.trash),
     }))
 }
 

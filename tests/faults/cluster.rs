@@ -396,13 +396,25 @@ impl Cluster {
         }
     }
 
+    /// Appends node `i`'s container log to `<alias>.log` under the campaign directory (before
+    /// the container is removed, and at the end).
+    pub fn save_log(&self, i: usize) {
+        use std::io::Write;
+        let path = self.dir.join(format!("{}.log", self.nodes[i].alias()));
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "==== container {} ====", self.nodes[i].container);
+            let _ = f.write_all(self.log_tail(i, 1_000_000).as_bytes());
+        }
+    }
+
     /// Saves every node's log under the campaign directory.
     pub fn save_logs(&self) {
-        for (i, n) in self.nodes.iter().enumerate() {
-            let _ = std::fs::write(
-                self.dir.join(format!("{}.log", n.alias())),
-                self.log_tail(i, 100_000),
-            );
+        for i in 0..self.nodes.len() {
+            self.save_log(i);
         }
     }
 

@@ -95,6 +95,7 @@ pub async fn run(
         for i in 0..cluster.nodes.len() {
             let c = &cluster.nodes[i].container;
             docker(&["stop", "-t", "10", c])?;
+            cluster.save_log(i);
             docker(&["rm", c])?;
             cluster.create_container(i, next_image)?;
             log(

@@ -164,6 +164,57 @@ fn upload_complete_read_back() {
     assert_eq!(sm.chunk_refs(&entry(2).id).expect("refs"), 1);
 }
 
+/// A CompleteSession applied again (a retry after the first attempt committed, e.g. through
+/// a new leader) answers with the version the first committed and changes nothing; another
+/// tenant or another file hash still gets "not found"; the record expires after an hour.
+#[test]
+fn a_repeated_completion_returns_the_committed_version() {
+    let (_d, sm) = sm();
+    let s = sid(1);
+    sm.apply(&open(s, 1, 0, &[1, 2])).expect("open");
+    add_all(&sm, s, 1, &[1, 2]);
+    let complete = |tenant: u64, hash: u8, now_ms: i64| Command::CompleteSession {
+        session: s,
+        tenant: TenantId(tenant),
+        file_hash: [hash; 32],
+        now_ms,
+    };
+    let Response::Committed(first) = sm.apply(&complete(1, 9, 3)).expect("complete") else {
+        panic!()
+    };
+    let before = data(&sm);
+    let Response::Committed(again) = sm.apply(&complete(1, 9, 4)).expect("retry") else {
+        panic!("a retried completion is refused")
+    };
+    assert_eq!(again.info, first.info);
+    assert_eq!(again.version_count, 1);
+    assert_eq!(data(&sm), before, "the retry changed the state");
+    for other in [complete(2, 9, 5), complete(1, 8, 5)] {
+        assert!(
+            matches!(
+                sm.apply(&other),
+                Err(ApplyError::Rejected(Rejection::SessionNotFound))
+            ),
+            "{other:?} is answered as if it had completed the session"
+        );
+    }
+    // A completion an hour later expires the record.
+    let s2 = sid(2);
+    sm.apply(&open(s2, 1, 1, &[3])).expect("open");
+    add_all(&sm, s2, 1, &[3]);
+    sm.apply(&Command::CompleteSession {
+        session: s2,
+        tenant: TenantId(1),
+        file_hash: [7; 32],
+        now_ms: 3 + COMPLETED_RETENTION_MS + 1,
+    })
+    .expect("complete");
+    assert!(matches!(
+        sm.apply(&complete(1, 9, 3 + COMPLETED_RETENTION_MS + 2)),
+        Err(ApplyError::Rejected(Rejection::SessionNotFound))
+    ));
+}
+
 #[test]
 fn incomplete_sessions_cannot_complete_and_change_nothing() {
     let (_d, sm) = sm();

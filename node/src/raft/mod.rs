@@ -532,21 +532,27 @@ impl Writer {
     /// cannot be reached is retried until QUORUM_TIMEOUT.
     async fn write(&self, cmd: Command) -> ClusterResult<(CommandResult, u64)> {
         let until = Instant::now() + QUORUM_TIMEOUT;
-        let no_quorum = || {
-            ClusterError::NoQuorum(
-                "no leader, or too few nodes reachable: the write was not committed".into(),
-            )
+        // Once a forwarded copy may have reached a leader, a failure cannot say "not committed":
+        // the old leader may have committed it before it stopped answering. (Retrying is safe
+        // for the commands that matter: a repeated CompleteSession answers with its version.)
+        let mut maybe_sent = false;
+        let no_quorum = |maybe_sent: bool| {
+            ClusterError::NoQuorum(if maybe_sent {
+                "no leader, or too few nodes reachable: the leader stopped answering after the write was sent, so it may or may not be committed".into()
+            } else {
+                "no leader, or too few nodes reachable: the write was not committed".into()
+            })
         };
         loop {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(no_quorum());
+                return Err(no_quorum(maybe_sent));
             }
             if self.leader_without_quorum() {
-                return Err(no_quorum());
+                return Err(no_quorum(maybe_sent));
             }
             match tokio::time::timeout(left, self.raft.client_write(cmd.clone())).await {
-                Err(_) => return Err(no_quorum()),
+                Err(_) => return Err(no_quorum(true)), // appended here, maybe committed later
                 Ok(Ok(resp)) => return Ok((resp.data, resp.log_id.index)),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                     match f.leader_node {
@@ -555,6 +561,7 @@ impl Writer {
                                 Ok(Ok(r)) => return Ok(r),
                                 Ok(Err(refused)) => return Err(refused.into()),
                                 Err(e) => {
+                                    maybe_sent = true;
                                     tracing::debug!(error = %e, "forwarding to the leader failed; retrying")
                                 }
                             }
