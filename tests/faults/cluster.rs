@@ -74,7 +74,7 @@ impl Cluster {
         docker(&["image", "inspect", image]).with_context(|| {
             format!("image {image} is missing: build it with deploy/images/build.sh")
         })?;
-        for tool in ["nsenter", "iptables", "tc", "mkfs.ext4", "mount"] {
+        for tool in ["nsenter", "iptables", "tc", "ip", "mkfs.ext4", "mount"] {
             run(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
                 .with_context(|| format!("{tool} is needed on the host"))?;
         }
@@ -92,6 +92,7 @@ impl Cluster {
             }
         }
         let third = subnet.context("no free 10.213.x.0/24 subnet for the campaign network")?;
+        pin_bridge_mac(name).context("pinning the campaign bridge's MAC address")?;
         let ca_dir = dir.join("ca");
         std::fs::create_dir_all(&ca_dir)?;
         let ca_mount = format!("{}:/ca", ca_dir.display());
@@ -450,6 +451,21 @@ impl Cluster {
             let _ = std::fs::remove_file(&n.image_file);
         }
     }
+}
+
+/// Fixes the MAC address of the network's Linux bridge. Left to itself the kernel gives a
+/// bridge the lowest MAC of its ports, and Docker derives container MACs from their addresses:
+/// killing the container with the lowest address changed the bridge's MAC, so every container
+/// kept answering the host (the clients) at a stale ARP entry and all client traffic stalled
+/// until that container came back, which measured as seconds of unavailability that were the
+/// test bed's, not Strata's. An address set explicitly is never recalculated.
+fn pin_bridge_mac(network: &str) -> anyhow::Result<()> {
+    let id = docker(&["network", "inspect", "-f", "{{.Id}}", network])?;
+    let bridge = format!("br-{}", id.get(..12).context("short network id")?);
+    let mac = std::fs::read_to_string(format!("/sys/class/net/{bridge}/address"))
+        .with_context(|| format!("no bridge {bridge} for network {network}"))?;
+    run(Command::new("ip").args(["link", "set", "dev", &bridge, "address", mac.trim()]))?;
+    Ok(())
 }
 
 fn wait_file(path: &Path, secs: u64) -> anyhow::Result<String> {
