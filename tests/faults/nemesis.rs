@@ -170,26 +170,14 @@ pub async fn run(
                 );
             }
             Fault::Pause => {
-                let mut picked = order[..some].to_vec();
-                if rng.random_bool(0.5)
-                    && let Some(l) = cluster.leader().await
-                {
-                    picked[0] = l;
-                    picked.dedup();
-                }
+                let picked = victims(cluster, &order[..some], rng).await;
                 for &i in &picked {
                     docker(&["pause", &cluster.nodes[i].container])?;
                 }
                 log(&mut events, format!("paused {}", names(&picked)));
             }
             Fault::Kill => {
-                let mut picked = order[..some].to_vec();
-                if rng.random_bool(0.5)
-                    && let Some(l) = cluster.leader().await
-                {
-                    picked[0] = l;
-                    picked.dedup();
-                }
+                let picked = victims(cluster, &order[..some], rng).await;
                 for &i in &picked {
                     docker(&["kill", "-s", "KILL", &cluster.nodes[i].container])?;
                 }
@@ -236,6 +224,19 @@ pub async fn run(
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     Ok(events)
+}
+
+/// The nodes to pause or kill: `picked`, with the leader in first place half the time.
+async fn victims(cluster: &Cluster, picked: &[usize], rng: &mut StdRng) -> Vec<usize> {
+    let mut out = picked.to_vec();
+    if rng.random_bool(0.5)
+        && let Some(l) = cluster.leader().await
+    {
+        out.retain(|&i| i != l);
+        out.insert(0, l);
+        out.truncate(picked.len());
+    }
+    out
 }
 
 /// Undoes every fault that can be undone: links, pauses, stopped nodes, full disks.

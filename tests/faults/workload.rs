@@ -110,13 +110,7 @@ impl Workload {
 /// from the id, `len` in all. Any other bytes read back are corruption or a foreign value.
 pub fn value_bytes(run: u64, k: usize, id: u64, len: usize) -> Vec<u8> {
     let mut out = format!("strata-faults run={run} key={k} value={id} len={len}\n").into_bytes();
-    let mut x = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
+    out.extend(strata_tests::data(len.saturating_sub(out.len()), id));
     out.truncate(len);
     out
 }
