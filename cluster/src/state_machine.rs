@@ -1073,6 +1073,19 @@ pub const COMPLETED_RETENTION_MS: i64 = 3600 * 1000;
 /// up, few enough to keep a completion cheap.
 const COMPLETED_EXPIRY_BATCH: usize = 8;
 
+impl StateMachine {
+    /// The version a completed `session` committed, for a CompleteUpload repeated after the
+    /// session is gone (same tenant and file hash, within the retention, version still there).
+    pub fn completion(
+        &self,
+        session: &SessionId,
+        tenant: TenantId,
+        file_hash: &[u8; 32],
+    ) -> Result<Option<ObjectView>, StoreError> {
+        completed_before(&Txn::new(&self.tree), session, tenant, file_hash)
+    }
+}
+
 /// Records what `session` committed, and forgets a few records older than the retention.
 fn remember_completion(
     tx: &mut Txn,
@@ -1110,7 +1123,7 @@ fn completed_before(
     session: &SessionId,
     tenant: TenantId,
     file_hash: &[u8; 32],
-) -> Result<Option<ObjectView>, ApplyError> {
+) -> Result<Option<ObjectView>, StoreError> {
     let Some(done) = tx.get::<CompletedSession>("completed session", &keys::completed(session))?
     else {
         return Ok(None);

@@ -32,6 +32,7 @@ pub const RAFT_APPLIED_INDEX: &str = "strata_raft_applied_index";
 pub const RAFT_APPLY_LAG: &str = "strata_raft_apply_lag_entries";
 pub const RAFT_VOTERS: &str = "strata_raft_voters";
 pub const RAFT_MAX_FOLLOWER_LAG: &str = "strata_raft_max_follower_lag_entries";
+pub const READ_INDEX_RETRIES: &str = "strata_raft_read_index_retries_total";
 pub const QUIC_SENT_BYTES: &str = "strata_quic_sent_bytes_total";
 pub const QUIC_RECEIVED_BYTES: &str = "strata_quic_received_bytes_total";
 pub const QUIC_ERRORS: &str = "strata_quic_errors_total";
@@ -421,6 +422,10 @@ fn describe() {
         DISK_FREE,
         Unit::Bytes,
         "free space on the filesystem holding the data directory"
+    );
+    describe_counter!(
+        READ_INDEX_RETRIES,
+        "leadership confirmations (read barriers) retried because a heartbeat round missed a quorum"
     );
     describe_gauge!(RAFT_TERM, "current Raft term");
     describe_gauge!(RAFT_IS_LEADER, "1 if this node is the Raft leader");

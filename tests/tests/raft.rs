@@ -140,6 +140,58 @@ async fn leader_failover_keeps_committed_writes() {
     );
 }
 
+/// A write and a consistent read sent through followers just as the leader freezes (SIGSTOP:
+/// its connections stay open, nothing answers) are forwarded to it. They must move to the new
+/// leader once the followers elect one, not wait on the frozen one until the 5 s quorum
+/// timeout and fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_forwarded_to_a_frozen_leader_move_to_the_new_one() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let leader = cluster.leader().await;
+    let (a, b) = ((leader + 1) % 3, (leader + 2) % 3);
+    let mut sa = cluster.nodes[a].storage().await;
+    let mut sb = cluster.nodes[b].storage().await;
+    put(
+        &mut sa,
+        cluster.nodes[a].root.path(),
+        "frozen",
+        "before",
+        b"before",
+    )
+    .await;
+    // Both followers have just heard from the leader: they forward to it.
+    stat(&mut sb, "frozen", "before")
+        .await
+        .expect("stat before");
+    let frozen = cluster.nodes[leader].pause();
+    let t = Instant::now();
+    let (write, read) = tokio::join!(
+        create(&mut sa, "frozen", "after", 0, vec![]),
+        stat(&mut sb, "frozen", "before"),
+    );
+    let took = t.elapsed();
+    let up = write.unwrap_or_else(|e| panic!("write through a follower after {took:?}: {e:?}"));
+    let info = read.unwrap_or_else(|e| panic!("read through a follower after {took:?}: {e:?}"));
+    assert_eq!(info.size, 6);
+    complete(&mut sa, &up.session_id, b"")
+        .await
+        .expect("complete through the new leader");
+    frozen.resume();
+    // The old leader comes back as a follower and serves the new write.
+    let mut sl = cluster.nodes[leader].storage().await;
+    wait_until(20, "the old leader to see the new write", || {
+        let mut sl = sl.clone();
+        async move { stat(&mut sl, "frozen", "after").await.is_ok() }
+    })
+    .await;
+    assert_eq!(
+        get(&mut sl, "frozen", "before", 0, 0, 0)
+            .await
+            .expect("get"),
+        b"before"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_quorum_fails_fast_and_recovers() {
     let mut cluster = TestCluster::start(3, &[]);

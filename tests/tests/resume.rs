@@ -167,3 +167,39 @@ async fn committed_versions_survive_sigkill() {
         tonic::Code::NotFound
     );
 }
+
+/// A client whose CompleteUpload answer was lost (timeout, connection reset) sends it again:
+/// the repeat answers with the version the first one committed, and creates nothing. A repeat
+/// with another file hash is still refused as an unknown session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_complete_upload_answers_with_the_committed_version() {
+    let node = Node::start();
+    let mut s = node.storage().await;
+    let bytes = data(5 * MIB + 7, 21);
+    let chunks = chunks_of(&bytes, MIB);
+    let up = create(
+        &mut s,
+        "again",
+        "file",
+        bytes.len() as u64,
+        manifest_of(&chunks),
+    )
+    .await
+    .expect("create");
+    put_raw(&mut s, &up.session_id, chunks).await.expect("put");
+    let first = complete(&mut s, &up.session_id, &bytes)
+        .await
+        .expect("complete");
+    let again = complete(&mut s, &up.session_id, &bytes)
+        .await
+        .expect("the repeated complete");
+    assert_eq!(again.version, first.version);
+    assert_eq!(again.version_count, 1, "the repeat created a version");
+    assert_eq!(again.size, bytes.len() as u64);
+    let wrong = complete(&mut s, &up.session_id, b"other bytes")
+        .await
+        .expect_err("a repeat with another hash");
+    assert_eq!(wrong.code(), tonic::Code::NotFound, "{wrong:?}");
+    assert!(get(&mut s, "again", "file", 0, 0, 0).await.expect("get") == bytes);
+    assert_eq!(node.status().await.open_sessions, 0);
+}

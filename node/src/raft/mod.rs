@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use strata_cluster::raft::{CommandResult, LogStore, NodeId, Raft, SmStore};
 use strata_cluster::{Command, Response, StateMachine};
@@ -409,10 +409,7 @@ impl Cluster {
 
     /// Whether this node leads and has heard from a quorum recently.
     fn leader_without_quorum(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        m.state.is_leader()
-            && m.millis_since_quorum_ack
-                .is_none_or(|ms| ms > 2 * ELECTION_TIMEOUT_MAX_MS)
+        leader_without_quorum(&self.raft)
     }
 
     /// Commits `cmd` through Raft from any node (on a follower it is forwarded to the
@@ -463,8 +460,44 @@ impl Cluster {
     /// A linearizable read barrier: after it, local reads see every write committed before
     /// the call. On a follower, the leader confirms its leadership and names its commit point.
     pub async fn linearize(&self) -> ClusterResult<()> {
-        let no_quorum = || ClusterError::NoQuorum("a consistent read is not possible now".into());
         let until = Instant::now() + QUORUM_TIMEOUT;
+        loop {
+            let forward = match self.read_index_here(until).await? {
+                Ok(_) => return Ok(()),
+                Err(forward) => forward,
+            };
+            let left = until.saturating_duration_since(Instant::now());
+            let leader = forward.leader_id.filter(|l| *l != self.id);
+            if let (Some(leader), Some(node)) = (leader, forward.leader_node) {
+                let asked = async {
+                    let mut client = self.peers.client(&node.addr)?;
+                    let mut req = tonic::Request::new(pb::ReadIndexRequest {});
+                    req.set_timeout(left);
+                    client.read_index(req).await
+                };
+                let asked = tokio::select! {
+                    asked = asked => asked.ok(),
+                    () = leader_moved_from(&self.raft, leader) => None, // ask the new one
+                };
+                if let Some(r) = asked {
+                    return self.wait_applied(r.into_inner().index).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The read index when this node leads (openraft's `ensure_linearizable`: its leadership
+    /// confirmed by a quorum answering one round of heartbeats), or where to forward. openraft
+    /// gives that round one heartbeat interval (100 ms), which a loaded machine misses now and
+    /// then (a 3-node leader with one peer stopped then fails a read in 0.2 s), so a round
+    /// short of a quorum is retried until `until`, unless the leader has heard from no quorum
+    /// for two election timeouts: then it is cut off, and the caller hears so at once.
+    pub async fn read_index_here(
+        &self,
+        until: Instant,
+    ) -> ClusterResult<Result<u64, ForwardToLeader<NodeId, BasicNode>>> {
+        let no_quorum = || ClusterError::NoQuorum("a consistent read is not possible now".into());
         loop {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() || self.leader_without_quorum() {
@@ -472,24 +505,13 @@ impl Cluster {
             }
             match tokio::time::timeout(left, self.raft.ensure_linearizable()).await {
                 Err(_) => return Err(no_quorum()),
-                Ok(Ok(_)) => return Ok(()),
+                Ok(Ok(log_id)) => return Ok(Ok(log_id.map_or(0, |l| l.index))),
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                    if let Some(node) = f.leader_node.filter(|_| f.leader_id != Some(self.id)) {
-                        let asked = async {
-                            let mut client = self.peers.client(&node.addr)?;
-                            let mut req = tonic::Request::new(pb::ReadIndexRequest {});
-                            req.set_timeout(left);
-                            client.read_index(req).await
-                        }
-                        .await;
-                        if let Ok(r) = asked {
-                            return self.wait_applied(r.into_inner().index).await;
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return Ok(Err(f));
                 }
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
-                    return Err(no_quorum());
+                    metrics::counter!(crate::metrics::READ_INDEX_RETRIES).increment(1);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Ok(Err(e)) => {
                     return Err(ClusterError::NoQuorum(format!(
@@ -521,10 +543,7 @@ fn frees_space(cmd: &Command) -> bool {
 impl Writer {
     /// Whether this node leads and has not heard from a quorum recently.
     fn leader_without_quorum(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        m.state.is_leader()
-            && m.millis_since_quorum_ack
-                .is_none_or(|ms| ms > 2 * ELECTION_TIMEOUT_MAX_MS)
+        leader_without_quorum(&self.raft)
     }
 
     /// Commits `cmd` (one Raft entry), forwarding it to the leader from a follower. A definite
@@ -555,9 +574,15 @@ impl Writer {
                 Err(_) => return Err(no_quorum(true)), // appended here, maybe committed later
                 Ok(Ok(resp)) => return Ok((resp.data, resp.log_id.index)),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                    match f.leader_node {
-                        Some(node) if f.leader_id != Some(self.id) => {
-                            match self.forward(&node.addr, &cmd, left).await {
+                    match (f.leader_id.filter(|l| *l != self.id), f.leader_node) {
+                        (Some(leader), Some(node)) => {
+                            let forwarded = tokio::select! {
+                                r = self.forward(&node.addr, &cmd, left) => r,
+                                () = leader_moved_from(&self.raft, leader) => {
+                                    Err(format!("node {leader} stopped leading while the write was forwarded to it"))
+                                }
+                            };
+                            match forwarded {
                                 Ok(Ok(r)) => return Ok(r),
                                 Ok(Err(refused)) => return Err(refused.into()),
                                 Err(e) => {
@@ -597,5 +622,34 @@ impl Writer {
             .map_err(|s| s.message().to_owned())?
             .into_inner();
         codec::decode("forwarded write result", &reply.data).map_err(|e| e.to_string())
+    }
+}
+
+/// Whether `raft` leads but has heard from no quorum for two election timeouts: it is cut off,
+/// and a write or read barrier through it cannot succeed now.
+fn leader_without_quorum(raft: &Raft) -> bool {
+    let m = raft.metrics().borrow().clone();
+    m.state.is_leader()
+        && m.millis_since_quorum_ack
+            .is_none_or(|ms| ms > 2 * ELECTION_TIMEOUT_MAX_MS)
+}
+
+/// Resolves once this node knows a leader other than `from`. A request forwarded to a leader
+/// that died, froze or was cut off would otherwise wait out its whole deadline on an open
+/// connection, though the others elect a new leader within an election timeout or two.
+async fn leader_moved_from(raft: &Raft, from: NodeId) {
+    let mut rx = raft.metrics();
+    loop {
+        if rx
+            .borrow_and_update()
+            .current_leader
+            .is_some_and(|l| l != from)
+        {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            // Raft stopped: no change will come; the caller's own deadline ends the wait.
+            return std::future::pending().await;
+        }
     }
 }

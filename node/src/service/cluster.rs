@@ -112,10 +112,13 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         self.check(&req)?;
-        match self.cluster.raft.ensure_linearizable().await {
-            Ok(log_id) => Ok(Response::new(pb::ReadIndexResponse {
-                index: log_id.map_or(0, |l| l.index),
-            })),
+        // Bounded by the cluster's quorum timeout (the asking follower's own deadline is shorter).
+        let until = std::time::Instant::now() + crate::raft::QUORUM_TIMEOUT;
+        match self.cluster.read_index_here(until).await {
+            Ok(Ok(index)) => Ok(Response::new(pb::ReadIndexResponse { index })),
+            Ok(Err(_)) => Err(Status::unavailable(
+                "not able to serve a read index: this node is not the leader",
+            )),
             Err(e) => Err(Status::unavailable(format!(
                 "not able to serve a read index: {e}"
             ))),

@@ -318,7 +318,19 @@ impl pb::storage_server::Storage for StorageService {
             let r = req.get_ref();
             let id = convert::session_id(&r.session_id)?;
             let file_hash = convert::hash32(&r.file_hash, "file_hash")?;
-            let actor = session_actor(&self.sup, id).await?;
+            let actor = match session_actor(&self.sup, id).await {
+                Err(NodeError::Rejected(Rejection::SessionNotFound)) => {
+                    // A repeat of a completion that committed (its answer was lost): the
+                    // completion record names the version. After a read barrier, so that a
+                    // completion (or the session itself) committed through another node is seen.
+                    self.cluster.linearize().await?;
+                    if let Some(view) = self.sm.completion(&id, tenant, &file_hash)? {
+                        return Ok(convert::object_info(&view));
+                    }
+                    session_actor(&self.sup, id).await?
+                }
+                other => other?,
+            };
             let view = call(&actor, |reply| SessionMsg::Complete {
                 tenant,
                 file_hash,

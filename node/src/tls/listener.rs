@@ -265,6 +265,23 @@ async fn refuse_plaintext(mut tcp: TcpStream) {
     frame(&mut out, 0x7, 0, 0, &goaway);
     let _ = tcp.write_all(&out).await;
     let _ = tcp.shutdown().await;
+    // A lingering close: closing a socket with unread bytes (the client's frames after its
+    // HEADERS) makes the kernel send RST, which can discard our answer before the client reads
+    // it ("transport error" instead of the message). Read until the client closes, bounded.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut sink = [0u8; 4096];
+        let mut budget = 64 * 1024usize;
+        while let Ok(n) = tcp.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+            let Some(left) = budget.checked_sub(n) else {
+                break;
+            };
+            budget = left;
+        }
+    })
+    .await;
 }
 
 /// Reads the client preface and frames until the first HEADERS frame; its stream id.
