@@ -217,6 +217,21 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether applying this command twice has the effect, and the answer, of applying it once.
+    /// A write forwarded to a leader that then stopped answering may have been committed by
+    /// the next leader; only such commands are sent again through it (the rest answer "may or
+    /// may not be committed"). CompleteSession keeps a completion record for this; AddChunk
+    /// of the same chunk at the same offset is a no-op.
+    pub fn repeat_safe(&self) -> bool {
+        match self {
+            Command::CompleteSession { .. } | Command::AddChunk { .. } => true,
+            Command::Batch(commands) => commands.iter().all(Command::repeat_safe),
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Done,

@@ -547,13 +547,13 @@ impl Writer {
     }
 
     /// Commits `cmd` (one Raft entry), forwarding it to the leader from a follower. A definite
-    /// answer from the leader (including its refusal) is returned as it is; only a leader that
-    /// cannot be reached is retried until QUORUM_TIMEOUT.
+    /// answer from the leader (including its refusal) is returned as it is. A leader that could
+    /// not be reached is retried until QUORUM_TIMEOUT; one that may have received the command
+    /// and then stopped answering (or stopped leading) is retried only for a command that is
+    /// safe to apply twice (`Command::repeat_safe`): the next leader may commit the first copy.
     async fn write(&self, cmd: Command) -> ClusterResult<(CommandResult, u64)> {
         let until = Instant::now() + QUORUM_TIMEOUT;
-        // Once a forwarded copy may have reached a leader, a failure cannot say "not committed":
-        // the old leader may have committed it before it stopped answering. (Retrying is safe
-        // for the commands that matter: a repeated CompleteSession answers with its version.)
+        // Once a forwarded copy may have reached a leader, a failure cannot say "not committed".
         let mut maybe_sent = false;
         let no_quorum = |maybe_sent: bool| {
             ClusterError::NoQuorum(if maybe_sent {
@@ -564,34 +564,37 @@ impl Writer {
         };
         loop {
             let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(no_quorum(maybe_sent));
-            }
-            if self.leader_without_quorum() {
+            if left.is_zero() || self.leader_without_quorum() {
                 return Err(no_quorum(maybe_sent));
             }
             match tokio::time::timeout(left, self.raft.client_write(cmd.clone())).await {
                 Err(_) => return Err(no_quorum(true)), // appended here, maybe committed later
                 Ok(Ok(resp)) => return Ok((resp.data, resp.log_id.index)),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                    match (f.leader_id.filter(|l| *l != self.id), f.leader_node) {
-                        (Some(leader), Some(node)) => {
-                            let forwarded = tokio::select! {
-                                r = self.forward(&node.addr, &cmd, left) => r,
-                                () = leader_moved_from(&self.raft, leader) => {
-                                    Err(format!("node {leader} stopped leading while the write was forwarded to it"))
-                                }
-                            };
-                            match forwarded {
-                                Ok(Ok(r)) => return Ok(r),
-                                Ok(Err(refused)) => return Err(refused.into()),
-                                Err(e) => {
-                                    maybe_sent = true;
-                                    tracing::debug!(error = %e, "forwarding to the leader failed; retrying")
-                                }
+                    if let (Some(leader), Some(node)) =
+                        (f.leader_id.filter(|l| *l != self.id), f.leader_node)
+                    {
+                        let forwarded = tokio::select! {
+                            r = self.forward(&node.addr, &cmd, left) => r,
+                            () = leader_moved_from(&self.raft, leader) => Err(Undelivered::Maybe(
+                                format!("node {leader} stopped leading while the write was forwarded to it"),
+                            )),
+                        };
+                        match forwarded {
+                            Ok(Ok(r)) => return Ok(r),
+                            Ok(Err(refused)) => return Err(refused.into()),
+                            Err(Undelivered::No(e)) => {
+                                tracing::debug!(error = %e, "the leader could not be reached; retrying");
+                            }
+                            Err(Undelivered::Maybe(e)) if cmd.repeat_safe() => {
+                                maybe_sent = true;
+                                tracing::debug!(error = %e, "forwarding to the leader failed; retrying");
+                            }
+                            Err(Undelivered::Maybe(e)) => {
+                                tracing::debug!(error = %e, "forwarding to the leader failed");
+                                return Err(no_quorum(true));
                             }
                         }
-                        _ => {}
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -604,25 +607,52 @@ impl Writer {
         }
     }
 
-    /// Sends `cmd` to the leader. The outer error is a transport failure (retry); the inner
-    /// one is the leader's answer (its code and message, returned to the caller as they are).
+    /// Sends `cmd` to the leader. The outer error is a transport failure: `No` when the command
+    /// did not leave this node (no connection), `Maybe` when the leader may have received it.
+    /// The inner one is the leader's answer (its code and message, returned as they are).
     async fn forward(
         &self,
         leader: &str,
         cmd: &Command,
         left: Duration,
-    ) -> Result<Result<(CommandResult, u64), WireError>, String> {
-        let mut client = self.peers.client(leader).map_err(|s| s.to_string())?;
-        let data = codec::encode("command", cmd).map_err(|e| e.to_string())?;
+    ) -> Result<Result<(CommandResult, u64), WireError>, Undelivered> {
+        let mut client = self
+            .peers
+            .client(leader)
+            .map_err(|s| Undelivered::No(s.to_string()))?;
+        let data = codec::encode("command", cmd).map_err(|e| Undelivered::No(e.to_string()))?;
         let mut req = tonic::Request::new(pb::RaftPayload { data: data.into() });
         req.set_timeout(left);
-        let reply = client
-            .propose(req)
-            .await
-            .map_err(|s| s.message().to_owned())?
-            .into_inner();
-        codec::decode("forwarded write result", &reply.data).map_err(|e| e.to_string())
+        let reply = client.propose(req).await.map_err(|s| {
+            if never_connected(&s) {
+                Undelivered::No(s.message().to_owned())
+            } else {
+                Undelivered::Maybe(s.message().to_owned())
+            }
+        })?;
+        codec::decode("forwarded write result", &reply.into_inner().data)
+            .map_err(|e| Undelivered::Maybe(e.to_string()))
     }
+}
+
+/// Why a forwarded write got no answer from the leader.
+enum Undelivered {
+    /// It never left this node.
+    No(String),
+    /// The leader may have received (and committed) it.
+    Maybe(String),
+}
+
+/// Whether a failed call never reached the peer: tonic's channel could not connect.
+fn never_connected(s: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Whether `raft` leads but has heard from no quorum for two election timeouts: it is cut off,
@@ -651,5 +681,49 @@ async fn leader_moved_from(raft: &Raft, from: NodeId) {
             // Raft stopped: no change will come; the caller's own deadline ends the wait.
             return std::future::pending().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::never_connected;
+    use strata_proto::v1::cluster_client::ClusterClient;
+
+    /// A write that could not connect is known not to have been delivered; one whose peer
+    /// took the connection and then closed it without an answer is not.
+    #[tokio::test]
+    async fn a_refused_connection_is_told_apart_from_a_lost_answer() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = closed.local_addr().expect("addr").port();
+        drop(closed);
+        let call = |port: u16| async move {
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                    .expect("endpoint")
+                    .connect_lazy();
+            ClusterClient::new(channel)
+                .propose(strata_proto::v1::RaftPayload::default())
+                .await
+                .expect_err("no server")
+        };
+        let refused = call(port).await;
+        assert!(never_connected(&refused), "{refused:?}");
+
+        // A peer that accepts, reads the request and hangs up.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let (mut conn, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 1024];
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(300), conn.read(&mut buf))
+                    .await;
+        });
+        let lost = call(port).await;
+        server.await.expect("server");
+        assert!(!never_connected(&lost), "{lost:?}");
     }
 }

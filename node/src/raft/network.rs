@@ -27,6 +27,14 @@ use crate::tls::NodeTls;
 
 pub type PeerClient = ClusterClient<Channel>;
 
+/// HTTP/2 PINGs on every peer connection, and how long an answer may take before the
+/// connection is dropped (the channel then connects anew). Without them, a connection whose
+/// packets were dropped for a while (a partition, a cut-off node) stays open but stalled in
+/// TCP's retransmission backoff after the network heals: every Raft message to that peer timed
+/// out for seconds more, and the healed node, hearing no leader, started elections.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Cached, lazily connected clients to peers, keyed by address. Every channel is mutual TLS
 /// with this node's current certificate; a renewal drops the cache, so new channels present
 /// the new certificate (calls already running finish on the old ones).
@@ -79,6 +87,9 @@ impl Peers {
                     .tls_config(self.tls.grpc_client_config())
                     .map_err(bad)?
                     .connect_timeout(Duration::from_secs(2))
+                    .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                    .keep_alive_while_idle(true)
                     .tcp_nodelay(true)
                     .initial_stream_window_size(Some(16 * 1024 * 1024))
                     .initial_connection_window_size(Some(64 * 1024 * 1024));
