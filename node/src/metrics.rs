@@ -33,6 +33,7 @@ pub const RAFT_APPLY_LAG: &str = "strata_raft_apply_lag_entries";
 pub const RAFT_VOTERS: &str = "strata_raft_voters";
 pub const RAFT_MAX_FOLLOWER_LAG: &str = "strata_raft_max_follower_lag_entries";
 pub const READ_INDEX_RETRIES: &str = "strata_raft_read_index_retries_total";
+pub const FORWARDS_LEFT: &str = "strata_raft_forwards_left_total";
 pub const QUIC_SENT_BYTES: &str = "strata_quic_sent_bytes_total";
 pub const QUIC_RECEIVED_BYTES: &str = "strata_quic_received_bytes_total";
 pub const QUIC_ERRORS: &str = "strata_quic_errors_total";
@@ -422,6 +423,10 @@ fn describe() {
         DISK_FREE,
         Unit::Bytes,
         "free space on the filesystem holding the data directory"
+    );
+    describe_counter!(
+        FORWARDS_LEFT,
+        "reads and writes forwarded to a leader that stopped leading before it answered, by kind (they go to the next leader, or answer at once)"
     );
     describe_counter!(
         READ_INDEX_RETRIES,

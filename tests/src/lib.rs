@@ -778,6 +778,19 @@ pub async fn current_layout(node: &Node) -> strata_cluster::Layout {
     }
 }
 
+/// A labelled series' value (0 if absent), e.g. `strata_repairs_total{source="peer"}`.
+pub fn series(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name_and_labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A node's /metrics text.
+pub async fn metrics_of(node: &Node) -> String {
+    http_get(&node.metrics).await.1
+}
+
 /// A metric's value in a node's /metrics text (the sum over its label sets; 0 if absent).
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()

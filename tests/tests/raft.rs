@@ -141,9 +141,10 @@ async fn leader_failover_keeps_committed_writes() {
 }
 
 /// A write and a consistent read sent through followers just as the leader freezes (SIGSTOP:
-/// its connections stay open, nothing answers) are forwarded to it. They must move to the new
-/// leader once the followers elect one, not wait on the frozen one until the 5 s quorum
-/// timeout and fail.
+/// its connections stay open, nothing answers) are forwarded to it. They move to the new
+/// leader once the followers elect one, instead of waiting on the frozen one until the 5 s
+/// quorum timeout and failing. (The write is a CompleteUpload, which is safe to send again:
+/// the frozen leader may hold the first copy.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_forwarded_to_a_frozen_leader_move_to_the_new_one() {
     let mut cluster = TestCluster::start(3, &[]);
@@ -159,6 +160,9 @@ async fn requests_forwarded_to_a_frozen_leader_move_to_the_new_one() {
         b"before",
     )
     .await;
+    let up = create(&mut sa, "frozen", "after", 0, vec![])
+        .await
+        .expect("create");
     // Both followers have just heard from the leader: they forward to it.
     stat(&mut sb, "frozen", "before")
         .await
@@ -166,24 +170,41 @@ async fn requests_forwarded_to_a_frozen_leader_move_to_the_new_one() {
     let frozen = cluster.nodes[leader].pause();
     let t = Instant::now();
     let (write, read) = tokio::join!(
-        create(&mut sa, "frozen", "after", 0, vec![]),
+        complete(&mut sa, &up.session_id, b""),
         stat(&mut sb, "frozen", "before"),
     );
     let took = t.elapsed();
-    let up = write.unwrap_or_else(|e| panic!("write through a follower after {took:?}: {e:?}"));
+    let done = write.unwrap_or_else(|e| panic!("write through a follower after {took:?}: {e:?}"));
     let info = read.unwrap_or_else(|e| panic!("read through a follower after {took:?}: {e:?}"));
     assert_eq!(info.size, 6);
-    complete(&mut sa, &up.session_id, b"")
-        .await
-        .expect("complete through the new leader");
+    assert_eq!(done.version_count, 1);
+    // Each follower left its forwarded call when it saw the new leader (not when the
+    // connection's keepalive gave up on the frozen one, seconds later).
+    let left = |text: &str, kind: &str| {
+        series(
+            text,
+            &format!("strata_raft_forwards_left_total{{kind=\"{kind}\"}}"),
+        )
+    };
+    let (ta, tb) = (
+        metrics_of(&cluster.nodes[a]).await,
+        metrics_of(&cluster.nodes[b]).await,
+    );
+    let moved = |text: &str| left(text, "write") + left(text, "read");
+    assert!(
+        moved(&ta) + moved(&tb) >= 1.0,
+        "no forwarded call was left for the new leader (took {took:?})"
+    );
     frozen.resume();
-    // The old leader comes back as a follower and serves the new write.
+    // The old leader comes back as a follower and serves the new version, once.
     let mut sl = cluster.nodes[leader].storage().await;
     wait_until(20, "the old leader to see the new write", || {
         let mut sl = sl.clone();
         async move { stat(&mut sl, "frozen", "after").await.is_ok() }
     })
     .await;
+    let after = stat(&mut sl, "frozen", "after").await.expect("stat after");
+    assert_eq!((after.version, after.version_count), (done.version, 1));
     assert_eq!(
         get(&mut sl, "frozen", "before", 0, 0, 0)
             .await

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use strata_proto::v1 as pb;
 use strata_tests::b2_proxy::B2Proxy;
 use strata_tests::moto::Moto;
-use strata_tests::{Node, chunk_ids, data, get, http_get, metric, put_chunked, stat, wait_until};
+use strata_tests::{
+    Node, chunk_ids, data, get, http_get, metric, put_chunked, series, stat, wait_until,
+};
 
 const MIB: usize = 1024 * 1024;
 const CHUNK: u32 = MIB as u32;
@@ -696,14 +698,6 @@ async fn three_nodes_release_everywhere_restore_to_homes_and_move_after_a_leader
         let info = stat(&mut s, "media", key).await.expect("stat");
         assert_eq!(tier_state(&info), pb::tier_info::State::Cold, "{key}");
     }
-}
-
-/// `name{labels}` series value in a metrics text (0 if absent).
-fn series(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name_and_labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,14 +37,6 @@ fn good(path: &Path, id: &ChunkId) -> bool {
     std::fs::read(path).is_ok_and(|b| ChunkId::of(&b) == *id)
 }
 
-/// A labelled series' value (0 if absent), e.g. `strata_repairs_total{source="peer"}`.
-fn series(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name_and_labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Runs the CLI and parses its JSON output; a failed command fails the test.
 fn json_of(node: &Node, args: &[&str]) -> serde_json::Value {
     let out = node.cli(args);
@@ -65,10 +57,6 @@ fn scrub_of(list: &serde_json::Value) -> serde_json::Value {
         .find(|w| w["name"] == "scrub")
         .cloned()
         .expect("a scrub worker")
-}
-
-async fn metrics_of(node: &Node) -> String {
-    http_get(&node.metrics).await.1
 }
 
 /// Uploads `len` bytes in 1 MiB chunks through node 0 and waits until `holder` has every chunk.

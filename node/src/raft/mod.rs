@@ -477,7 +477,10 @@ impl Cluster {
                 };
                 let asked = tokio::select! {
                     asked = asked => asked.ok(),
-                    () = leader_moved_from(&self.raft, leader) => None, // ask the new one
+                    () = leader_moved_from(&self.raft, leader) => {
+                        metrics::counter!(crate::metrics::FORWARDS_LEFT, "kind" => "read").increment(1);
+                        None // ask the new one
+                    }
                 };
                 if let Some(r) = asked {
                     return self.wait_applied(r.into_inner().index).await;
@@ -567,7 +570,13 @@ impl Writer {
             if left.is_zero() || self.leader_without_quorum() {
                 return Err(no_quorum(maybe_sent));
             }
-            match tokio::time::timeout(left, self.raft.client_write(cmd.clone())).await {
+            // A leader that loses its quorum (cut off) or its leadership while the entry waits
+            // answers then, not at the deadline: appended here, it may be committed later.
+            let written = tokio::select! {
+                r = tokio::time::timeout(left, self.raft.client_write(cmd.clone())) => r,
+                () = cut_off(&self.raft) => return Err(no_quorum(true)),
+            };
+            match written {
                 Err(_) => return Err(no_quorum(true)), // appended here, maybe committed later
                 Ok(Ok(resp)) => return Ok((resp.data, resp.log_id.index)),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
@@ -576,9 +585,12 @@ impl Writer {
                     {
                         let forwarded = tokio::select! {
                             r = self.forward(&node.addr, &cmd, left) => r,
-                            () = leader_moved_from(&self.raft, leader) => Err(Undelivered::Maybe(
-                                format!("node {leader} stopped leading while the write was forwarded to it"),
-                            )),
+                            () = leader_moved_from(&self.raft, leader) => {
+                                metrics::counter!(crate::metrics::FORWARDS_LEFT, "kind" => "write").increment(1);
+                                Err(Undelivered::Maybe(format!(
+                                    "node {leader} stopped leading while the write was forwarded to it"
+                                )))
+                            }
                         };
                         match forwarded {
                             Ok(Ok(r)) => return Ok(r),
@@ -664,22 +676,48 @@ fn leader_without_quorum(raft: &Raft) -> bool {
             .is_none_or(|ms| ms > 2 * ELECTION_TIMEOUT_MAX_MS)
 }
 
-/// Resolves once this node knows a leader other than `from`. A request forwarded to a leader
-/// that died, froze or was cut off would otherwise wait out its whole deadline on an open
-/// connection, though the others elect a new leader within an election timeout or two.
-async fn leader_moved_from(raft: &Raft, from: NodeId) {
-    let mut rx = raft.metrics();
+/// Resolves once this node, leading, has heard from no quorum for two election timeouts, or
+/// stops leading after it led; never on a node that does not lead. (Polled: openraft
+/// publishes metrics on changes, and a leader's silence is not one.)
+async fn cut_off(raft: &Raft) {
+    let mut led = false;
     loop {
-        if rx
-            .borrow_and_update()
-            .current_leader
-            .is_some_and(|l| l != from)
-        {
+        if raft.metrics().borrow().state.is_leader() {
+            led = true;
+            if leader_without_quorum(raft) {
+                return;
+            }
+        } else if led {
             return;
         }
-        if rx.changed().await.is_err() {
-            // Raft stopped: no change will come; the caller's own deadline ends the wait.
-            return std::future::pending().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Resolves once this node no longer follows `from`: it knows another leader, or it has
+/// started an election (no word from `from` for an election timeout). Metrics are published
+/// a moment after Raft's own state changes, so a change counts once they have named `from`
+/// (or an election timeout has passed without them doing so).
+async fn leader_moved_from(raft: &Raft, from: NodeId) {
+    let mut rx = raft.metrics();
+    let mut followed = false;
+    let grace = tokio::time::sleep(Duration::from_millis(ELECTION_TIMEOUT_MAX_MS));
+    tokio::pin!(grace);
+    let mut graced = false;
+    loop {
+        if rx.borrow_and_update().current_leader == Some(from) {
+            followed = true;
+        } else if followed || graced {
+            return;
+        }
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    // Raft stopped: no change will come; the caller's deadline ends the wait.
+                    return std::future::pending().await;
+                }
+            }
+            () = &mut grace, if !graced => graced = true,
         }
     }
 }
