@@ -253,7 +253,12 @@ fn started(
 /// was never made (the request never left).
 fn definite(s: &tonic::Status) -> bool {
     let code = s.code();
-    if code == Code::Unavailable && s.message().contains("tcp connect error") {
+    // Connection refused, or the node's own word that the write was not committed (held to
+    // it: the checker then requires that the write never shows).
+    if code == Code::Unavailable
+        && (s.message().contains("tcp connect error")
+            || s.message().contains("the write was not committed"))
+    {
         return true;
     }
     matches!(

@@ -55,6 +55,7 @@ pub struct Cluster {
     pub peers: Peers,
     sm: Arc<StateMachine>,
     batcher: mpsc::Sender<Proposal>,
+    leaderless: Leaderless,
     /// Free space of the metadata's filesystem, and the floor below which writes are refused
     /// (sled must never meet a full disk: it cannot recover from a failed write).
     disk: Arc<DiskSpace>,
@@ -85,6 +86,7 @@ struct Writer {
     raft: Raft,
     id: NodeId,
     peers: Peers,
+    leaderless: Leaderless,
 }
 
 /// Groups concurrent proposals into `Command::Batch` entries: one Raft entry, one log flush
@@ -198,10 +200,12 @@ impl Cluster {
         .await
         .map_err(|e| anyhow::anyhow!("cannot start raft: {e}"))?;
         let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE);
+        let leaderless = Leaderless::follow(raft.clone());
         let writer = Writer {
             raft: raft.clone(),
             id,
             peers: peers.clone(),
+            leaderless: leaderless.clone(),
         };
         tokio::spawn(batcher(writer, rx));
         Ok(Cluster {
@@ -211,6 +215,7 @@ impl Cluster {
             peers,
             sm,
             batcher: tx,
+            leaderless,
             disk,
             floor,
         })
@@ -462,6 +467,11 @@ impl Cluster {
     pub async fn linearize(&self) -> ClusterResult<()> {
         let until = Instant::now() + QUORUM_TIMEOUT;
         loop {
+            if self.leaderless.too_long() {
+                return Err(ClusterError::NoQuorum(
+                    "this node has known no leader for over two election timeouts: a consistent read is not possible now".into(),
+                ));
+            }
             let forward = match self.read_index_here(until).await? {
                 Ok(_) => return Ok(()),
                 Err(forward) => forward,
@@ -567,7 +577,7 @@ impl Writer {
         };
         loop {
             let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.leader_without_quorum() {
+            if left.is_zero() || self.leader_without_quorum() || self.leaderless.too_long() {
                 return Err(no_quorum(maybe_sent));
             }
             // A leader that loses its quorum (cut off) or its leadership while the entry waits
@@ -674,6 +684,45 @@ fn leader_without_quorum(raft: &Raft) -> bool {
     m.state.is_leader()
         && m.millis_since_quorum_ack
             .is_none_or(|ms| ms > 2 * ELECTION_TIMEOUT_MAX_MS)
+}
+
+/// Since when this node has known no leader (None while it knows one), kept up to date by a
+/// task that follows Raft's metrics. A node cut off from the majority (or one whose cluster
+/// lost its quorum) then answers at once instead of holding every request for the whole
+/// QUORUM_TIMEOUT.
+#[derive(Clone)]
+struct Leaderless(Arc<std::sync::Mutex<Option<Instant>>>);
+
+impl Leaderless {
+    fn follow(raft: Raft) -> Leaderless {
+        let since = Leaderless(Arc::new(std::sync::Mutex::new(None)));
+        let state = since.clone();
+        tokio::spawn(async move {
+            let mut rx = raft.metrics();
+            loop {
+                let none = rx.borrow_and_update().current_leader.is_none();
+                {
+                    let mut at = state.0.lock().unwrap_or_else(|p| p.into_inner());
+                    match (none, *at) {
+                        (true, None) => *at = Some(Instant::now()),
+                        (false, Some(_)) => *at = None,
+                        _ => {}
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return; // Raft stopped
+                }
+            }
+        });
+        since
+    }
+
+    /// Whether this node has known no leader for longer than electing one normally takes
+    /// (two election timeouts).
+    fn too_long(&self) -> bool {
+        let since = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        since.is_some_and(|t| t.elapsed() > Duration::from_millis(2 * ELECTION_TIMEOUT_MAX_MS))
+    }
 }
 
 /// Resolves once this node, leading, has heard from no quorum for two election timeouts, or
