@@ -93,6 +93,10 @@ struct Args {
     /// until a write through another node succeeds.
     #[arg(long)]
     failover: Option<String>,
+    /// With --failover: freeze the leader with SIGSTOP instead of killing it (its connections
+    /// stay open and nothing answers, like a stalled VM); it gets SIGCONT after the measurement.
+    #[arg(long, requires = "failover")]
+    freeze: bool,
     /// Peer transport mode: GetChunk throughput over QUIC from the --data-dir node (with its
     /// own certificate), --size bytes in total over --concurrency streams, against raw
     /// loopback TCP measured with iperf3 in the same run.
@@ -373,8 +377,9 @@ async fn download_all(
     Ok((start.elapsed(), lat, bytes))
 }
 
-/// Leader failover: SIGKILL the leader, then time until a write through another node commits.
-async fn failover_bench(dirs: &str, token: &str, json: bool) -> anyhow::Result<()> {
+/// Leader failover: SIGKILL (or SIGSTOP) the leader, then time until a write through another
+/// node commits.
+async fn failover_bench(dirs: &str, token: &str, freeze: bool, json: bool) -> anyhow::Result<()> {
     let mut nodes = Vec::new();
     for d in dirs.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let info: serde_json::Value =
@@ -411,8 +416,10 @@ async fn failover_bench(dirs: &str, token: &str, json: bool) -> anyhow::Result<(
         .context("the leader is not among --failover's nodes")?;
     let survivor = nodes[(leader + 1) % nodes.len()].0.clone();
     let mut s = client::storage(connect(&survivor).await?, token)?;
+    let signal = if freeze { "-STOP" } else { "-KILL" };
+    let pid = nodes[leader].1.to_string();
     std::process::Command::new("kill")
-        .args(["-9", &nodes[leader].1.to_string()])
+        .args([signal, &pid])
         .status()?;
     let killed = Instant::now();
     let mut attempts = 0;
@@ -445,14 +452,21 @@ async fn failover_bench(dirs: &str, token: &str, json: bool) -> anyhow::Result<(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let took = killed.elapsed();
+    if freeze {
+        std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()?;
+    }
+    let how = if freeze { "froze" } else { "killed" };
     if json {
         println!(
             "{}",
-            serde_json::json!({ "killed_leader": leader_addr, "wrote_through": survivor, "failover_s": took.as_secs_f64(), "attempts": attempts })
+            serde_json::json!({ "leader": leader_addr, "signal": signal, "wrote_through": survivor, "failover_s": took.as_secs_f64(), "attempts": attempts })
         );
     } else {
         println!(
-            "strata-bench failover: killed leader {leader_addr} (SIGKILL); first successful write through {survivor} after {:.0} ms ({attempts} attempts)",
+            "strata-bench failover: {how} leader {leader_addr} (SIG{}); first successful write through {survivor} after {:.0} ms ({attempts} attempts)",
+            &signal[1..],
             took.as_secs_f64() * 1e3
         );
     }
@@ -650,7 +664,7 @@ async fn main() -> anyhow::Result<()> {
             .await;
     }
     if let Some(dirs) = &args.failover {
-        return failover_bench(dirs, &token, args.json).await;
+        return failover_bench(dirs, &token, args.freeze, args.json).await;
     }
     if let Some(n) = args.metadata {
         let endpoints: Vec<String> = match &args.endpoints {
