@@ -399,21 +399,20 @@ async fn failover_bench(dirs: &str, token: &str, freeze: bool, json: bool) -> an
         nodes.len() >= 3,
         "--failover needs the data dirs of at least three nodes"
     );
-    let (first, _, admin_token) = &nodes[0];
-    let status = client::admin(connect(first).await?, admin_token)?
-        .status(pb::StatusRequest {})
-        .await?
-        .into_inner();
-    let leader_addr = status
-        .nodes
-        .iter()
-        .find(|n| n.role == "leader")
-        .map(|n| n.address.clone())
-        .context("no leader")?;
-    let leader = nodes
-        .iter()
-        .position(|n| n.0 == leader_addr)
-        .context("the leader is not among --failover's nodes")?;
+    // The leader, as each node reports its own role (members know each other by their
+    // internal https:// addresses, which differ from a dev node's plaintext API address).
+    let mut leader = None;
+    for (i, (addr, _, admin_token)) in nodes.iter().enumerate() {
+        let status = client::admin(connect(addr).await?, admin_token)?
+            .status(pb::StatusRequest {})
+            .await?
+            .into_inner();
+        if status.raft_role == "leader" {
+            leader = Some(i);
+        }
+    }
+    let leader = leader.context("no node reports being the leader")?;
+    let leader_addr = nodes[leader].0.clone();
     let survivor = nodes[(leader + 1) % nodes.len()].0.clone();
     let mut s = client::storage(connect(&survivor).await?, token)?;
     let signal = if freeze { "-STOP" } else { "-KILL" };
