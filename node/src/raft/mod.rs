@@ -680,7 +680,8 @@ fn never_connected(s: &tonic::Status) -> bool {
 /// Whether `raft` leads but has heard from no quorum for two election timeouts: it is cut off,
 /// and a write or read barrier through it cannot succeed now.
 fn leader_without_quorum(raft: &Raft) -> bool {
-    let m = raft.metrics().borrow().clone();
+    let metrics = raft.metrics();
+    let m = metrics.borrow(); // read in place: the metrics hold the membership and progress maps
     m.state.is_leader()
         && m.millis_since_quorum_ack
             .is_none_or(|ms| ms > 2 * ELECTION_TIMEOUT_MAX_MS)
